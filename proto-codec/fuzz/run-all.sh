@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for SECONDS each (default 300), one after another.
+# Needs a nightly toolchain and cargo-fuzz (installed here if missing). Crashes land in
+# artifacts/<target>/; turn each into a regression test before fixing it.
+set -euo pipefail
+cd "$(dirname "$0")"
+SECONDS_EACH="${1:-300}"
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    cargo +nightly install cargo-fuzz --locked
+fi
+targets=$(cargo +nightly fuzz list)
+for t in $targets; do
+    mkdir -p "corpus/$t"
+    echo "== $t: ${SECONDS_EACH}s"
+    cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -print_final_stats=1 2>&1 \
+        | grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ +DONE|==[0-9]+== ERROR|SUMMARY)" || true
+    if [ -n "$(ls -A "artifacts/$t" 2>/dev/null)" ]; then
+        echo "crash artifacts in fuzz/artifacts/$t" >&2
+        exit 1
+    fi
+done
+echo "all fuzz targets ran ${SECONDS_EACH}s each without a crash"
