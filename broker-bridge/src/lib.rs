@@ -1,1 +1,154 @@
-//! placeholder
+//! The `Broker` seam: where a room's order and history live.
+//!
+//! Each shard owns one broker handle for the rooms it is home to. A publish asks the broker for
+//! the room's next offset; delivery starts when the broker answers. The embedded broker
+//! ([`embedded::EmbeddedBroker`]) answers at once from memory on the home shard. A networked
+//! broker (Redis, in its own issue) answers later through [`Broker::poll_events`], after its echo
+//! comes back, so every node delivers in the order the broker chose. The trait is shaped for both:
+//! every call may complete now ([`Completion::Ready`]) or later (as a [`BrokerEvent`]).
+
+pub mod embedded;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+/// A room name, shared without copying between shards.
+pub type RoomName = Arc<str>;
+
+/// A room's epoch: changes whenever the room's history is lost, so offsets from before cannot be
+/// trusted.
+pub type Epoch = Arc<str>;
+
+/// Opaque token the caller attaches to a request and gets back with its answer.
+pub type Token = u64;
+
+/// History policy for a room (from its namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    /// Messages kept.
+    pub size: usize,
+    /// How long a message stays recoverable.
+    pub ttl: Duration,
+}
+
+/// A message as the broker stored it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The message's offset within its epoch.
+    pub offset: u64,
+    /// The published data (JSON), exactly as published.
+    pub data: Bytes,
+    /// When the broker took it.
+    pub at: Instant,
+}
+
+/// The answer to a publish: where the message went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The room.
+    pub room: RoomName,
+    /// The room's epoch.
+    pub epoch: Epoch,
+    /// The message's offset.
+    pub offset: u64,
+    /// The data as stored.
+    pub data: Bytes,
+    /// When it was published (for latency metrics).
+    pub at: Instant,
+}
+
+/// The answer to a recovery request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// The room's epoch.
+    pub epoch: Epoch,
+    /// The room's latest offset (0 when it has no message yet).
+    pub latest: u64,
+    /// Whether `messages` holds every message after the requested position.
+    pub recovered: bool,
+    /// The missed messages, oldest first (empty unless `recovered`).
+    pub messages: Vec<Stored>,
+}
+
+/// A request that completes now or later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion<T> {
+    /// Done.
+    Ready(T),
+    /// The answer will come as a [`BrokerEvent`] carrying the request's token.
+    Pending,
+}
+
+/// Something that happened at the broker, for the home shard to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerEvent {
+    /// A message was appended (ours or, with a networked broker, another node's).
+    Appended {
+        /// The publish's token, for messages this shard published.
+        token: Option<Token>,
+        /// The message.
+        message: Appended,
+    },
+    /// A pending recovery completed.
+    Recovered {
+        /// The request's token.
+        token: Token,
+        /// The room.
+        room: RoomName,
+        /// The result.
+        recovery: Recovery,
+    },
+    /// A pending publish failed; the publisher gets `unavailable` and may retry.
+    PublishFailed {
+        /// The publish's token.
+        token: Token,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why the broker refused a request now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot take requests (disconnected, overloaded).
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A shard's handle on the broker, for the rooms the shard is home to. Not shared between
+/// threads: each shard has its own.
+pub trait Broker {
+    /// Appends `data` to the room's stream.
+    fn publish(
+        &mut self,
+        room: &RoomName,
+        data: Bytes,
+        policy: HistoryPolicy,
+        token: Token,
+        now: Instant,
+    ) -> Result<Completion<Appended>, BrokerError>;
+
+    /// The room's position, and the messages after `since` when they are all still held.
+    fn recover(
+        &mut self,
+        room: &RoomName,
+        since: Option<(&str, u64)>,
+        token: Token,
+        now: Instant,
+    ) -> Result<Completion<Recovery>, BrokerError>;
+
+    /// This node has (or no longer has) local interest in a room; a networked broker subscribes
+    /// upstream only while it has.
+    fn set_interest(&mut self, room: &RoomName, interested: bool);
+
+    /// Moves events that completed since the last call into `out`.
+    fn poll_events(&mut self, out: &mut Vec<BrokerEvent>);
+
+    /// Drops what expired (history past its TTL, rooms with neither history nor interest).
+    fn expire(&mut self, now: Instant);
+
+    /// Rooms the broker holds state for (for metrics).
+    fn room_count(&self) -> usize;
+}

@@ -16,7 +16,14 @@ fn header_parse(c: &mut Criterion) {
     let limits = FrameLimits::server(1 << 20);
     for len in [64usize, 1024, 65536] {
         let mut b = BytesMut::new();
-        write_masked_frame(&mut b, true, false, OpCode::Text, [1, 2, 3, 4], &vec![b'a'; len]);
+        write_masked_frame(
+            &mut b,
+            true,
+            false,
+            OpCode::Text,
+            [1, 2, 3, 4],
+            &vec![b'a'; len],
+        );
         g.bench_with_input(BenchmarkId::from_parameter(len), &b, |bench, b| {
             bench.iter(|| parse_header(black_box(b), &limits))
         });
@@ -76,9 +83,13 @@ fn ops(c: &mut Criterion) {
     let mut g = c.benchmark_group("op_decode");
     g.throughput(Throughput::Elements(1));
     let publish = br#"{"op":"publish","id":42,"room":"prices.BTC-USD","data":{"bid":64123.5,"ask":64124.0,"ts":1732531200123}}"#;
-    g.bench_function("publish", |b| b.iter(|| decode_op(black_box(publish)).is_ok()));
+    g.bench_function("publish", |b| {
+        b.iter(|| decode_op(black_box(publish)).is_ok())
+    });
     let subscribe = br#"{"op":"subscribe","id":7,"room":"chat.lobby","since":{"epoch":"7f3a9c","offset":1200}}"#;
-    g.bench_function("subscribe", |b| b.iter(|| decode_op(black_box(subscribe)).is_ok()));
+    g.bench_function("subscribe", |b| {
+        b.iter(|| decode_op(black_box(subscribe)).is_ok())
+    });
     g.finish();
 }
 
@@ -86,7 +97,14 @@ fn decode_message(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode_message");
     for len in [128usize, 16384] {
         let mut frame = BytesMut::new();
-        write_masked_frame(&mut frame, true, false, OpCode::Text, [9, 8, 7, 6], &vec![b'a'; len]);
+        write_masked_frame(
+            &mut frame,
+            true,
+            false,
+            OpCode::Text,
+            [9, 8, 7, 6],
+            &vec![b'a'; len],
+        );
         let frame = frame.to_vec();
         g.throughput(Throughput::Bytes(len as u64));
         g.bench_function(BenchmarkId::from_parameter(len), |b| {
@@ -101,5 +119,13 @@ fn decode_message(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, header_parse, unmask, encode, utf8, ops, decode_message);
+criterion_group!(
+    benches,
+    header_parse,
+    unmask,
+    encode,
+    utf8,
+    ops,
+    decode_message
+);
 criterion_main!(benches);

@@ -12,7 +12,7 @@ targets=$(cargo +nightly fuzz list)
 for t in $targets; do
     mkdir -p "corpus/$t"
     echo "== $t: ${SECONDS_EACH}s"
-    cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -print_final_stats=1 2>&1 \
+    cargo +nightly fuzz run "$t" "corpus/$t" "seeds/$t" -- -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -print_final_stats=1 2>&1 \
         | grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ +DONE|==[0-9]+== ERROR|SUMMARY)" || true
     if [ -n "$(ls -A "artifacts/$t" 2>/dev/null)" ]; then
         echo "crash artifacts in fuzz/artifacts/$t" >&2

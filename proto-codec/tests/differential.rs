@@ -44,7 +44,11 @@ fn fw_encode(piece: &Piece, key: [u8; 4], out: &mut Vec<u8>) {
         out.extend_from_slice(frame.write(&mut buf));
     };
     match piece {
-        Piece::Data { text, payload, cuts } => {
+        Piece::Data {
+            text,
+            payload,
+            cuts,
+        } => {
             let first = if *text { FwOp::Text } else { FwOp::Binary };
             let mut bounds = vec![0];
             bounds.extend(cuts.iter().copied());
@@ -62,8 +66,16 @@ fn fw_encode(piece: &Piece, key: [u8; 4], out: &mut Vec<u8>) {
 
 fn expected(piece: &Piece) -> (String, Vec<u8>) {
     match piece {
-        Piece::Data { text: true, payload, .. } => ("text".into(), payload.clone()),
-        Piece::Data { text: false, payload, .. } => ("binary".into(), payload.clone()),
+        Piece::Data {
+            text: true,
+            payload,
+            ..
+        } => ("text".into(), payload.clone()),
+        Piece::Data {
+            text: false,
+            payload,
+            ..
+        } => ("binary".into(), payload.clone()),
         Piece::Ping(p) => ("ping".into(), p.clone()),
         Piece::Pong(p) => ("pong".into(), p.clone()),
     }
@@ -137,7 +149,9 @@ fn read_with_fastwebsockets(wire: Vec<u8>, count: usize) -> Vec<(u8, Vec<u8>)> {
         .expect("runtime");
     rt.block_on(async move {
         let (mut ours, theirs) = tokio::io::duplex(wire.len() + 64);
-        tokio::io::AsyncWriteExt::write_all(&mut ours, &wire).await.expect("write");
+        tokio::io::AsyncWriteExt::write_all(&mut ours, &wire)
+            .await
+            .expect("write");
         let mut ws = WebSocket::after_handshake(theirs, Role::Client);
         ws.set_auto_close(false);
         ws.set_auto_pong(false);

@@ -212,7 +212,12 @@ struct EventWire<'a> {
     offset: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     recovered: Option<bool>,
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "super::wire::present_raw",
+        skip_serializing_if = "Option::is_none"
+    )]
     data: Option<&'a RawValue>,
     #[serde(
         borrow,

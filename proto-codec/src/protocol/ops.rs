@@ -118,7 +118,12 @@ struct OpWire<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     room: Option<Cow<'a, str>>,
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "super::wire::present_raw",
+        skip_serializing_if = "Option::is_none"
+    )]
     data: Option<&'a RawValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     since: Option<Position>,
@@ -317,6 +322,14 @@ mod tests {
                 assert_eq!(data.get(), r#"{"text": "hi",  "n":1}"#);
                 assert!(matches!(room, Cow::Borrowed(_)));
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn null_data_is_data() {
+        match decode_op(br#"{"op":"publish","room":"r","data":null}"#).unwrap() {
+            ClientOp::Publish { data, .. } => assert_eq!(data.get(), "null"),
             other => panic!("{other:?}"),
         }
     }

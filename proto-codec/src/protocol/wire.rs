@@ -17,3 +17,11 @@ pub(crate) fn opt_cow<'de: 'a, 'a, D: Deserializer<'de>>(
 ) -> Result<Option<Cow<'a, str>>, D::Error> {
     Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
 }
+
+/// Deserializes a present field as raw JSON, `null` included (serde's `Option` would turn `null`
+/// into `None`); a missing field stays `None` through `#[serde(default)]`.
+pub(crate) fn present_raw<'de: 'a, 'a, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<&'a serde_json::value::RawValue>, D::Error> {
+    <&'a serde_json::value::RawValue>::deserialize(d).map(Some)
+}

@@ -1,0 +1,170 @@
+//! The part of a connection the rest of its shard can reach: its outbound queue, its room
+//! subscriptions, timers, and requests to close. Owned by the shard's registry and by the
+//! connection's task (`Rc`, single thread).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::task::Waker;
+use std::time::Instant;
+
+use broker_bridge::RoomName;
+use bytes::Bytes;
+use proto_codec::ws::CloseCode;
+
+use super::outbox::{Outbox, Push};
+use crate::mailbox::ConnId;
+
+/// What a connection speaks after the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnKind {
+    /// The ringcast app protocol.
+    App,
+    /// The echo endpoint (conformance testing).
+    Echo,
+}
+
+/// A subscription as the connection sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubState {
+    /// Sent to the home shard; `seq` matches the answer to this request.
+    Pending {
+        /// The request's sequence number on this connection.
+        seq: u64,
+    },
+    /// In force: the connection is in the shard's subscriber list for the room.
+    Active,
+}
+
+/// A request to close the connection, made by the shard (not the peer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseRequest {
+    /// The close code.
+    pub code: CloseCode,
+    /// The reason (cut to 123 bytes on the wire).
+    pub reason: String,
+    /// Drop queued frames first (slow consumer: the client resumes from history instead).
+    pub discard_queue: bool,
+}
+
+/// Shared state of one connection.
+#[derive(Debug)]
+pub struct ConnShared {
+    /// The connection's id on its shard.
+    pub id: ConnId,
+    /// App protocol or echo.
+    pub kind: ConnKind,
+    /// Whether shared compressed room frames may be sent to it (permessage-deflate negotiated
+    /// with a 15-bit server window).
+    pub takes_shared_deflate: bool,
+    outbox: RefCell<Outbox>,
+    waker: RefCell<Option<Waker>>,
+    /// Rooms and their subscription state.
+    pub rooms: RefCell<HashMap<RoomName, SubState>>,
+    /// Next subscribe sequence number.
+    pub next_sub_seq: Cell<u64>,
+    /// Last time any frame arrived.
+    pub last_rx: Cell<Instant>,
+    /// When the unanswered ping was sent.
+    pub ping_sent: Cell<Option<Instant>>,
+    /// Last time the client sent an op (idle timeout).
+    pub last_op: Cell<Instant>,
+    close_request: RefCell<Option<CloseRequest>>,
+    /// The connection is closing (close sent or received); the shard sweeps it after a deadline.
+    pub closing_since: Cell<Option<Instant>>,
+    /// The connection must end now (closing deadline passed).
+    pub force_end: Cell<bool>,
+    /// When a graceful-shutdown close is due.
+    pub shutdown_close_at: Cell<Option<Instant>>,
+}
+
+impl ConnShared {
+    /// A new connection's shared state.
+    pub fn new(id: ConnId, kind: ConnKind, takes_shared_deflate: bool, high_water: usize, now: Instant) -> ConnShared {
+        ConnShared {
+            id,
+            kind,
+            takes_shared_deflate,
+            outbox: RefCell::new(Outbox::new(high_water)),
+            waker: RefCell::new(None),
+            rooms: RefCell::new(HashMap::new()),
+            next_sub_seq: Cell::new(1),
+            last_rx: Cell::new(now),
+            ping_sent: Cell::new(None),
+            last_op: Cell::new(now),
+            close_request: RefCell::new(None),
+            closing_since: Cell::new(None),
+            force_end: Cell::new(false),
+            shutdown_close_at: Cell::new(None),
+        }
+    }
+
+    /// Queues a data frame. Past the high-water mark the connection is closed as a slow
+    /// consumer (4008) and the frame is dropped: the client resumes from history. Returns
+    /// whether the frame was queued.
+    pub fn push(&self, frame: Bytes, published_at: Option<Instant>) -> bool {
+        let push = self.outbox.borrow_mut().push(frame, published_at);
+        match push {
+            Push::QueuedFirst => {
+                self.wake();
+                true
+            }
+            Push::Queued => true,
+            Push::Overflow => {
+                self.request_close(CloseRequest {
+                    code: proto_codec::protocol::codes::close::SLOW_CONSUMER,
+                    reason: "slow consumer".into(),
+                    discard_queue: true,
+                });
+                false
+            }
+        }
+    }
+
+    /// Queues a control frame, ignoring the high-water mark.
+    pub fn push_control(&self, frame: Bytes) {
+        if self.outbox.borrow_mut().push_control(frame) == Push::QueuedFirst {
+            self.wake();
+        }
+    }
+
+    /// The outbound queue, for the connection's writer.
+    pub fn outbox(&self) -> &RefCell<Outbox> {
+        &self.outbox
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.outbox.borrow().queued_bytes()
+    }
+
+    /// Asks the connection to close; the first request wins.
+    pub fn request_close(&self, req: CloseRequest) {
+        let mut slot = self.close_request.borrow_mut();
+        if slot.is_none() && self.closing_since.get().is_none() {
+            *slot = Some(req);
+            drop(slot);
+            self.wake();
+        }
+    }
+
+    /// Takes a pending close request.
+    pub fn take_close_request(&self) -> Option<CloseRequest> {
+        self.close_request.borrow_mut().take()
+    }
+
+    /// Remembers the task's waker (only when it changed).
+    pub fn set_waker(&self, waker: &Waker) {
+        let mut slot = self.waker.borrow_mut();
+        match slot.as_ref() {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    /// Wakes the connection's task.
+    pub fn wake(&self) {
+        if let Some(w) = self.waker.borrow().as_ref() {
+            w.wake_by_ref();
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Lock-free queues between shards (and from the admin thread to shards).
+//!
+//! Each shard has one inbox: a crossbeam `SegQueue` (unbounded, lock-free MPSC in practice) and an
+//! `AtomicWaker`. A sender pushes and wakes; the waker is taken by the first wake, so a burst of
+//! messages costs one cross-thread wake (monoio's `sync` feature turns it into one eventfd write).
+//! The shard drains the whole queue per wake. Messages carry `Bytes` and `Arc`s, never references
+//! into another shard's memory.
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+
+use atomic_waker::AtomicWaker;
+use broker_bridge::{Epoch, RoomName};
+use bytes::Bytes;
+use crossbeam_queue::SegQueue;
+use proto_codec::protocol::ErrorCode;
+
+/// A shard's index.
+pub type ShardId = usize;
+/// A connection's id, unique within its shard.
+pub type ConnId = u64;
+
+/// Where the answer to a publish goes.
+#[derive(Debug)]
+pub enum PublishOrigin {
+    /// A client connection: ack (with the op's id) or error back to it.
+    Conn {
+        /// The connection's shard.
+        shard: ShardId,
+        /// The connection.
+        conn: ConnId,
+        /// The op's id; no ack without it (errors are always sent).
+        id: Option<u64>,
+    },
+    /// The server API: the result goes back on a oneshot.
+    Api(tokio::sync::oneshot::Sender<Result<(Epoch, u64), ErrorCode>>),
+}
+
+/// A message to a shard.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// To a room's home shard: a connection on `origin` subscribes.
+    Subscribe {
+        /// The room.
+        room: RoomName,
+        /// The subscriber's shard.
+        origin: ShardId,
+        /// The subscriber.
+        conn: ConnId,
+        /// The op's id.
+        id: Option<u64>,
+        /// Resume position.
+        since: Option<(String, u64)>,
+    },
+    /// To a room's home shard: one subscriber on `origin` left.
+    Unsubscribe {
+        /// The room.
+        room: RoomName,
+        /// The subscriber's shard.
+        origin: ShardId,
+    },
+    /// To a room's home shard: publish.
+    Publish {
+        /// The room.
+        room: RoomName,
+        /// The data (valid JSON).
+        data: Bytes,
+        /// Who gets the answer.
+        origin: PublishOrigin,
+    },
+    /// From a home shard: the subscription is in force; register the subscriber and send it
+    /// these frames (the `subscribed` event, then any replayed messages).
+    Subscribed {
+        /// The room.
+        room: RoomName,
+        /// The subscriber.
+        conn: ConnId,
+        /// The frames to send, in order.
+        frames: Vec<Bytes>,
+    },
+    /// From a home shard: deliver a room message to this shard's subscribers.
+    Deliver {
+        /// The room.
+        room: RoomName,
+        /// The encoded `msg` frame, shared by every subscriber.
+        frame: Bytes,
+        /// The same frame compressed (permessage-deflate), when a subscriber negotiated it.
+        deflated: Option<Bytes>,
+        /// When the message was published.
+        published_at: Instant,
+    },
+    /// Send a frame to one connection (acks, errors).
+    ToConn {
+        /// The connection.
+        conn: ConnId,
+        /// The frame.
+        frame: Bytes,
+    },
+    /// Begin graceful shutdown.
+    Shutdown,
+}
+
+/// One shard's inbox.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    queue: SegQueue<ShardMsg>,
+    waker: AtomicWaker,
+    depth: AtomicU64,
+}
+
+/// Every shard's inbox, shared by all threads.
+#[derive(Debug, Clone)]
+pub struct Mailboxes {
+    inboxes: Arc<[Inbox]>,
+}
+
+impl Mailboxes {
+    /// Inboxes for `shards` shards.
+    pub fn new(shards: usize) -> Mailboxes {
+        Mailboxes {
+            inboxes: (0..shards).map(|_| Inbox::default()).collect(),
+        }
+    }
+
+    /// The number of shards.
+    pub fn len(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Whether there are no shards.
+    pub fn is_empty(&self) -> bool {
+        self.inboxes.is_empty()
+    }
+
+    /// Sends a message to a shard and wakes it.
+    pub fn send(&self, to: ShardId, msg: ShardMsg) {
+        if let Some(inbox) = self.inboxes.get(to) {
+            inbox.queue.push(msg);
+            inbox.depth.fetch_add(1, Ordering::Relaxed);
+            inbox.waker.wake();
+        }
+    }
+
+    /// Sends to every shard.
+    pub fn broadcast(&self, mut make: impl FnMut() -> ShardMsg) {
+        for shard in 0..self.inboxes.len() {
+            self.send(shard, make());
+        }
+    }
+
+    /// Messages queued for a shard (for metrics).
+    pub fn depth(&self, shard: ShardId) -> u64 {
+        self.inboxes
+            .get(shard)
+            .map_or(0, |i| i.depth.load(Ordering::Relaxed))
+    }
+
+    /// Waits until the shard's inbox has messages, then moves them all into `out`.
+    pub async fn recv_batch(&self, shard: ShardId, out: &mut Vec<ShardMsg>) {
+        let Some(inbox) = self.inboxes.get(shard) else {
+            return std::future::pending().await;
+        };
+        poll_fn(|cx| {
+            if drain(inbox, out) {
+                return Poll::Ready(());
+            }
+            inbox.waker.register(cx.waker());
+            // A message pushed between the drain and the register would have found no waker.
+            if drain(inbox, out) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+fn drain(inbox: &Inbox, out: &mut Vec<ShardMsg>) -> bool {
+    let before = out.len();
+    while let Some(m) = inbox.queue.pop() {
+        out.push(m);
+    }
+    let n = out.len() - before;
+    if n > 0 {
+        inbox.depth.fetch_sub(n as u64, Ordering::Relaxed);
+    }
+    n > 0
+}
+
+/// The home shard of a room: a stable hash of its name modulo the shard count.
+pub fn home_shard(room: &str, shards: usize) -> ShardId {
+    // FNV-1a: stable across processes and versions (std's hasher is randomly seeded).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in room.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as ShardId
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn home_shard_is_stable_and_spread() {
+        assert_eq!(home_shard("prices.BTC", 4), home_shard("prices.BTC", 4));
+        let mut counts = [0usize; 4];
+        for i in 0..4000 {
+            counts[home_shard(&format!("room.{i}"), 4)] += 1;
+        }
+        assert!(counts.iter().all(|c| *c > 800), "{counts:?}");
+        assert_eq!(home_shard("x", 1), 0);
+    }
+
+    #[test]
+    fn cross_thread_send_wakes_a_monoio_shard() {
+        let boxes = Mailboxes::new(1);
+        let sender = boxes.clone();
+        let handle = std::thread::spawn(move || {
+            for i in 0..1000u64 {
+                sender.send(
+                    0,
+                    ShardMsg::ToConn {
+                        conn: i,
+                        frame: Bytes::new(),
+                    },
+                );
+            }
+        });
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let got = rt.block_on(async move {
+            let mut all = Vec::new();
+            while all.len() < 1000 {
+                boxes.recv_batch(0, &mut all).await;
+            }
+            all
+        });
+        handle.join().unwrap();
+        let ids: Vec<u64> = got
+            .iter()
+            .map(|m| match m {
+                ShardMsg::ToConn { conn, .. } => *conn,
+                _ => u64::MAX,
+            })
+            .collect();
+        assert_eq!(ids, (0..1000).collect::<Vec<_>>(), "FIFO from one sender");
+    }
+}

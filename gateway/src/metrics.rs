@@ -1,0 +1,97 @@
+//! Metric names and the handles each shard keeps (looked up once, so counting on the hot path is
+//! one atomic add). Names follow `ringcast_<noun>_<unit>`; no label takes unbounded values.
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+
+/// Describes every metric (HELP lines in `/metrics`).
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!("ringcast_connections", "Open WebSocket connections.");
+    describe_counter!("ringcast_connections_total", "WebSocket connections accepted (upgraded).");
+    describe_counter!(
+        "ringcast_handshake_failures_total",
+        "Connections refused or dropped before the upgrade, by reason."
+    );
+    describe_counter!("ringcast_frames_in_total", "WebSocket messages and control frames received.");
+    describe_counter!("ringcast_frames_out_total", "WebSocket frames written.");
+    describe_counter!(Unit::Bytes, "ringcast_bytes_in_total", "Bytes read from clients.");
+    describe_counter!(Unit::Bytes, "ringcast_bytes_out_total", "Bytes written to clients.");
+    describe_counter!("ringcast_publishes_total", "Messages published (accepted and given an offset).");
+    describe_counter!("ringcast_deliveries_total", "Room messages queued to subscribers.");
+    describe_counter!("ringcast_slow_consumer_closes_total", "Connections closed with 4008.");
+    describe_counter!("ringcast_protocol_errors_total", "Connections closed for a WebSocket protocol error.");
+    describe_counter!("ringcast_op_errors_total", "Ops answered with an error event.");
+    describe_gauge!("ringcast_mailbox_depth", "Cross-shard messages waiting, per shard.");
+    describe_gauge!(Unit::Bytes, "ringcast_outbound_queued_bytes", "Bytes queued to clients, per shard.");
+    describe_gauge!("ringcast_rooms", "Rooms with state on their home shard, per shard.");
+    describe_histogram!(
+        Unit::Seconds,
+        "ringcast_publish_to_write_seconds",
+        "From publish (offset assigned) to the write of the frame to a subscriber's socket; \
+         sampled per write batch (its oldest message)."
+    );
+}
+
+/// Handles one shard updates.
+#[derive(Clone)]
+pub struct ShardMetrics {
+    /// Open connections.
+    pub connections: Gauge,
+    /// Accepted connections.
+    pub connections_total: Counter,
+    /// Frames in.
+    pub frames_in: Counter,
+    /// Frames out.
+    pub frames_out: Counter,
+    /// Bytes in.
+    pub bytes_in: Counter,
+    /// Bytes out.
+    pub bytes_out: Counter,
+    /// Publishes.
+    pub publishes: Counter,
+    /// Deliveries.
+    pub deliveries: Counter,
+    /// Slow-consumer closes.
+    pub slow_consumer_closes: Counter,
+    /// Protocol errors.
+    pub protocol_errors: Counter,
+    /// Op errors.
+    pub op_errors: Counter,
+    /// Mailbox depth.
+    pub mailbox_depth: Gauge,
+    /// Outbound queued bytes.
+    pub outbound_queued: Gauge,
+    /// Rooms homed here.
+    pub rooms: Gauge,
+    /// Publish to write latency.
+    pub publish_to_write: Histogram,
+}
+
+impl ShardMetrics {
+    /// Handles for shard `shard`.
+    pub fn new(shard: usize) -> ShardMetrics {
+        let s = shard.to_string();
+        ShardMetrics {
+            connections: gauge!("ringcast_connections"),
+            connections_total: counter!("ringcast_connections_total"),
+            frames_in: counter!("ringcast_frames_in_total"),
+            frames_out: counter!("ringcast_frames_out_total"),
+            bytes_in: counter!("ringcast_bytes_in_total"),
+            bytes_out: counter!("ringcast_bytes_out_total"),
+            publishes: counter!("ringcast_publishes_total"),
+            deliveries: counter!("ringcast_deliveries_total"),
+            slow_consumer_closes: counter!("ringcast_slow_consumer_closes_total"),
+            protocol_errors: counter!("ringcast_protocol_errors_total"),
+            op_errors: counter!("ringcast_op_errors_total"),
+            mailbox_depth: gauge!("ringcast_mailbox_depth", "shard" => s.clone()),
+            outbound_queued: gauge!("ringcast_outbound_queued_bytes", "shard" => s.clone()),
+            rooms: gauge!("ringcast_rooms", "shard" => s),
+            publish_to_write: histogram!("ringcast_publish_to_write_seconds"),
+        }
+    }
+}
+
+/// Counts a refused or failed handshake.
+pub fn handshake_failure(reason: &'static str) {
+    counter!("ringcast_handshake_failures_total", "reason" => reason).increment(1);
+}
