@@ -220,13 +220,18 @@ impl Config {
             None => (toml::Table::new(), "defaults".to_string()),
         };
         let overridden = apply_env(&mut table, env)?;
-        let origin = if overridden { format!("{origin} + environment") } else { origin };
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                origin,
-                message: e.message().to_string(),
-            })?;
+        let origin = if overridden {
+            format!("{origin} + environment")
+        } else {
+            origin
+        };
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin,
+                    message: e.message().to_string(),
+                })?;
         config.validate()?;
         Ok(config)
     }
@@ -239,13 +244,22 @@ impl Config {
         };
         let ws = &self.websocket;
         if ws.max_message_bytes < 128 {
-            return Err(invalid("websocket.max_message_bytes", "must be at least 128"));
+            return Err(invalid(
+                "websocket.max_message_bytes",
+                "must be at least 128",
+            ));
         }
         if ws.heartbeat_interval_ms < 100 {
-            return Err(invalid("websocket.heartbeat_interval_ms", "must be at least 100"));
+            return Err(invalid(
+                "websocket.heartbeat_interval_ms",
+                "must be at least 100",
+            ));
         }
         if ws.heartbeat_timeout_ms < 100 {
-            return Err(invalid("websocket.heartbeat_timeout_ms", "must be at least 100"));
+            return Err(invalid(
+                "websocket.heartbeat_timeout_ms",
+                "must be at least 100",
+            ));
         }
         if ws.handshake_timeout_ms == 0 {
             return Err(invalid("websocket.handshake_timeout_ms", "must be above 0"));

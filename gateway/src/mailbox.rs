@@ -52,8 +52,12 @@ pub enum ShardMsg {
         conn: ConnId,
         /// The op's id.
         id: Option<u64>,
+        /// The request's sequence number on the connection.
+        seq: u64,
         /// Resume position.
         since: Option<(String, u64)>,
+        /// The subscriber takes shared compressed frames.
+        deflate: bool,
     },
     /// To a room's home shard: one subscriber on `origin` left.
     Unsubscribe {
@@ -61,6 +65,8 @@ pub enum ShardMsg {
         room: RoomName,
         /// The subscriber's shard.
         origin: ShardId,
+        /// The subscriber took shared compressed frames.
+        deflate: bool,
     },
     /// To a room's home shard: publish.
     Publish {
@@ -78,6 +84,10 @@ pub enum ShardMsg {
         room: RoomName,
         /// The subscriber.
         conn: ConnId,
+        /// The request's sequence number on the connection.
+        seq: u64,
+        /// Whether the subscription is in force (else `frames` holds the error).
+        ok: bool,
         /// The frames to send, in order.
         frames: Vec<Bytes>,
     },

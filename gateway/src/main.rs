@@ -1,1 +1,236 @@
-fn main() {}
+//! `ringcast`: wires the configuration, the shards, the admin listener and signals together.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use gateway::config::{Config, IoDriver};
+use gateway::mailbox::Mailboxes;
+use gateway::shard::{self, Global, ShardSetup};
+use gateway::{http, listener, runtime};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// ringcast: a thread-per-core WebSocket gateway with rooms, recovery and encode-once fan-out.
+///
+/// Every configuration key can also be set as an environment variable: `RINGCAST_<KEY>` for a
+/// top-level key, `RINGCAST_<SECTION>__<KEY>` for a key in a section (for example
+/// `RINGCAST_WEBSOCKET__MAX_MESSAGE_BYTES=131072`). Precedence: flags, then environment, then
+/// the file, then defaults. See `docs/configuration.md` for every key.
+#[derive(Debug, Parser)]
+#[command(name = "ringcast", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a configuration file (with the environment applied) and print the effective
+    /// configuration; exits non-zero and names the bad key if it is invalid.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', value_name = "FILE", env = "RINGCAST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Public listener address (WebSocket); default 0.0.0.0:8080.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Admin listener address (/healthz, /readyz, /metrics, /api); default 127.0.0.1:9090.
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<std::net::SocketAddr>,
+    /// Shard threads (0 = one per available core).
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// I/O driver: auto (io_uring, falling back to epoll), io-uring, or epoll.
+    #[arg(long, value_enum, value_name = "DRIVER")]
+    io_driver: Option<IoDriver>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Serve the WebSocket echo endpoint GET /echo (conformance testing only).
+    #[arg(long)]
+    echo_endpoint: bool,
+    /// Do not pin shard threads to cores.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+fn load_config(args: &RunArgs, file: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let mut config = Config::load(file, std::env::vars())?;
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.admin_listen {
+        config.admin_listen = v;
+    }
+    if let Some(v) = args.shards {
+        config.shards = v;
+    }
+    if let Some(v) = args.io_driver {
+        config.io_driver = v;
+    }
+    if let Some(v) = &args.log_level {
+        config.log_level = v.clone();
+    }
+    if args.echo_endpoint {
+        config.websocket.echo_endpoint = true;
+    }
+    if args.no_pin {
+        config.pin_cores = false;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::CheckConfig { file }) => {
+            let config = load_config(&cli.run, Some(file))
+                .with_context(|| format!("{} is not valid", file.display()))?;
+            println!("{} is valid; effective configuration:\n", file.display());
+            println!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }
+        None => {
+            let config = load_config(&cli.run, cli.run.config.as_deref())?;
+            serve(config)
+        }
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&config.log_level).context("log_level")?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    gateway::metrics::describe();
+
+    let driver = runtime::resolve(config.io_driver)?;
+    let shards = config.shard_count();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let listeners = listener::bind_reuseport(config.listen, shards)
+        .with_context(|| format!("binding the public listener {}", config.listen))?;
+    let public_addr = listeners[0].local_addr()?;
+    let admin_listener = std::net::TcpListener::bind(config.admin_listen)
+        .with_context(|| format!("binding the admin listener {}", config.admin_listen))?;
+    admin_listener.set_nonblocking(true)?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let node: Arc<str> = config.node_name().into();
+    let config = Arc::new(config);
+    let mailboxes = Mailboxes::new(shards);
+    let global = Arc::new(Global::default());
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let mut threads = Vec::with_capacity(shards);
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let setup = ShardSetup {
+            id,
+            listener,
+            mailboxes: mailboxes.clone(),
+            config: config.clone(),
+            node: node.clone(),
+            driver,
+            core: config.pin_cores.then_some(id % cores),
+            started: started_tx.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("ringcast-shard-{id}"))
+            .spawn(move || shard::run(setup))
+            .context("spawning a shard thread")?;
+        threads.push(handle);
+    }
+    drop(started_tx);
+    for _ in 0..shards {
+        started_rx
+            .recv()
+            .context("a shard failed to start (see the log above)")?;
+    }
+
+    let admin = http::admin::Admin {
+        config: config.clone(),
+        mailboxes: mailboxes.clone(),
+        global: global.clone(),
+        prometheus,
+    };
+    std::thread::Builder::new()
+        .name("ringcast-admin".into())
+        .spawn(move || {
+            if let Err(e) = http::admin::run(admin, admin_listener) {
+                tracing::error!(error = %e, "admin listener stopped");
+            }
+        })
+        .context("spawning the admin thread")?;
+
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handlers")?;
+    {
+        let global = global.clone();
+        let mailboxes = mailboxes.clone();
+        std::thread::Builder::new()
+            .name("ringcast-signals".into())
+            .spawn(move || {
+                let mut seen = 0;
+                for signal in signals.forever() {
+                    seen += 1;
+                    if seen == 1 {
+                        tracing::info!(
+                            signal,
+                            "shutting down gracefully (signal again to stop now)"
+                        );
+                        shard::shutdown_all(&global, &mailboxes);
+                    } else {
+                        tracing::warn!(signal, "second signal: stopping now");
+                        std::process::exit(1);
+                    }
+                }
+            })
+            .context("spawning the signal thread")?;
+    }
+
+    global
+        .ready
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    tracing::info!(%public_addr, %admin_addr, shards, driver = driver.name(), node = %node, "ringcast started");
+    // Tests and scripts read this line to find the ports.
+    println!(
+        "ringcast listening public={public_addr} admin={admin_addr} shards={shards} driver={}",
+        driver.name()
+    );
+
+    let mut failed = false;
+    for (id, t) in threads.into_iter().enumerate() {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(shard = id, error = %e, "shard failed");
+                failed = true;
+            }
+            Err(_) => failed = true,
+        }
+    }
+    if failed {
+        anyhow::bail!("a shard failed");
+    }
+    tracing::info!("ringcast stopped");
+    Ok(())
+}

@@ -7,26 +7,65 @@ use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_gauge!("ringcast_connections", "Open WebSocket connections.");
-    describe_counter!("ringcast_connections_total", "WebSocket connections accepted (upgraded).");
+    describe_counter!(
+        "ringcast_connections_total",
+        "WebSocket connections accepted (upgraded)."
+    );
     describe_counter!(
         "ringcast_handshake_failures_total",
         "Connections refused or dropped before the upgrade, by reason."
     );
-    describe_counter!("ringcast_frames_in_total", "WebSocket messages and control frames received.");
+    describe_counter!(
+        "ringcast_frames_in_total",
+        "WebSocket messages and control frames received."
+    );
     describe_counter!("ringcast_frames_out_total", "WebSocket frames written.");
-    describe_counter!(Unit::Bytes, "ringcast_bytes_in_total", "Bytes read from clients.");
-    describe_counter!(Unit::Bytes, "ringcast_bytes_out_total", "Bytes written to clients.");
-    describe_counter!("ringcast_publishes_total", "Messages published (accepted and given an offset).");
-    describe_counter!("ringcast_deliveries_total", "Room messages queued to subscribers.");
-    describe_counter!("ringcast_slow_consumer_closes_total", "Connections closed with 4008.");
-    describe_counter!("ringcast_protocol_errors_total", "Connections closed for a WebSocket protocol error.");
-    describe_counter!("ringcast_op_errors_total", "Ops answered with an error event.");
-    describe_gauge!("ringcast_mailbox_depth", "Cross-shard messages waiting, per shard.");
-    describe_gauge!(Unit::Bytes, "ringcast_outbound_queued_bytes", "Bytes queued to clients, per shard.");
-    describe_gauge!("ringcast_rooms", "Rooms with state on their home shard, per shard.");
+    describe_counter!(
+        "ringcast_bytes_in_total",
+        Unit::Bytes,
+        "Bytes read from clients."
+    );
+    describe_counter!(
+        "ringcast_bytes_out_total",
+        Unit::Bytes,
+        "Bytes written to clients."
+    );
+    describe_counter!(
+        "ringcast_publishes_total",
+        "Messages published (accepted and given an offset)."
+    );
+    describe_counter!(
+        "ringcast_deliveries_total",
+        "Room messages queued to subscribers."
+    );
+    describe_counter!(
+        "ringcast_slow_consumer_closes_total",
+        "Connections closed with 4008."
+    );
+    describe_counter!(
+        "ringcast_protocol_errors_total",
+        "Connections closed for a WebSocket protocol error."
+    );
+    describe_counter!(
+        "ringcast_op_errors_total",
+        "Ops answered with an error event."
+    );
+    describe_gauge!(
+        "ringcast_mailbox_depth",
+        "Cross-shard messages waiting, per shard."
+    );
+    describe_gauge!(
+        "ringcast_outbound_queued_bytes",
+        Unit::Bytes,
+        "Bytes queued to clients, per shard."
+    );
+    describe_gauge!(
+        "ringcast_rooms",
+        "Rooms with state on their home shard, per shard."
+    );
     describe_histogram!(
-        Unit::Seconds,
         "ringcast_publish_to_write_seconds",
+        Unit::Seconds,
         "From publish (offset assigned) to the write of the frame to a subscriber's socket; \
          sampled per write batch (its oldest message)."
     );

@@ -9,14 +9,19 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo +nightly install cargo-fuzz --locked
 fi
 targets=$(cargo +nightly fuzz list)
+cargo +nightly fuzz build >/dev/null
 for t in $targets; do
-    mkdir -p "corpus/$t"
+    mkdir -p "corpus/$t" "seeds/$t"
     echo "== $t: ${SECONDS_EACH}s"
-    cargo +nightly fuzz run "$t" "corpus/$t" "seeds/$t" -- -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -print_final_stats=1 2>&1 \
-        | grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ +DONE|==[0-9]+== ERROR|SUMMARY)" || true
-    if [ -n "$(ls -A "artifacts/$t" 2>/dev/null)" ]; then
-        echo "crash artifacts in fuzz/artifacts/$t" >&2
+    log="$(mktemp)"
+    # A build failure, a crash or a timeout makes libFuzzer (and so this script) exit non-zero.
+    if ! cargo +nightly fuzz run "$t" "corpus/$t" "seeds/$t" -- \
+        -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+        tail -40 "$log" >&2
+        echo "fuzz target $t FAILED; artifacts in proto-codec/fuzz/artifacts/$t" >&2
         exit 1
     fi
+    grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb)|Done [0-9]+ runs" "$log" || true
+    rm -f "$log"
 done
 echo "all fuzz targets ran ${SECONDS_EACH}s each without a crash"

@@ -94,11 +94,18 @@ impl Outbox {
 
     /// Fills `slices` with the next frames to write; returns how many, and the oldest publish
     /// time among them.
-    pub fn slices<'a>(&'a self, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> (usize, Option<Instant>) {
+    pub fn slices<'a>(
+        &'a self,
+        slices: &mut [IoSlice<'a>; MAX_IOVECS],
+    ) -> (usize, Option<Instant>) {
         let mut n = 0;
         let mut oldest = None;
         for (i, (frame, at)) in self.frames.iter().take(MAX_IOVECS).enumerate() {
-            let bytes = if i == 0 { &frame[self.front_written..] } else { &frame[..] };
+            let bytes = if i == 0 {
+                &frame[self.front_written..]
+            } else {
+                &frame[..]
+            };
             slices[n] = IoSlice::new(bytes);
             n += 1;
             if oldest.is_none() {
@@ -138,18 +145,24 @@ mod tests {
     #[test]
     fn bounded_and_partial_writes() {
         let mut o = Outbox::new(10);
-        assert_eq!(o.push(Bytes::from_static(b"abcdef"), None), Push::QueuedFirst);
+        assert_eq!(
+            o.push(Bytes::from_static(b"abcdef"), None),
+            Push::QueuedFirst
+        );
         assert_eq!(o.push(Bytes::from_static(b"ghij"), None), Push::Queued);
         assert_eq!(o.push(Bytes::from_static(b"k"), None), Push::Overflow);
         assert_eq!(o.push_control(Bytes::from_static(b"k")), Push::Queued);
-        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-        let (n, _) = o.slices(&mut slices);
-        assert_eq!(n, 3);
+        {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            assert_eq!(o.slices(&mut slices).0, 3);
+        }
         assert_eq!(o.advance(8), 1);
         assert_eq!(o.queued_bytes(), 3);
-        let (n, _) = o.slices(&mut slices);
-        assert_eq!(&*slices[0], b"ij");
-        assert_eq!(n, 2);
+        {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            assert_eq!(o.slices(&mut slices).0, 2);
+            assert_eq!(&*slices[0], b"ij");
+        }
         o.discard_unstarted();
         assert_eq!(o.queued_bytes(), 2, "the partly written frame stays");
         assert_eq!(o.advance(2), 1);

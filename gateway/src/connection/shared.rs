@@ -79,7 +79,13 @@ pub struct ConnShared {
 
 impl ConnShared {
     /// A new connection's shared state.
-    pub fn new(id: ConnId, kind: ConnKind, takes_shared_deflate: bool, high_water: usize, now: Instant) -> ConnShared {
+    pub fn new(
+        id: ConnId,
+        kind: ConnKind,
+        takes_shared_deflate: bool,
+        high_water: usize,
+        now: Instant,
+    ) -> ConnShared {
         ConnShared {
             id,
             kind,

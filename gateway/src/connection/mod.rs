@@ -1,0 +1,350 @@
+//! One client connection: the glue between a socket and the sans-I/O codec.
+//!
+//! After the upgrade, one task drives the connection with a hand-written poll loop:
+//! write queued frames (many per `writev`), then read into the **shard's** buffer and decode in
+//! place. Reads and writes are readiness-based (monoio `poll-io`), so an idle connection holds no
+//! receive buffer: only a partial frame's remainder (at most 139 bytes) stays with it.
+//!
+//! The connection is a state machine ([`state::ConnState`]): `Open` → `Closing` (we sent a close
+//! frame and wait for the peer's) or `CloseReceived` (the peer closed; we answer and end) → done.
+
+pub mod handshake;
+pub mod ops;
+pub mod outbox;
+pub mod shared;
+pub mod state;
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use monoio::io::IntoPollIo;
+use monoio::net::TcpStream;
+use proto_codec::protocol::ServerEvent;
+use proto_codec::ws::{
+    encode_close, encode_frame, encode_message, CloseCode, DataKind, Decoder, DecoderConfig,
+    Message, OpCode,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use self::outbox::MAX_IOVECS;
+use self::shared::{CloseRequest, ConnKind, ConnShared};
+use self::state::ConnState;
+use crate::shard::ShardCtx;
+
+/// Reads handled per wake before yielding to other connections.
+const READS_PER_WAKE: usize = 16;
+
+/// Per-connection I/O state owned by the connection's task.
+struct ConnIo {
+    decoder: Decoder,
+    /// Unconsumed bytes: a partial header or control frame.
+    remainder: Vec<u8>,
+    state: ConnState,
+    /// Window bits for echo compression (None: no permessage-deflate).
+    deflate_bits: Option<u8>,
+}
+
+/// Serves one accepted TCP connection until it ends.
+pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, _peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let mut stream = match stream.into_poll_io() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "poll-io conversion failed");
+            return;
+        }
+    };
+    let upgraded = match handshake::perform(&mut stream, &ctx.config, ctx.is_shutting_down()).await
+    {
+        Ok(u) => u,
+        Err(e) => {
+            crate::metrics::handshake_failure(e.label());
+            return;
+        }
+    };
+    let ws = &ctx.config.websocket;
+    let mut decoder_config = DecoderConfig::server(ws.max_message_bytes);
+    if let Some(p) = upgraded.deflate {
+        decoder_config = decoder_config.with_deflate(p.client_no_context_takeover);
+    }
+    let takes_shared_deflate = upgraded
+        .deflate
+        .is_some_and(|p| p.server_max_window_bits == 15);
+    let conn = ctx.register_conn(upgraded.kind, takes_shared_deflate);
+    if upgraded.kind == ConnKind::App {
+        conn.push_control(
+            ServerEvent::Hello {
+                client: format!("{}-{}-{}", ctx.node, ctx.id, conn.id).into(),
+                node: ctx.node.as_ref().into(),
+                heartbeat_ms: ws.heartbeat_interval_ms,
+            }
+            .to_frame(),
+        );
+    }
+    let mut io = ConnIo {
+        decoder: Decoder::new(decoder_config),
+        remainder: upgraded.leftover,
+        state: ConnState::Open,
+        deflate_bits: upgraded.deflate.map(|p| p.server_max_window_bits),
+    };
+    // Bytes that came with the upgrade request are processed before the first read.
+    if !io.remainder.is_empty() {
+        let mut pending = std::mem::take(&mut io.remainder);
+        if let Err(e) = process(&ctx, &conn, &mut io, &mut pending) {
+            fail(&ctx, &conn, &mut io, e);
+        }
+    }
+    let result = poll_fn(|cx| drive(&ctx, &conn, &mut stream, &mut io, cx)).await;
+    if let Err(e) = result {
+        tracing::trace!(conn = conn.id, error = %e, "connection ended with an error");
+    }
+    ctx.unregister_conn(&conn);
+}
+
+/// One pass of the connection's loop; returns `Ready` when the connection is over.
+fn drive<S>(
+    ctx: &ShardCtx,
+    conn: &Rc<ConnShared>,
+    stream: &mut S,
+    io: &mut ConnIo,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    conn.set_waker(cx.waker());
+    let mut reads = 0;
+    loop {
+        if conn.force_end.get() {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(req) = conn.take_close_request() {
+            begin_close(ctx, conn, io, req);
+        }
+        let write_blocked = match flush(ctx, conn, stream, cx) {
+            Poll::Ready(Ok(())) => false,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => true,
+        };
+        if io.state.shuts_down_after_flush() {
+            if write_blocked {
+                return Poll::Pending;
+            }
+            // Our close frame is out: send FIN and wait for the peer's (RFC 6455 §7.1.1: the
+            // server closes the TCP connection first).
+            let _ = Pin::new(&mut *stream).poll_shutdown(cx);
+            io.state = ConnState::Lingering;
+        }
+        let read = if io.state == ConnState::Lingering {
+            discard_once(ctx, stream, cx)
+        } else {
+            read_once(ctx, conn, stream, io, cx)
+        };
+        match read {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+            Poll::Ready(Ok(_)) => {
+                reads += 1;
+                if reads >= READS_PER_WAKE {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let has_output = !conn.outbox().borrow().is_empty();
+                if (has_output && !write_blocked) || io.state.shuts_down_after_flush() {
+                    continue;
+                }
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// Reads and drops input (after our side shut down). `Ok(0)` is the peer's FIN.
+fn discard_once<S>(ctx: &ShardCtx, stream: &mut S, cx: &mut Context<'_>) -> Poll<io::Result<usize>>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut buf = ctx.read_buf.borrow_mut();
+    let mut read_buf = ReadBuf::new(&mut buf[..]);
+    match Pin::new(&mut *stream).poll_read(cx, &mut read_buf) {
+        Poll::Ready(Ok(())) => Poll::Ready(Ok(read_buf.filled().len())),
+        other => other.map(|r| r.map(|_| 0)),
+    }
+}
+
+/// Writes queued frames until the queue is empty or the socket is full.
+fn flush<S>(
+    ctx: &ShardCtx,
+    conn: &ConnShared,
+    stream: &mut S,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>>
+where
+    S: AsyncWrite + Unpin,
+{
+    loop {
+        let mut outbox = conn.outbox().borrow_mut();
+        if outbox.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let (n, oldest) = outbox.slices(&mut slices);
+        let written = match Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..n]) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(w)) => w,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        let frames = outbox.advance(written);
+        ctx.metrics.bytes_out.increment(written as u64);
+        ctx.metrics.frames_out.increment(frames as u64);
+        if let Some(at) = oldest {
+            ctx.metrics
+                .publish_to_write
+                .record(ctx.now.get().saturating_duration_since(at).as_secs_f64());
+        }
+    }
+}
+
+/// Reads once into the shard buffer and processes what arrived. `Ok(0)` is end of stream.
+fn read_once<S>(
+    ctx: &ShardCtx,
+    conn: &Rc<ConnShared>,
+    stream: &mut S,
+    io: &mut ConnIo,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut buf = ctx.read_buf.borrow_mut();
+    let kept = io.remainder.len();
+    buf[..kept].copy_from_slice(&io.remainder);
+    let mut read_buf = ReadBuf::new(&mut buf[kept..]);
+    match Pin::new(&mut *stream).poll_read(cx, &mut read_buf) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Ready(Ok(())) => {
+            let n = read_buf.filled().len();
+            if n == 0 {
+                return Poll::Ready(Ok(0));
+            }
+            ctx.metrics.bytes_in.increment(n as u64);
+            conn.last_rx.set(ctx.now.get());
+            conn.ping_sent.set(None);
+            io.remainder.clear();
+            if let Err(e) = process(ctx, conn, io, &mut buf[..kept + n]) {
+                fail(ctx, conn, io, e);
+            }
+            Poll::Ready(Ok(n))
+        }
+    }
+}
+
+/// Decodes every complete message in `input` and acts on it; keeps the unconsumed tail.
+fn process(
+    ctx: &ShardCtx,
+    conn: &Rc<ConnShared>,
+    io: &mut ConnIo,
+    input: &mut [u8],
+) -> Result<(), proto_codec::ws::ProtocolError> {
+    let mut pos = 0;
+    while io.state.decodes() && pos < input.len() {
+        let decoded = io.decoder.decode(&mut input[pos..])?;
+        pos += decoded.consumed;
+        let Some(message) = decoded.message else {
+            break;
+        };
+        ctx.metrics.frames_in.increment(1);
+        on_message(ctx, conn, io, message);
+    }
+    if io.state.decodes() {
+        io.remainder.extend_from_slice(&input[pos..]);
+    }
+    Ok(())
+}
+
+fn on_message(ctx: &ShardCtx, conn: &Rc<ConnShared>, io: &mut ConnIo, message: Message<'_>) {
+    if io.state == ConnState::Closing && !matches!(message, Message::Close(_)) {
+        // After our close, only the peer's close matters.
+        return;
+    }
+    match message {
+        Message::Data(kind, payload) => match conn.kind {
+            ConnKind::App if kind == DataKind::Text => {
+                conn.last_op.set(ctx.now.get());
+                ops::handle(ctx, conn, &payload);
+            }
+            ConnKind::App => begin_close(
+                ctx,
+                conn,
+                io,
+                CloseRequest {
+                    code: CloseCode::UNSUPPORTED_DATA,
+                    reason: "binary messages are not supported".into(),
+                    discard_queue: false,
+                },
+            ),
+            ConnKind::Echo => {
+                let frame = match io.deflate_bits {
+                    Some(bits) => {
+                        ctx.with_deflater(bits, |d| encode_message(kind, &payload, Some(d)))
+                    }
+                    None => encode_message(kind, &payload, None),
+                };
+                conn.push_control(frame);
+            }
+        },
+        Message::Ping(payload) => conn.push_control(encode_frame(OpCode::Pong, false, payload)),
+        Message::Pong(_) => {}
+        Message::Close(close) => {
+            match io.state {
+                ConnState::Open => {
+                    // Echo the code (RFC 6455 §5.5.1), then end once it is written.
+                    let code = close.map_or(CloseCode::NORMAL, |(c, _)| c);
+                    conn.push_control(encode_close(code, ""));
+                    io.state = ConnState::CloseReceived;
+                }
+                ConnState::Closing => io.state = ConnState::CloseReceived,
+                ConnState::CloseReceived | ConnState::Failed | ConnState::Lingering => {}
+            }
+            conn.closing_since.set(Some(ctx.now.get()));
+        }
+    }
+}
+
+/// Starts a close we initiate: queue the close frame and stop acting on input.
+fn begin_close(ctx: &ShardCtx, conn: &ConnShared, io: &mut ConnIo, req: CloseRequest) {
+    if io.state != ConnState::Open {
+        return;
+    }
+    if req.code == proto_codec::protocol::codes::close::SLOW_CONSUMER {
+        ctx.metrics.slow_consumer_closes.increment(1);
+    }
+    if req.discard_queue {
+        conn.outbox().borrow_mut().discard_unstarted();
+    }
+    conn.push_control(encode_close(req.code, &req.reason));
+    io.state = ConnState::Closing;
+    conn.closing_since.set(Some(ctx.now.get()));
+}
+
+/// A protocol error: fail the connection (RFC 6455 §7.1.7): send a close with the error's code,
+/// stop decoding, and end once it is written.
+fn fail(ctx: &ShardCtx, conn: &ConnShared, io: &mut ConnIo, e: proto_codec::ws::ProtocolError) {
+    ctx.metrics.protocol_errors.increment(1);
+    io.remainder.clear();
+    if matches!(io.state, ConnState::Open | ConnState::Closing) {
+        if io.state == ConnState::Open {
+            conn.push_control(encode_close(e.close_code(), &e.to_string()));
+        }
+        io.state = ConnState::Failed;
+        conn.closing_since.set(Some(ctx.now.get()));
+    }
+}

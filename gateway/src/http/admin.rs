@@ -1,0 +1,265 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` and the server API
+//! (`POST /api/publish`). It runs on its own thread with its own small runtime, off the shards'
+//! hot path; a publish is handed to the room's home shard through its mailbox.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use metrics_exporter_prometheus::PrometheusHandle;
+use proto_codec::http::{parse_request, write_error_response, write_response, Request};
+use proto_codec::protocol::{validate_room, ErrorCode};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::Config;
+use crate::mailbox::{home_shard, Mailboxes, PublishOrigin, ShardMsg};
+use crate::shard::Global;
+
+/// The largest request body the API accepts.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Everything the admin handlers need.
+#[derive(Clone)]
+pub struct Admin {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Shards' mailboxes (the API publishes through them).
+    pub mailboxes: Mailboxes,
+    /// Readiness and shutdown flags.
+    pub global: Arc<Global>,
+    /// The Prometheus recorder's handle.
+    pub prometheus: PrometheusHandle,
+}
+
+/// Serves the admin listener forever (on the calling thread).
+pub fn run(admin: Admin, listener: std::net::TcpListener) -> std::io::Result<()> {
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()?;
+    rt.block_on(async move {
+        let listener = monoio::net::TcpListener::from_std(listener)?;
+        let upkeep = admin.prometheus.clone();
+        monoio::spawn(async move {
+            loop {
+                monoio::time::sleep(Duration::from_secs(5)).await;
+                upkeep.run_upkeep();
+            }
+        });
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let admin = admin.clone();
+                    monoio::spawn(async move {
+                        if let Ok(mut s) = monoio::io::IntoPollIo::into_poll_io(stream) {
+                            let _ = serve_conn(&admin, &mut s).await;
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    monoio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+}
+
+async fn serve_conn<S>(admin: &Admin, stream: &mut S) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        // Read a head (and its body) with a deadline, answer, and keep the connection.
+        let request = monoio::time::timeout(
+            Duration::from_secs(30),
+            read_request(stream, &mut buf, &mut chunk),
+        )
+        .await;
+        let (head_len, body_len) = match request {
+            Err(_) | Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(Some(Err((status, reason))))) => {
+                let mut out = Vec::new();
+                write_error_response(&mut out, status, &reason, &[]);
+                stream.write_all(&out).await?;
+                return Ok(());
+            }
+            Ok(Ok(Some(Ok(lens)))) => lens,
+        };
+        let response = {
+            let req = match parse_request(&buf) {
+                Ok(Some(r)) => r,
+                _ => return Ok(()),
+            };
+            let body = &buf[head_len..head_len + body_len];
+            handle(admin, &req, body).await
+        };
+        stream.write_all(&response).await?;
+        buf.drain(..head_len + body_len);
+    }
+}
+
+type ReadResult = std::io::Result<Option<Result<(usize, usize), (u16, String)>>>;
+
+/// Reads until `buf` holds a whole request; returns (head length, body length), an HTTP error
+/// to answer, or `None` at end of stream.
+async fn read_request<S>(stream: &mut S, buf: &mut Vec<u8>, chunk: &mut [u8]) -> ReadResult
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    loop {
+        match parse_request(buf) {
+            Err(e) => return Ok(Some(Err((e.status(), e.to_string())))),
+            Ok(Some(req)) => {
+                if req.header("transfer-encoding").is_some() {
+                    return Ok(Some(Err((411, "send a Content-Length body".into()))));
+                }
+                let body_len = match req
+                    .header_str("content-length")
+                    .map(|v| v.trim().parse::<usize>())
+                {
+                    None => 0,
+                    Some(Ok(n)) if n <= MAX_BODY_BYTES => n,
+                    Some(Ok(_)) => return Ok(Some(Err((413, "body over 1 MiB".into())))),
+                    Some(Err(_)) => return Ok(Some(Err((400, "invalid Content-Length".into())))),
+                };
+                if buf.len() >= req.head_len + body_len {
+                    return Ok(Some(Ok((req.head_len, body_len))));
+                }
+            }
+            Ok(None) => {}
+        }
+        let n = stream.read(chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn json_response(status: u16, body: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_response(&mut out, status, "application/json", &[], body.as_bytes());
+    out
+}
+
+fn error_json(status: u16, code: ErrorCode, reason: &str) -> Vec<u8> {
+    let body = serde_json::json!({ "error": code.as_str(), "reason": reason }).to_string();
+    json_response(status, &body)
+}
+
+async fn handle(admin: &Admin, req: &Request<'_>, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match (req.method, req.path) {
+        ("GET", "/healthz") => write_response(&mut out, 200, "text/plain", &[], b"ok\n"),
+        ("GET", "/readyz") => {
+            if admin.global.shutting_down.load(Ordering::SeqCst) {
+                write_response(&mut out, 503, "text/plain", &[], b"shutting down\n")
+            } else if admin.global.ready.load(Ordering::SeqCst) {
+                write_response(&mut out, 200, "text/plain", &[], b"ready\n")
+            } else {
+                write_response(&mut out, 503, "text/plain", &[], b"starting\n")
+            }
+        }
+        ("GET", "/metrics") => {
+            let text = admin.prometheus.render();
+            write_response(
+                &mut out,
+                200,
+                "text/plain; version=0.0.4",
+                &[],
+                text.as_bytes(),
+            )
+        }
+        ("POST", "/api/publish") => return api_publish(admin, req, body).await,
+        (_, "/healthz" | "/readyz" | "/metrics") => {
+            write_error_response(&mut out, 405, "use GET", &[("Allow", "GET")])
+        }
+        (_, "/api/publish") => {
+            write_error_response(&mut out, 405, "use POST", &[("Allow", "POST")])
+        }
+        _ => write_error_response(&mut out, 404, "no such endpoint", &[]),
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    room: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// Whether the request carries the API key (compared in constant time).
+fn authorized(config: &Config, req: &Request<'_>) -> bool {
+    let Some(given) = req
+        .header_str("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let want = config.api.key.as_bytes();
+    let given = given.trim().as_bytes();
+    given.len() == want.len()
+        && given
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn api_publish(admin: &Admin, req: &Request<'_>, body: &[u8]) -> Vec<u8> {
+    if admin.config.api.key.is_empty() {
+        return error_json(
+            404,
+            ErrorCode::NotEnabled,
+            "the server API is off: set api.key",
+        );
+    }
+    if !authorized(&admin.config, req) {
+        return error_json(401, ErrorCode::Unauthorized, "missing or wrong API key");
+    }
+    if admin.global.shutting_down.load(Ordering::SeqCst) {
+        return error_json(503, ErrorCode::Unavailable, "shutting down");
+    }
+    let parsed: PublishBody<'_> = match serde_json::from_slice(body) {
+        Ok(p) => p,
+        Err(e) => return error_json(400, ErrorCode::BadRequest, &e.to_string()),
+    };
+    if let Err(e) = validate_room(&parsed.room) {
+        return error_json(400, ErrorCode::BadRoom, &e.to_string());
+    }
+    let data = parsed.data.get().as_bytes();
+    if data.len() > admin.config.rooms.max_data_bytes {
+        return error_json(413, ErrorCode::TooLarge, "data is over the size limit");
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let home = home_shard(&parsed.room, admin.mailboxes.len());
+    admin.mailboxes.send(
+        home,
+        ShardMsg::Publish {
+            room: parsed.room.as_str().into(),
+            data: Bytes::copy_from_slice(data),
+            origin: PublishOrigin::Api(tx),
+        },
+    );
+    match monoio::time::timeout(Duration::from_secs(5), rx).await {
+        Ok(Ok(Ok((epoch, offset)))) => {
+            let body =
+                serde_json::json!({ "room": parsed.room, "epoch": &*epoch, "offset": offset })
+                    .to_string();
+            json_response(200, &body)
+        }
+        Ok(Ok(Err(code))) => error_json(503, code, "publish failed; retry"),
+        Ok(Err(_)) | Err(_) => error_json(
+            503,
+            ErrorCode::Unavailable,
+            "no answer from the room's shard; retry",
+        ),
+    }
+}

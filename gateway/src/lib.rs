@@ -1,0 +1,14 @@
+//! The ringcast gateway: thread-per-core shards serving WebSocket clients, rooms with ordered
+//! offsets and history, and encode-once fan-out across shards.
+//!
+//! `main.rs` only wires these together; see `docs/architecture.md` for how a message travels.
+
+pub mod config;
+pub mod connection;
+pub mod http;
+pub mod listener;
+pub mod mailbox;
+pub mod metrics;
+pub mod rooms;
+pub mod runtime;
+pub mod shard;

@@ -1,0 +1,89 @@
+//! This shard's subscribers per room. Delivery walks the list and pushes the same `Bytes` to
+//! each connection: no allocation, no copy per subscriber.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use broker_bridge::RoomName;
+use bytes::Bytes;
+
+use crate::connection::shared::ConnShared;
+use crate::mailbox::ConnId;
+
+/// Subscribers of one room on this shard.
+#[derive(Debug, Default)]
+struct LocalRoom {
+    subscribers: Vec<Rc<ConnShared>>,
+}
+
+/// Every room with subscribers on this shard.
+#[derive(Debug, Default)]
+pub struct LocalRooms {
+    rooms: HashMap<RoomName, LocalRoom>,
+}
+
+impl LocalRooms {
+    /// Adds a subscriber.
+    pub fn add(&mut self, room: &RoomName, conn: Rc<ConnShared>) {
+        self.rooms
+            .entry(room.clone())
+            .or_default()
+            .subscribers
+            .push(conn);
+    }
+
+    /// Removes a subscriber; returns whether it was there.
+    pub fn remove(&mut self, room: &str, conn: ConnId) -> bool {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return false;
+        };
+        let Some(at) = r.subscribers.iter().position(|c| c.id == conn) else {
+            return false;
+        };
+        r.subscribers.swap_remove(at);
+        if r.subscribers.is_empty() {
+            self.rooms.remove(room);
+        }
+        true
+    }
+
+    /// Queues a room message to every local subscriber; returns how many got it.
+    pub fn deliver(
+        &self,
+        room: &str,
+        frame: &Bytes,
+        deflated: Option<&Bytes>,
+        published_at: Instant,
+    ) -> usize {
+        let Some(r) = self.rooms.get(room) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for conn in &r.subscribers {
+            let f = match deflated {
+                Some(d) if conn.takes_shared_deflate => d,
+                _ => frame,
+            };
+            if conn.push(f.clone(), Some(published_at)) {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Subscribers of a room on this shard.
+    pub fn subscriber_count(&self, room: &str) -> usize {
+        self.rooms.get(room).map_or(0, |r| r.subscribers.len())
+    }
+
+    /// Rooms with local subscribers.
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Whether no room has local subscribers.
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+}

@@ -1,0 +1,5 @@
+//! Rooms on a shard: the subscribers this shard serves ([`local`]) and the rooms this shard is
+//! home to ([`home`]: interest per shard, and the broker that keeps order and history).
+
+pub mod home;
+pub mod local;

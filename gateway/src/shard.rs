@@ -1,0 +1,742 @@
+//! A shard: one thread, one monoio runtime, its own listener, connections and rooms.
+//!
+//! A shard never touches another shard's state; it reaches another shard only through its
+//! mailbox. A message to a room goes to the room's home shard, which gets its offset from the
+//! broker, encodes the `msg` frame once (and compresses it once if a subscriber wants that), and
+//! sends the same `Bytes` to every shard with subscribers of the room.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use broker_bridge::embedded::EmbeddedBroker;
+use broker_bridge::{Appended, Broker, BrokerEvent, Completion, HistoryPolicy, RoomName};
+use bytes::Bytes;
+use proto_codec::protocol::{room_message_frame, ErrorCode, ServerEvent};
+use proto_codec::ws::{encode_frame, CloseCode, MessageDeflater, OpCode};
+
+use crate::config::Config;
+use crate::connection::shared::{CloseRequest, ConnKind, ConnShared, SubState};
+use crate::mailbox::{home_shard, ConnId, Mailboxes, PublishOrigin, ShardId, ShardMsg};
+use crate::metrics::ShardMetrics;
+use crate::rooms::home::{HomeRooms, InterestChange};
+use crate::rooms::local::LocalRooms;
+use crate::runtime::{self, ResolvedDriver};
+
+/// How long a closing connection waits for the peer's close frame before dropping the socket.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the shard checks heartbeats, deadlines and metrics.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// The size of the per-shard read buffer every connection reads into.
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// State shared by the whole process (all shards and the admin thread).
+#[derive(Debug, Default)]
+pub struct Global {
+    /// Every shard is serving.
+    pub ready: AtomicBool,
+    /// Graceful shutdown began.
+    pub shutting_down: AtomicBool,
+}
+
+/// What a shard thread needs to start.
+pub struct ShardSetup {
+    /// This shard.
+    pub id: ShardId,
+    /// Its SO_REUSEPORT listener.
+    pub listener: std::net::TcpListener,
+    /// Every shard's mailbox.
+    pub mailboxes: Mailboxes,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The node's name.
+    pub node: Arc<str>,
+    /// The I/O driver.
+    pub driver: ResolvedDriver,
+    /// Pin to this core.
+    pub core: Option<usize>,
+    /// Tells the main thread the shard is serving.
+    pub started: std::sync::mpsc::Sender<ShardId>,
+}
+
+/// A shard's state. Lives in an `Rc` on the shard's thread.
+pub struct ShardCtx {
+    /// This shard.
+    pub id: ShardId,
+    /// Every shard's mailbox.
+    pub mailboxes: Mailboxes,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The node's name.
+    pub node: Arc<str>,
+    /// Metric handles.
+    pub metrics: ShardMetrics,
+    /// The shared read buffer (connections keep only a partial frame between reads).
+    pub read_buf: RefCell<Vec<u8>>,
+    /// A coarse clock, updated on every mailbox batch and sweep.
+    pub now: Cell<Instant>,
+    conns: RefCell<HashMap<ConnId, Rc<ConnShared>>>,
+    next_conn: Cell<ConnId>,
+    local: RefCell<LocalRooms>,
+    home: RefCell<HomeRooms>,
+    broker: RefCell<Box<dyn Broker>>,
+    pending_publishes: RefCell<HashMap<u64, PublishOrigin>>,
+    next_token: Cell<u64>,
+    deflaters: RefCell<Vec<Option<MessageDeflater>>>,
+    shutting_down: Cell<bool>,
+    accept_waker: RefCell<Option<Waker>>,
+    history: HistoryPolicy,
+}
+
+impl ShardCtx {
+    fn new(id: ShardId, mailboxes: Mailboxes, config: Arc<Config>, node: Arc<str>) -> ShardCtx {
+        let shards = mailboxes.len();
+        let history = HistoryPolicy {
+            size: config.rooms.history_size,
+            ttl: Duration::from_millis(config.rooms.history_ttl_ms),
+        };
+        ShardCtx {
+            id,
+            mailboxes,
+            node,
+            metrics: ShardMetrics::new(id),
+            read_buf: RefCell::new(vec![0; READ_BUFFER_BYTES]),
+            now: Cell::new(Instant::now()),
+            conns: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(1),
+            local: RefCell::new(LocalRooms::default()),
+            home: RefCell::new(HomeRooms::new(shards)),
+            broker: RefCell::new(Box::new(EmbeddedBroker::new())),
+            pending_publishes: RefCell::new(HashMap::new()),
+            next_token: Cell::new(1),
+            deflaters: RefCell::new((8..=15).map(|_| None).collect()),
+            shutting_down: Cell::new(false),
+            accept_waker: RefCell::new(None),
+            history,
+            config,
+        }
+    }
+
+    /// Whether graceful shutdown began on this shard.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    // ---- connections -------------------------------------------------------------------
+
+    /// Registers an upgraded connection.
+    pub fn register_conn(&self, kind: ConnKind, takes_shared_deflate: bool) -> Rc<ConnShared> {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        let conn = Rc::new(ConnShared::new(
+            id,
+            kind,
+            takes_shared_deflate,
+            self.config.websocket.outbound_high_water_bytes,
+            self.now.get(),
+        ));
+        if self.shutting_down.get() {
+            conn.shutdown_close_at.set(Some(self.now.get()));
+        }
+        self.conns.borrow_mut().insert(id, conn.clone());
+        self.metrics.connections.increment(1.0);
+        self.metrics.connections_total.increment(1);
+        conn
+    }
+
+    /// Forgets a connection and leaves its rooms.
+    pub fn unregister_conn(&self, conn: &ConnShared) {
+        self.conns.borrow_mut().remove(&conn.id);
+        self.metrics.connections.decrement(1.0);
+        let rooms: Vec<(RoomName, SubState)> = conn.rooms.borrow_mut().drain().collect();
+        for (room, state) in rooms {
+            if state == SubState::Active {
+                self.local.borrow_mut().remove(&room, conn.id);
+            }
+            self.route(
+                home_shard(&room, self.mailboxes.len()),
+                ShardMsg::Unsubscribe {
+                    room,
+                    origin: self.id,
+                    deflate: conn.takes_shared_deflate,
+                },
+            );
+        }
+    }
+
+    /// A compressor for a window size, kept per shard (zlib state is large).
+    pub fn with_deflater<R>(
+        &self,
+        window_bits: u8,
+        f: impl FnOnce(&mut MessageDeflater) -> R,
+    ) -> R {
+        let bits = window_bits.clamp(8, 15);
+        let mut all = self.deflaters.borrow_mut();
+        let level = self.config.websocket.compression_level;
+        let slot = &mut all[usize::from(bits - 8)];
+        f(slot.get_or_insert_with(|| MessageDeflater::new(bits, level)))
+    }
+
+    // ---- ops from this shard's connections ---------------------------------------------
+
+    /// A connection subscribes to a room.
+    pub fn subscribe(
+        &self,
+        conn: &Rc<ConnShared>,
+        id: Option<u64>,
+        room: &str,
+        since: Option<(String, u64)>,
+    ) {
+        let error = |code, reason: &str| {
+            conn.push(error_frame(id, code, reason), None);
+        };
+        let room: RoomName = room.into();
+        {
+            let rooms = conn.rooms.borrow();
+            if rooms.contains_key(&room) {
+                return error(
+                    ErrorCode::AlreadySubscribed,
+                    "already subscribed to this room",
+                );
+            }
+            if rooms.len() >= self.config.rooms.max_rooms_per_connection {
+                return error(
+                    ErrorCode::LimitExceeded,
+                    "too many rooms on this connection",
+                );
+            }
+        }
+        let seq = conn.next_sub_seq.get();
+        conn.next_sub_seq.set(seq + 1);
+        conn.rooms
+            .borrow_mut()
+            .insert(room.clone(), SubState::Pending { seq });
+        self.route(
+            home_shard(&room, self.mailboxes.len()),
+            ShardMsg::Subscribe {
+                room,
+                origin: self.id,
+                conn: conn.id,
+                id,
+                seq,
+                since,
+                deflate: conn.takes_shared_deflate,
+            },
+        );
+    }
+
+    /// A connection leaves a room.
+    pub fn unsubscribe(&self, conn: &Rc<ConnShared>, id: Option<u64>, room: &str) {
+        let Some((room, state)) = conn.rooms.borrow_mut().remove_entry(room) else {
+            conn.push(
+                error_frame(id, ErrorCode::NotSubscribed, "not subscribed to this room"),
+                None,
+            );
+            return;
+        };
+        if state == SubState::Active {
+            self.local.borrow_mut().remove(&room, conn.id);
+        }
+        conn.push(
+            ServerEvent::Unsubscribed {
+                id,
+                room: room.as_ref().into(),
+                reason: None,
+            }
+            .to_frame(),
+            None,
+        );
+        self.route(
+            home_shard(&room, self.mailboxes.len()),
+            ShardMsg::Unsubscribe {
+                room,
+                origin: self.id,
+                deflate: conn.takes_shared_deflate,
+            },
+        );
+    }
+
+    /// Publishes to a room (from a connection or the API).
+    pub fn publish(&self, room: &str, data: Bytes, origin: PublishOrigin) {
+        let room: RoomName = room.into();
+        self.route(
+            home_shard(&room, self.mailboxes.len()),
+            ShardMsg::Publish { room, data, origin },
+        );
+    }
+
+    /// Sends a message to a shard; to this shard it is handled at once.
+    fn route(&self, to: ShardId, msg: ShardMsg) {
+        if to == self.id {
+            self.handle(msg);
+        } else {
+            self.mailboxes.send(to, msg);
+        }
+    }
+
+    // ---- messages ----------------------------------------------------------------------
+
+    /// Handles one mailbox message.
+    pub fn handle(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Subscribe {
+                room,
+                origin,
+                conn,
+                id,
+                seq,
+                since,
+                deflate,
+            } => self.home_subscribe(room, origin, conn, id, seq, since, deflate),
+            ShardMsg::Unsubscribe {
+                room,
+                origin,
+                deflate,
+            } => {
+                let change = self.home.borrow_mut().remove(&room, origin, deflate);
+                if change == InterestChange::Last {
+                    self.broker.borrow_mut().set_interest(&room, false);
+                }
+            }
+            ShardMsg::Publish { room, data, origin } => self.home_publish(room, data, origin),
+            ShardMsg::Subscribed {
+                room,
+                conn,
+                seq,
+                ok,
+                frames,
+            } => self.local_subscribed(room, conn, seq, ok, frames),
+            ShardMsg::Deliver {
+                room,
+                frame,
+                deflated,
+                published_at,
+            } => {
+                let n = self
+                    .local
+                    .borrow()
+                    .deliver(&room, &frame, deflated.as_ref(), published_at);
+                self.metrics.deliveries.increment(n as u64);
+            }
+            ShardMsg::ToConn { conn, frame } => {
+                let target = self.conns.borrow().get(&conn).cloned();
+                if let Some(c) = target {
+                    c.push(frame, None);
+                }
+            }
+            ShardMsg::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn home_subscribe(
+        &self,
+        room: RoomName,
+        origin: ShardId,
+        conn: ConnId,
+        id: Option<u64>,
+        seq: u64,
+        since: Option<(String, u64)>,
+        deflate: bool,
+    ) {
+        if self.home.borrow_mut().add(&room, origin, deflate) == InterestChange::First {
+            self.broker.borrow_mut().set_interest(&room, true);
+        }
+        let token = self.token();
+        let since_ref = since.as_ref().map(|(e, o)| (e.as_str(), *o));
+        let result = self
+            .broker
+            .borrow_mut()
+            .recover(&room, since_ref, token, self.now.get());
+        let (ok, frames) = match result {
+            Ok(Completion::Ready(rec)) => {
+                let mut frames = Vec::with_capacity(1 + rec.messages.len());
+                frames.push(
+                    ServerEvent::Subscribed {
+                        id,
+                        room: room.as_ref().into(),
+                        epoch: rec.epoch.as_ref().into(),
+                        offset: rec.latest,
+                        recovered: rec.recovered,
+                    }
+                    .to_frame(),
+                );
+                for m in &rec.messages {
+                    frames.push(room_message_frame(&room, &rec.epoch, m.offset, &m.data));
+                }
+                (true, frames)
+            }
+            // The embedded broker always answers at once; a networked broker's pending recovery
+            // is merged with live traffic in its own issue. Until then, refuse rather than guess.
+            Ok(Completion::Pending) => (
+                false,
+                vec![error_frame(
+                    id,
+                    ErrorCode::Unavailable,
+                    "recovery not available now; retry",
+                )],
+            ),
+            Err(e) => (
+                false,
+                vec![error_frame(id, ErrorCode::Unavailable, &e.to_string())],
+            ),
+        };
+        self.route(
+            origin,
+            ShardMsg::Subscribed {
+                room,
+                conn,
+                seq,
+                ok,
+                frames,
+            },
+        );
+    }
+
+    fn local_subscribed(
+        &self,
+        room: RoomName,
+        conn: ConnId,
+        seq: u64,
+        ok: bool,
+        frames: Vec<Bytes>,
+    ) {
+        let Some(c) = self.conns.borrow().get(&conn).cloned() else {
+            // The connection is gone; closing it already told the home shard.
+            return;
+        };
+        let state = c.rooms.borrow().get(&room).copied();
+        if state != Some(SubState::Pending { seq }) {
+            // Answer to a request the client cancelled (unsubscribe already told the home shard).
+            return;
+        }
+        if ok {
+            c.rooms.borrow_mut().insert(room.clone(), SubState::Active);
+            self.local.borrow_mut().add(&room, c.clone());
+        } else {
+            c.rooms.borrow_mut().remove(&room);
+            self.route(
+                home_shard(&room, self.mailboxes.len()),
+                ShardMsg::Unsubscribe {
+                    room,
+                    origin: self.id,
+                    deflate: c.takes_shared_deflate,
+                },
+            );
+        }
+        // The `subscribed` event and the replay are bounded by the history size: they are not
+        // held to the live high-water mark, so a client can always catch up once.
+        for f in frames {
+            c.push_control(f);
+        }
+    }
+
+    fn token(&self) -> u64 {
+        let t = self.next_token.get();
+        self.next_token.set(t + 1);
+        t
+    }
+
+    fn home_publish(&self, room: RoomName, data: Bytes, origin: PublishOrigin) {
+        let token = self.token();
+        let result =
+            self.broker
+                .borrow_mut()
+                .publish(&room, data, self.history, token, self.now.get());
+        match result {
+            Ok(Completion::Ready(appended)) => self.fan_out(appended, Some(origin)),
+            Ok(Completion::Pending) => {
+                self.pending_publishes.borrow_mut().insert(token, origin);
+            }
+            Err(e) => self.answer_publish(origin, Err((ErrorCode::Unavailable, e.to_string()))),
+        }
+    }
+
+    /// Moves completed broker work forward (a networked broker's echoes).
+    fn poll_broker(&self) {
+        let mut events = Vec::new();
+        self.broker.borrow_mut().poll_events(&mut events);
+        for ev in events {
+            match ev {
+                BrokerEvent::Appended { token, message } => {
+                    let origin = token.and_then(|t| self.pending_publishes.borrow_mut().remove(&t));
+                    self.fan_out(message, origin);
+                }
+                BrokerEvent::PublishFailed { token, reason } => {
+                    let origin = self.pending_publishes.borrow_mut().remove(&token);
+                    if let Some(o) = origin {
+                        self.answer_publish(o, Err((ErrorCode::Unavailable, reason)));
+                    }
+                }
+                BrokerEvent::Recovered { .. } => {}
+            }
+        }
+    }
+
+    /// Encodes a message once and sends it to every shard with subscribers.
+    fn fan_out(&self, m: Appended, origin: Option<PublishOrigin>) {
+        self.metrics.publishes.increment(1);
+        let frame = room_message_frame(&m.room, &m.epoch, m.offset, &m.data);
+        let mut deliver_here = false;
+        {
+            let home = self.home.borrow();
+            if let Some(interest) = home.get(&m.room) {
+                let deflated = (interest.deflate > 0).then(|| {
+                    let payload = &frame[frame_header_len(&frame)..];
+                    let mut compressed = Vec::with_capacity(payload.len() / 2 + 16);
+                    self.with_deflater(15, |d| d.compress(payload, &mut compressed));
+                    encode_frame(OpCode::Text, true, &compressed)
+                });
+                for (shard, count) in interest.per_shard.iter().enumerate() {
+                    if *count == 0 {
+                        continue;
+                    }
+                    if shard == self.id {
+                        deliver_here = true;
+                        continue;
+                    }
+                    self.mailboxes.send(
+                        shard,
+                        ShardMsg::Deliver {
+                            room: m.room.clone(),
+                            frame: frame.clone(),
+                            deflated: deflated.clone(),
+                            published_at: m.at,
+                        },
+                    );
+                }
+                if deliver_here {
+                    let n = self
+                        .local
+                        .borrow()
+                        .deliver(&m.room, &frame, deflated.as_ref(), m.at);
+                    self.metrics.deliveries.increment(n as u64);
+                }
+            }
+        }
+        if let Some(origin) = origin {
+            self.answer_publish(origin, Ok(m));
+        }
+    }
+
+    fn answer_publish(&self, origin: PublishOrigin, result: Result<Appended, (ErrorCode, String)>) {
+        match origin {
+            PublishOrigin::Conn { shard, conn, id } => {
+                let frame = match result {
+                    Ok(m) if id.is_some() => ServerEvent::Published {
+                        id,
+                        room: m.room.as_ref().into(),
+                        epoch: m.epoch.as_ref().into(),
+                        offset: m.offset,
+                    }
+                    .to_frame(),
+                    Ok(_) => return,
+                    Err((code, reason)) => error_frame(id, code, &reason),
+                };
+                self.route(shard, ShardMsg::ToConn { conn, frame });
+            }
+            PublishOrigin::Api(tx) => {
+                let _ = tx.send(result.map(|m| (m.epoch, m.offset)).map_err(|(c, _)| c));
+            }
+        }
+    }
+
+    // ---- time-driven work --------------------------------------------------------------
+
+    fn sweep(&self) {
+        let now = Instant::now();
+        self.now.set(now);
+        let ws = &self.config.websocket;
+        let interval = Duration::from_millis(ws.heartbeat_interval_ms);
+        let timeout = Duration::from_millis(ws.heartbeat_timeout_ms);
+        let idle = (ws.idle_timeout_ms > 0).then(|| Duration::from_millis(ws.idle_timeout_ms));
+        let mut queued = 0usize;
+        for conn in self.conns.borrow().values() {
+            queued += conn.queued_bytes();
+            if let Some(since) = conn.closing_since.get() {
+                if now.saturating_duration_since(since) > CLOSE_TIMEOUT {
+                    conn.force_end.set(true);
+                    conn.wake();
+                }
+                continue;
+            }
+            if let Some(at) = conn.shutdown_close_at.get() {
+                if now >= at {
+                    let hint = fastrand::u64(0..=self.config.shutdown.reconnect_hint_max_ms);
+                    conn.request_close(CloseRequest {
+                        code: CloseCode::GOING_AWAY,
+                        reason: format!("{{\"reconnect_after_ms\":{hint}}}"),
+                        discard_queue: false,
+                    });
+                    continue;
+                }
+            }
+            match conn.ping_sent.get() {
+                Some(sent) if now.saturating_duration_since(sent) > timeout => {
+                    conn.request_close(CloseRequest {
+                        code: proto_codec::protocol::codes::close::HEARTBEAT_TIMEOUT,
+                        reason: "heartbeat timeout".into(),
+                        discard_queue: true,
+                    });
+                }
+                None if now.saturating_duration_since(conn.last_rx.get()) >= interval => {
+                    conn.ping_sent.set(Some(now));
+                    conn.push_control(encode_frame(OpCode::Ping, false, b""));
+                }
+                _ => {}
+            }
+            if let Some(idle) = idle {
+                if conn.kind == ConnKind::App
+                    && now.saturating_duration_since(conn.last_op.get()) > idle
+                {
+                    conn.request_close(CloseRequest {
+                        code: proto_codec::protocol::codes::close::IDLE_TIMEOUT,
+                        reason: "idle timeout".into(),
+                        discard_queue: false,
+                    });
+                }
+            }
+        }
+        self.metrics.outbound_queued.set(queued as f64);
+        self.metrics
+            .mailbox_depth
+            .set(self.mailboxes.depth(self.id) as f64);
+        let mut broker = self.broker.borrow_mut();
+        broker.expire(now);
+        self.metrics.rooms.set(broker.room_count() as f64);
+    }
+
+    fn begin_shutdown(&self) {
+        if self.shutting_down.replace(true) {
+            return;
+        }
+        if let Some(w) = self.accept_waker.borrow_mut().take() {
+            w.wake();
+        }
+        let now = Instant::now();
+        let drain_ms = self.config.shutdown.drain_ms;
+        for conn in self.conns.borrow().values() {
+            let delay = Duration::from_millis(fastrand::u64(0..=drain_ms));
+            conn.shutdown_close_at.set(Some(now + delay));
+        }
+    }
+
+    fn connection_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+}
+
+/// An `error` event frame.
+pub fn error_frame(id: Option<u64>, code: ErrorCode, reason: &str) -> Bytes {
+    ServerEvent::Error {
+        id,
+        code,
+        reason: reason.into(),
+    }
+    .to_frame()
+}
+
+/// The header length of a server frame we encoded.
+fn frame_header_len(frame: &[u8]) -> usize {
+    match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    }
+}
+
+/// Runs a shard until graceful shutdown ends (or the listener fails).
+pub fn run(setup: ShardSetup) -> std::io::Result<()> {
+    if let Some(core) = setup.core {
+        runtime::pin_current_thread(core);
+    }
+    let driver = setup.driver;
+    runtime::block_on(driver, move || async move {
+        let ctx = Rc::new(ShardCtx::new(
+            setup.id,
+            setup.mailboxes,
+            setup.config,
+            setup.node,
+        ));
+        let listener = monoio::net::TcpListener::from_std(setup.listener)?;
+        monoio::spawn(mailbox_loop(ctx.clone()));
+        monoio::spawn(sweep_loop(ctx.clone()));
+        let _ = setup.started.send(ctx.id);
+        accept_loop(&ctx, listener).await;
+        let deadline = Instant::now()
+            + Duration::from_millis(ctx.config.shutdown.drain_ms)
+            + CLOSE_TIMEOUT
+            + Duration::from_secs(1);
+        while ctx.connection_count() > 0 && Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::debug!(
+            shard = ctx.id,
+            left = ctx.connection_count(),
+            "shard stopped"
+        );
+        Ok(())
+    })?
+}
+
+async fn accept_loop(ctx: &Rc<ShardCtx>, listener: monoio::net::TcpListener) {
+    let mut backoff_logged = false;
+    loop {
+        let accept = listener.accept();
+        let mut accept = std::pin::pin!(accept);
+        let next = poll_fn(|cx| {
+            if ctx.shutting_down.get() {
+                return Poll::Ready(None);
+            }
+            *ctx.accept_waker.borrow_mut() = Some(cx.waker().clone());
+            accept.as_mut().poll(cx).map(Some)
+        })
+        .await;
+        match next {
+            None => return,
+            Some(Ok((stream, peer))) => {
+                backoff_logged = false;
+                monoio::spawn(crate::connection::serve(ctx.clone(), stream, peer));
+            }
+            Some(Err(e)) => {
+                // Out of file descriptors (or similar): wait a little instead of spinning.
+                if !backoff_logged {
+                    tracing::warn!(shard = ctx.id, error = %e, "accept failed; backing off");
+                    backoff_logged = true;
+                }
+                monoio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn mailbox_loop(ctx: Rc<ShardCtx>) {
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        ctx.mailboxes.recv_batch(ctx.id, &mut batch).await;
+        ctx.now.set(Instant::now());
+        for msg in batch.drain(..) {
+            ctx.handle(msg);
+        }
+        ctx.poll_broker();
+    }
+}
+
+async fn sweep_loop(ctx: Rc<ShardCtx>) {
+    loop {
+        monoio::time::sleep(SWEEP_INTERVAL).await;
+        ctx.sweep();
+    }
+}
+
+/// Tells every shard to shut down gracefully and marks the node not ready.
+pub fn shutdown_all(global: &Global, mailboxes: &Mailboxes) {
+    global.ready.store(false, Ordering::SeqCst);
+    global.shutting_down.store(true, Ordering::SeqCst);
+    mailboxes.broadcast(|| ShardMsg::Shutdown);
+}

@@ -1,0 +1,346 @@
+//! Test helpers: start the real `ringcast` binary on loopback, and talk to it with
+//! fastwebsockets (an implementation no one here wrote).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload, Role, WebSocket};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The I/O driver the tests run the server with (`RINGCAST_IO_DRIVER`, default `auto`).
+pub fn driver() -> String {
+    std::env::var("RINGCAST_IO_DRIVER").unwrap_or_else(|_| "auto".into())
+}
+
+/// A running server process, killed on drop.
+pub struct Server {
+    child: Child,
+    /// Public listener.
+    pub public: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// The driver it reported.
+    pub driver: String,
+    _dir: PathBuf,
+}
+
+impl Server {
+    /// Starts `ringcast` with `shards` shards and extra TOML appended to the test config.
+    pub fn start(shards: usize, extra_toml: &str) -> Server {
+        let dir = std::env::temp_dir().join(format!(
+            "ringcast-test-{}-{}",
+            std::process::id(),
+            fastrand_id()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let config = dir.join("ringcast.toml");
+        let mut f = std::fs::File::create(&config).expect("config file");
+        writeln!(
+            f,
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshards = {shards}\npin_cores = false\nlog_level = \"warn\"\nnode_name = \"test\"\n{extra_toml}"
+        )
+        .expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--io-driver")
+            .arg(driver())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ringcast");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let mut reader = BufReader::new(stdout);
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            // Keep draining so the child never blocks on a full pipe.
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("ringcast printed its listening line");
+        let field = |name: &str| -> String {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                .to_string()
+        };
+        Server {
+            public: field("public=").parse().expect("public addr"),
+            admin: field("admin=").parse().expect("admin addr"),
+            driver: field("driver="),
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        // SAFETY: kill(2) with our own child's pid and a valid signal number has no memory
+        // effects; the worst case is ESRCH if it already exited.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fastrand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A blocking HTTP/1.1 request to the admin listener; returns (status, body).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).expect("send");
+    let mut resp = Vec::new();
+    let mut buf = [0u8; 4096];
+    // One response per connection: read until the head and Content-Length bytes are in.
+    loop {
+        let n = s.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        resp.extend_from_slice(&buf[..n]);
+        if let Some(end) = find(&resp, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&resp[..end]).to_string();
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if resp.len() >= end + 4 + len {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&resp).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Reads a raw HTTP response head (byte by byte, so nothing after it is consumed).
+pub async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut b).await.expect("read head");
+        if n == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).to_string()
+}
+
+/// Sends a raw upgrade request to `path` with extra header lines; returns the stream and head.
+pub async fn raw_upgrade(addr: SocketAddr, path: &str, extra: &str) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("send upgrade");
+    let head = read_head(&mut stream).await;
+    (stream, head)
+}
+
+/// A WebSocket client of the app protocol.
+pub struct Client {
+    ws: FragmentCollector<TcpStream>,
+    /// The `hello` event.
+    pub hello: Value,
+}
+
+/// Connects to `/ws` and reads `hello`.
+pub async fn connect(addr: SocketAddr) -> Client {
+    let (stream, head) = raw_upgrade(addr, "/ws", "Sec-WebSocket-Protocol: ringcast.v1\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
+    let mut ws = WebSocket::after_handshake(stream, Role::Client);
+    ws.set_auto_close(false);
+    ws.set_auto_pong(true);
+    let mut client = Client {
+        ws: FragmentCollector::new(ws),
+        hello: Value::Null,
+    };
+    let hello = client.recv().await;
+    assert_eq!(hello["ev"], "hello", "{hello}");
+    client.hello = hello;
+    client
+}
+
+/// What a read returned.
+#[derive(Debug)]
+pub enum Received {
+    /// A JSON event.
+    Event(Value),
+    /// A close frame: code and reason.
+    Close(u16, String),
+}
+
+impl Client {
+    /// Sends one op.
+    pub async fn send(&mut self, op: Value) {
+        let text = op.to_string();
+        self.ws
+            .write_frame(Frame::text(Payload::Owned(text.into_bytes())))
+            .await
+            .expect("send op");
+    }
+
+    /// Sends a raw frame.
+    pub async fn send_frame(&mut self, frame: Frame<'_>) {
+        self.ws.write_frame(frame).await.expect("send frame");
+    }
+
+    /// The next event or close (pings are answered and skipped), within 10 s.
+    pub async fn next(&mut self) -> Received {
+        let read = async {
+            loop {
+                let frame = self.ws.read_frame().await.expect("read frame");
+                match frame.opcode {
+                    OpCode::Text => {
+                        let v: Value =
+                            serde_json::from_slice(&frame.payload).expect("event is JSON");
+                        return Received::Event(v);
+                    }
+                    OpCode::Close => {
+                        let p = frame.payload.to_vec();
+                        let code = if p.len() >= 2 {
+                            u16::from_be_bytes([p[0], p[1]])
+                        } else {
+                            1005
+                        };
+                        let reason = String::from_utf8_lossy(p.get(2..).unwrap_or(&[])).to_string();
+                        return Received::Close(code, reason);
+                    }
+                    _ => continue,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("an event within 10 s")
+    }
+
+    /// The next event (panics on close).
+    pub async fn recv(&mut self) -> Value {
+        match self.next().await {
+            Received::Event(v) => v,
+            Received::Close(c, r) => panic!("closed {c} {r}"),
+        }
+    }
+
+    /// The next close frame, skipping events.
+    pub async fn recv_close(&mut self) -> (u16, String) {
+        loop {
+            if let Received::Close(c, r) = self.next().await {
+                return (c, r);
+            }
+        }
+    }
+
+    /// Whether nothing arrives within `wait`.
+    pub async fn is_quiet(&mut self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, self.ws.read_frame())
+            .await
+            .is_err()
+    }
+
+    /// Subscribes and returns the `subscribed` event.
+    pub async fn subscribe(&mut self, id: u64, room: &str, since: Option<(&str, u64)>) -> Value {
+        let mut op = serde_json::json!({"op": "subscribe", "id": id, "room": room});
+        if let Some((epoch, offset)) = since {
+            op["since"] = serde_json::json!({"epoch": epoch, "offset": offset});
+        }
+        self.send(op).await;
+        let ev = self.recv().await;
+        assert_eq!(ev["ev"], "subscribed", "{ev}");
+        ev
+    }
+
+    /// Publishes with an id and returns the `published` ack.
+    pub async fn publish(&mut self, id: u64, room: &str, data: Value) -> Value {
+        self.send(serde_json::json!({"op": "publish", "id": id, "room": room, "data": data}))
+            .await;
+        loop {
+            let ev = self.recv().await;
+            if ev["ev"] == "published" && ev["id"] == id {
+                return ev;
+            }
+            assert_ne!(ev["ev"], "error", "{ev}");
+        }
+    }
+}
