@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine: installs what it needs, then runs formatting,
-# lints and every test. `.ci/run` calls this; so can you.
+# The whole test suite, on a fresh machine: installs what it needs, then runs formatting, lints,
+# unit/property/differential tests, the integration tests against the real binary on both I/O
+# drivers (with Python and Node clients), and the Autobahn conformance suite on both drivers.
+# `.ci/run` calls this; so can you.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "toolchain"
-cargo --version
+step "tools"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
-cargo fmt --version
-cargo clippy --version
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq nodejs npm
+fi
+if ! command -v python3 >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq python3 python3-pip
+fi
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'websockets>=13' 'kosoku>=0.1'
+(cd gateway/tests/clients && npm ci --no-audit --no-fund --silent)
+cargo --version; cargo fmt --version; cargo clippy --version
+python3 -c 'import websockets; print("websockets", websockets.__version__)'
+node --version; command -v kosoku
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -18,8 +28,18 @@ cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo test"
-cargo test --workspace 2>&1 | tee /tmp/ringcast-test.log
-# One closing line for the whole run, from cargo's per-binary summaries.
+log=$(mktemp)
+step "cargo test (every crate; the gateway on io_uring)"
+RINGCAST_IO_DRIVER=io-uring cargo test --workspace 2>&1 | tee -a "$log"
+
+step "gateway integration tests on epoll"
+RINGCAST_IO_DRIVER=epoll cargo test -p gateway --test gateway --test interop 2>&1 | tee -a "$log"
+
+step "Autobahn TestSuite (kosoku) on both drivers"
+scripts/autobahn.sh io-uring | tee -a "$log"
+scripts/autobahn.sh epoll | tee -a "$log"
+
+# One closing line for the whole run, from every runner's own summary lines.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "\ncargo: %d passed, %d failed\n", p, f }' /tmp/ringcast-test.log
+     /^autobahn [a-z-]+: [0-9]+ passed/ { p += $3; f += $5 }
+     END { printf "\n%d passed, %d failed\n", p, f }' "$log"

@@ -1,1 +1,30 @@
-fn main() {}
+//! `ringcast-bench`: the load harness. Every performance figure in `docs/benchmarks.md` comes
+//! from a run of this binary, with the command that produced it.
+
+mod client;
+mod procstat;
+mod scenarios;
+
+use clap::{Parser, Subcommand};
+
+/// ringcast's load harness.
+#[derive(Debug, Parser)]
+#[command(name = "ringcast-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// S subscribers over R rooms, P publishers at an offered rate; latency of every delivered
+    /// message from its *scheduled* send time (coordinated omission corrected).
+    Fanout(scenarios::fanout::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.scenario {
+        Scenario::Fanout(args) => scenarios::fanout::run(args),
+    }
+}

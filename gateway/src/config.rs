@@ -92,7 +92,7 @@ pub struct RoomsConfig {
 }
 
 /// Server API (on the admin listener).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// API key for `POST /api/publish` (`Authorization: Bearer <key>`); empty disables the API.
@@ -152,12 +152,6 @@ impl Default for RoomsConfig {
             max_rooms_per_connection: 1024,
             max_data_bytes: 60 * 1024,
         }
-    }
-}
-
-impl Default for ApiConfig {
-    fn default() -> ApiConfig {
-        ApiConfig { key: String::new() }
     }
 }
 

@@ -18,7 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Every configuration key can also be set as an environment variable: `RINGCAST_<KEY>` for a
 /// top-level key, `RINGCAST_<SECTION>__<KEY>` for a key in a section (for example
 /// `RINGCAST_WEBSOCKET__MAX_MESSAGE_BYTES=131072`). Precedence: flags, then environment, then
-/// the file, then defaults. See `docs/configuration.md` for every key.
+/// the file, then defaults. README.md lists every key.
 #[derive(Debug, Parser)]
 #[command(name = "ringcast", version, about, long_about)]
 struct Cli {
@@ -148,6 +148,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             node: node.clone(),
             driver,
             core: config.pin_cores.then_some(id % cores),
+            global: global.clone(),
             started: started_tx.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -158,9 +159,11 @@ fn serve(config: Config) -> anyhow::Result<()> {
     }
     drop(started_tx);
     for _ in 0..shards {
-        started_rx
-            .recv()
-            .context("a shard failed to start (see the log above)")?;
+        match started_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(reason)) => anyhow::bail!("a shard failed to start: {reason}"),
+            Err(_) => anyhow::bail!("a shard failed to start"),
+        }
     }
 
     let admin = http::admin::Admin {

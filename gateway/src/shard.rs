@@ -9,7 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -42,6 +42,9 @@ pub struct Global {
     pub ready: AtomicBool,
     /// Graceful shutdown began.
     pub shutting_down: AtomicBool,
+    /// Open connections over all shards (a shard keeps serving its mailbox during a drain until
+    /// every shard's connections are gone, so no message to a room it homes is lost).
+    pub connections: AtomicUsize,
 }
 
 /// What a shard thread needs to start.
@@ -60,8 +63,10 @@ pub struct ShardSetup {
     pub driver: ResolvedDriver,
     /// Pin to this core.
     pub core: Option<usize>,
-    /// Tells the main thread the shard is serving.
-    pub started: std::sync::mpsc::Sender<ShardId>,
+    /// Process-wide flags and counters.
+    pub global: Arc<Global>,
+    /// Tells the main thread the shard is serving, or why it could not start.
+    pub started: std::sync::mpsc::Sender<Result<ShardId, String>>,
 }
 
 /// A shard's state. Lives in an `Rc` on the shard's thread.
@@ -74,6 +79,8 @@ pub struct ShardCtx {
     pub config: Arc<Config>,
     /// The node's name.
     pub node: Arc<str>,
+    /// Process-wide flags and counters.
+    pub global: Arc<Global>,
     /// Metric handles.
     pub metrics: ShardMetrics,
     /// The shared read buffer (connections keep only a partial frame between reads).
@@ -94,7 +101,13 @@ pub struct ShardCtx {
 }
 
 impl ShardCtx {
-    fn new(id: ShardId, mailboxes: Mailboxes, config: Arc<Config>, node: Arc<str>) -> ShardCtx {
+    fn new(
+        id: ShardId,
+        mailboxes: Mailboxes,
+        config: Arc<Config>,
+        node: Arc<str>,
+        global: Arc<Global>,
+    ) -> ShardCtx {
         let shards = mailboxes.len();
         let history = HistoryPolicy {
             size: config.rooms.history_size,
@@ -104,6 +117,7 @@ impl ShardCtx {
             id,
             mailboxes,
             node,
+            global,
             metrics: ShardMetrics::new(id),
             read_buf: RefCell::new(vec![0; READ_BUFFER_BYTES]),
             now: Cell::new(Instant::now()),
@@ -144,6 +158,7 @@ impl ShardCtx {
             conn.shutdown_close_at.set(Some(self.now.get()));
         }
         self.conns.borrow_mut().insert(id, conn.clone());
+        self.global.connections.fetch_add(1, Ordering::SeqCst);
         self.metrics.connections.increment(1.0);
         self.metrics.connections_total.increment(1);
         conn
@@ -151,7 +166,9 @@ impl ShardCtx {
 
     /// Forgets a connection and leaves its rooms.
     pub fn unregister_conn(&self, conn: &ConnShared) {
-        self.conns.borrow_mut().remove(&conn.id);
+        if self.conns.borrow_mut().remove(&conn.id).is_some() {
+            self.global.connections.fetch_sub(1, Ordering::SeqCst);
+        }
         self.metrics.connections.decrement(1.0);
         let rooms: Vec<(RoomName, SubState)> = conn.rooms.borrow_mut().drain().collect();
         for (room, state) in rooms {
@@ -193,6 +210,7 @@ impl ShardCtx {
         since: Option<(String, u64)>,
     ) {
         let error = |code, reason: &str| {
+            self.metrics.op_errors.increment(1);
             conn.push(error_frame(id, code, reason), None);
         };
         let room: RoomName = room.into();
@@ -419,6 +437,7 @@ impl ShardCtx {
             c.rooms.borrow_mut().insert(room.clone(), SubState::Active);
             self.local.borrow_mut().add(&room, c.clone());
         } else {
+            self.metrics.op_errors.increment(1);
             c.rooms.borrow_mut().remove(&room);
             self.route(
                 home_shard(&room, self.mailboxes.len()),
@@ -536,7 +555,10 @@ impl ShardCtx {
                     }
                     .to_frame(),
                     Ok(_) => return,
-                    Err((code, reason)) => error_frame(id, code, &reason),
+                    Err((code, reason)) => {
+                        self.metrics.op_errors.increment(1);
+                        error_frame(id, code, &reason)
+                    }
                 };
                 self.route(shard, ShardMsg::ToConn { conn, frame });
             }
@@ -625,10 +647,6 @@ impl ShardCtx {
             conn.shutdown_close_at.set(Some(now + delay));
         }
     }
-
-    fn connection_count(&self) -> usize {
-        self.conns.borrow().len()
-    }
 }
 
 /// An `error` event frame.
@@ -656,32 +674,51 @@ pub fn run(setup: ShardSetup) -> std::io::Result<()> {
         runtime::pin_current_thread(core);
     }
     let driver = setup.driver;
-    runtime::block_on(driver, move || async move {
+    let started = setup.started.clone();
+    let result = runtime::block_on(driver, move || async move {
+        let listener = match monoio::net::TcpListener::from_std(setup.listener) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = setup
+                    .started
+                    .send(Err(format!("shard {}: listener: {e}", setup.id)));
+                return Err(e);
+            }
+        };
         let ctx = Rc::new(ShardCtx::new(
             setup.id,
             setup.mailboxes,
             setup.config,
             setup.node,
+            setup.global,
         ));
-        let listener = monoio::net::TcpListener::from_std(setup.listener)?;
         monoio::spawn(mailbox_loop(ctx.clone()));
         monoio::spawn(sweep_loop(ctx.clone()));
-        let _ = setup.started.send(ctx.id);
+        let _ = setup.started.send(Ok(ctx.id));
         accept_loop(&ctx, listener).await;
+        // Drain: keep serving this shard's mailbox (rooms homed here, deliveries to its
+        // connections) until every shard's connections are gone, or the deadline.
         let deadline = Instant::now()
             + Duration::from_millis(ctx.config.shutdown.drain_ms)
             + CLOSE_TIMEOUT
             + Duration::from_secs(1);
-        while ctx.connection_count() > 0 && Instant::now() < deadline {
+        while ctx.global.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(20)).await;
         }
         tracing::debug!(
             shard = ctx.id,
-            left = ctx.connection_count(),
+            left = ctx.conns.borrow().len(),
             "shard stopped"
         );
         Ok(())
-    })?
+    });
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = started.send(Err(format!("runtime: {e}")));
+            Err(e)
+        }
+    }
 }
 
 async fn accept_loop(ctx: &Rc<ShardCtx>, listener: monoio::net::TcpListener) {

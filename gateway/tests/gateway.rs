@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{connect, http, raw_upgrade, Received, Server};
+use common::{connect, http, raw_upgrade, Server};
 use fastwebsockets::{Frame, OpCode, Payload};
 use serde_json::{json, Value};
 
@@ -564,10 +564,7 @@ fn pipelined_first_frame_after_the_upgrade_is_processed() {
             [1, 2, 3, 4],
             br#"{"op":"ping","id":77}"#,
         );
-        let mut req = format!(
-            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .into_bytes();
+        let mut req = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
         req.extend_from_slice(&frame);
         tokio::io::AsyncWriteExt::write_all(&mut stream, &req).await.expect("write");
         let head = common::read_head(&mut stream).await;
@@ -582,5 +579,121 @@ fn pipelined_first_frame_after_the_upgrade_is_processed() {
         assert_eq!(got[0]["ev"], "hello");
         assert_eq!(got[1], json!({"ev": "pong", "id": 77}));
     });
-    let _ = Received::Close(0, String::new());
+}
+
+#[test]
+fn nothing_follows_our_close_frame() {
+    // The server closes a silent client (heartbeat) while its room keeps getting messages: after
+    // the close frame, while it waits for the client's close, nothing else may be written.
+    use proto_codec::ws::{Decoder, DecoderConfig, Message};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(
+        1,
+        "[websocket]\nheartbeat_interval_ms = 200\nheartbeat_timeout_ms = 300\n",
+    );
+    rt().block_on(async {
+        let (mut stream, head) = raw_upgrade(server.public, "/ws", "").await;
+        assert!(head.starts_with("HTTP/1.1 101"));
+        let mut out = bytes::BytesMut::new();
+        let op = br#"{"op":"subscribe","id":1,"room":"busy"}"#;
+        proto_codec::ws::frame::write_masked_frame(
+            &mut out,
+            true,
+            false,
+            proto_codec::ws::OpCode::Text,
+            [7, 7, 7, 7],
+            op,
+        );
+        stream.write_all(&out).await.expect("subscribe");
+        let addr = server.public;
+        let publisher = tokio::spawn(async move {
+            let mut p = connect(addr).await;
+            for i in 0..400u64 {
+                p.send(json!({"op": "publish", "room": "busy", "data": i}))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        // Read everything until the server ends the connection (close timeout after 4005).
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(8), stream.read_to_end(&mut all))
+            .await
+            .expect("server ended the connection")
+            .expect("read");
+        let mut decoder = Decoder::new(DecoderConfig::client(1 << 20));
+        let mut pos = 0;
+        let mut kinds = Vec::new();
+        while pos < all.len() {
+            let d = decoder.decode(&mut all[pos..]).expect("valid frames");
+            pos += d.consumed;
+            match d.message {
+                Some(Message::Close(c)) => kinds.push(format!("close {:?}", c.map(|(c, _)| c.0))),
+                Some(Message::Ping(_)) => kinds.push("ping".to_string()),
+                Some(_) => kinds.push("frame".to_string()),
+                None => break,
+            }
+        }
+        let close_at = kinds
+            .iter()
+            .position(|k| k.starts_with("close"))
+            .expect("a close frame");
+        assert_eq!(kinds[close_at], "close Some(4005)");
+        assert!(
+            kinds[..close_at].iter().filter(|k| *k == "frame").count() > 10,
+            "traffic flowed before the close"
+        );
+        assert_eq!(
+            close_at,
+            kinds.len() - 1,
+            "{} frames after the close",
+            kinds.len() - 1 - close_at
+        );
+        publisher.await.expect("publisher");
+    });
+}
+
+#[test]
+fn draining_shards_keep_serving_rooms_they_home() {
+    // Four connections over two shards; each publishes, right after SIGTERM, to a room homed on
+    // the shard it is NOT on. Every publish must be acked (or the connection closed first by
+    // the drain, which is spread over 3 s).
+    let server = Server::start(2, "[shutdown]\ndrain_ms = 3000\n");
+    rt().block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..6 {
+            clients.push(connect(server.public).await);
+        }
+        server.sigterm();
+        let mut acked = 0;
+        for (i, c) in clients.iter_mut().enumerate() {
+            let shard: usize = c.hello["client"]
+                .as_str()
+                .unwrap_or("")
+                .split('-')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let room = (0..100)
+                .map(|n| format!("drain.{i}.{n}"))
+                .find(|r| gateway::mailbox::home_shard(r, 2) != shard)
+                .expect("a room homed elsewhere");
+            c.send(json!({"op": "publish", "id": 1, "room": room, "data": 1}))
+                .await;
+            let sent = std::time::Instant::now();
+            match c.next().await {
+                common::Received::Event(ev) => {
+                    assert_eq!(ev["ev"], "published", "{ev}");
+                    acked += 1;
+                }
+                common::Received::Close(code, _) => {
+                    assert_eq!(code, 1001);
+                    assert!(
+                        sent.elapsed() < Duration::from_millis(200),
+                        "the ack was lost; the drain close came later"
+                    );
+                }
+            }
+        }
+        assert!(acked >= 1, "no publish was acked during the drain");
+    });
 }

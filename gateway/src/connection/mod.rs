@@ -205,9 +205,12 @@ where
         ctx.metrics.bytes_out.increment(written as u64);
         ctx.metrics.frames_out.increment(frames as u64);
         if let Some(at) = oldest {
-            ctx.metrics
-                .publish_to_write
-                .record(ctx.now.get().saturating_duration_since(at).as_secs_f64());
+            // One clock read per write batch (not the coarse shard clock: this is a latency).
+            ctx.metrics.publish_to_write.record(
+                std::time::Instant::now()
+                    .saturating_duration_since(at)
+                    .as_secs_f64(),
+            );
         }
     }
 }
@@ -306,9 +309,12 @@ fn on_message(ctx: &ShardCtx, conn: &Rc<ConnShared>, io: &mut ConnIo, message: M
         Message::Close(close) => {
             match io.state {
                 ConnState::Open => {
-                    // Echo the code (RFC 6455 §5.5.1), then end once it is written.
-                    let code = close.map_or(CloseCode::NORMAL, |(c, _)| c);
-                    conn.push_control(encode_close(code, ""));
+                    // Echo the code (RFC 6455 §5.5.1; an empty close gets an empty close), then
+                    // end once it is written.
+                    conn.push_control(match close {
+                        Some((code, _)) => encode_close(code, ""),
+                        None => encode_frame(OpCode::Close, false, b""),
+                    });
                     io.state = ConnState::CloseReceived;
                 }
                 ConnState::Closing => io.state = ConnState::CloseReceived,

@@ -108,6 +108,10 @@ impl ConnShared {
     /// consumer (4008) and the frame is dropped: the client resumes from history. Returns
     /// whether the frame was queued.
     pub fn push(&self, frame: Bytes, published_at: Option<Instant>) -> bool {
+        if self.closing_since.get().is_some() {
+            // A close frame is queued or sent: nothing may follow it (RFC 6455 §5.5.1).
+            return false;
+        }
         let push = self.outbox.borrow_mut().push(frame, published_at);
         match push {
             Push::QueuedFirst => {
@@ -126,8 +130,12 @@ impl ConnShared {
         }
     }
 
-    /// Queues a control frame, ignoring the high-water mark.
+    /// Queues a control frame (or a frame that must not be held to the high-water mark),
+    /// ignoring the mark. Nothing is queued after a close frame.
     pub fn push_control(&self, frame: Bytes) {
+        if self.closing_since.get().is_some() {
+            return;
+        }
         if self.outbox.borrow_mut().push_control(frame) == Push::QueuedFirst {
             self.wake();
         }
