@@ -159,6 +159,7 @@ struct Report {
     hist: Histogram<u64>,
     measured_secs: f64,
     cpu_percent: Option<f64>,
+    client_cpu_percent: Option<f64>,
     rss_bytes: Option<u64>,
 }
 
@@ -275,12 +276,14 @@ async fn drive(args: &Args, addr: SocketAddr, server_pid: Option<u32>) -> anyhow
         }));
     }
     let cpu_start = server_pid.and_then(procstat::cpu_seconds);
+    let client_cpu_start = procstat::cpu_seconds(std::process::id());
     let wall_start = Instant::now();
     let mut pub_conns = Vec::new();
     for t in pub_tasks {
         pub_conns.push(t.await?);
     }
     let cpu_end = server_pid.and_then(procstat::cpu_seconds);
+    let client_cpu_end = procstat::cpu_seconds(std::process::id());
     let wall = wall_start.elapsed().as_secs_f64();
     let rss_bytes = server_pid.and_then(procstat::rss_bytes);
     // Let in-flight messages arrive, then stop the readers.
@@ -321,6 +324,9 @@ async fn drive(args: &Args, addr: SocketAddr, server_pid: Option<u32>) -> anyhow
         hist,
         measured_secs: args.duration_secs as f64,
         cpu_percent: cpu_start.zip(cpu_end).map(|(a, b)| (b - a) / wall * 100.0),
+        client_cpu_percent: client_cpu_start
+            .zip(client_cpu_end)
+            .map(|(a, b)| (b - a) / wall * 100.0),
         rss_bytes,
     })
 }
@@ -357,9 +363,11 @@ fn print_report(args: &Args, r: &Report, driver: &str) {
     );
     if let Some(cpu) = r.cpu_percent {
         println!(
-            "server: cpu {:.0}% of one core, rss {:.1} MiB",
+            "server: cpu {:.0}% of one core, rss {:.1} MiB; load client: cpu {:.0}% of one core ({} threads)",
             cpu,
-            r.rss_bytes.unwrap_or(0) as f64 / (1024.0 * 1024.0)
+            r.rss_bytes.unwrap_or(0) as f64 / (1024.0 * 1024.0),
+            r.client_cpu_percent.unwrap_or(0.0),
+            args.client_threads
         );
     }
     if args.json {
@@ -372,6 +380,7 @@ fn print_report(args: &Args, r: &Report, driver: &str) {
             "p50_us": h.value_at_quantile(0.5), "p90_us": h.value_at_quantile(0.9),
             "p99_us": h.value_at_quantile(0.99), "p999_us": h.value_at_quantile(0.999), "max_us": h.max(),
             "server_cpu_percent": r.cpu_percent, "server_rss_bytes": r.rss_bytes,
+            "client_cpu_percent": r.client_cpu_percent, "client_threads": args.client_threads,
         });
         println!("{j}");
     }
