@@ -18,6 +18,7 @@ if ! command -v python3 >/dev/null; then
 fi
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'websockets>=13' 'kosoku>=0.1'
 (cd gateway/tests/clients && npm ci --no-audit --no-fund --silent)
+command -v taskset >/dev/null || { apt-get update -qq && apt-get install -y -qq util-linux; }
 cargo --version; cargo fmt --version; cargo clippy --version
 python3 -c 'import websockets; print("websockets", websockets.__version__)'
 node --version; command -v kosoku
@@ -35,6 +36,9 @@ RINGCAST_IO_DRIVER=io-uring cargo test --workspace 2>&1 | tee -a "$log"
 step "gateway integration tests on epoll"
 RINGCAST_IO_DRIVER=epoll cargo test -p gateway --test gateway --test interop 2>&1 | tee -a "$log"
 
+step "benchmark harness smoke test (every target: no loss, no duplicates, no errors)"
+benches/compare.sh --short 2>&1 | tee -a "$log"
+
 step "Autobahn TestSuite (kosoku) on both drivers"
 scripts/autobahn.sh io-uring | tee -a "$log"
 scripts/autobahn.sh epoll | tee -a "$log"
@@ -42,4 +46,5 @@ scripts/autobahn.sh epoll | tee -a "$log"
 # One closing line for the whole run, from every runner's own summary lines.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      /^autobahn [a-z-]+: [0-9]+ passed/ { p += $3; f += $5 }
+     /^compare smoke: [0-9]+ passed/ { p += $3; f += $5 }
      END { printf "\n%d passed, %d failed\n", p, f }' "$log"

@@ -7,12 +7,16 @@ use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Opens a WebSocket to `addr` at `path` and reads past the `hello` event.
-pub async fn connect(addr: SocketAddr, path: &str) -> anyhow::Result<WebSocket<TcpStream>> {
+/// Opens a WebSocket to `addr` at `path` (and reads past the `hello` event when asked).
+pub async fn connect(
+    addr: SocketAddr,
+    path: &str,
+    expect_hello: bool,
+) -> anyhow::Result<WebSocket<TcpStream>> {
     let mut stream = TcpStream::connect(addr).await.context("connect")?;
     stream.set_nodelay(true)?;
     let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ringcast.v1\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     stream.write_all(req.as_bytes()).await?;
     let mut head = Vec::with_capacity(256);
@@ -29,9 +33,11 @@ pub async fn connect(addr: SocketAddr, path: &str) -> anyhow::Result<WebSocket<T
     let mut ws = WebSocket::after_handshake(stream, Role::Client);
     ws.set_auto_pong(true);
     ws.set_auto_close(true);
-    let hello = ws.read_frame().await?;
-    if hello.opcode != OpCode::Text {
-        bail!("expected hello");
+    if expect_hello {
+        let hello = ws.read_frame().await?;
+        if hello.opcode != OpCode::Text {
+            bail!("expected hello");
+        }
     }
     Ok(ws)
 }
@@ -44,7 +50,10 @@ pub async fn send(ws: &mut WebSocket<TcpStream>, op: String) -> anyhow::Result<(
 }
 
 /// Reads the next text frame's payload.
-pub async fn next_text(ws: &mut WebSocket<TcpStream>) -> anyhow::Result<Vec<u8>> {
+pub async fn next_text<S>(ws: &mut WebSocket<S>) -> anyhow::Result<Vec<u8>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     loop {
         let f = ws.read_frame().await?;
         match f.opcode {

@@ -20,11 +20,15 @@ enum Scenario {
     /// S subscribers over R rooms, P publishers at an offered rate; latency of every delivered
     /// message from its *scheduled* send time (coordinated omission corrected).
     Fanout(scenarios::fanout::Args),
+    /// The ceiling: a minimal raw-broadcast server with no gateway in it (write, writev or
+    /// io_uring), to be loaded by `fanout --mode raw --spawn "ringcast-bench ceiling-server"`.
+    CeilingServer(scenarios::ceiling::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.scenario {
         Scenario::Fanout(args) => scenarios::fanout::run(args),
+        Scenario::CeilingServer(args) => scenarios::ceiling::run(args),
     }
 }

@@ -73,6 +73,10 @@ pub struct WebSocketConfig {
     /// Serve `GET /echo` (a WebSocket echo through the same path as room traffic), for
     /// conformance testing. Off by default.
     pub echo_endpoint: bool,
+    /// Serve `GET /raw/<room>` (raw broadcast: a text frame from a `?role=pub` connection goes
+    /// as is to every other connection on the path), for benchmarks against peers that do not
+    /// speak the app protocol. Off by default.
+    pub raw_endpoint: bool,
     /// Allowed `Origin` values (empty = any).
     pub allowed_origins: Vec<String>,
 }
@@ -139,6 +143,7 @@ impl Default for WebSocketConfig {
             compression_level: 6,
             outbound_high_water_bytes: 1024 * 1024,
             echo_endpoint: false,
+            raw_endpoint: false,
             allowed_origins: Vec::new(),
         }
     }

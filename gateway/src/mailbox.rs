@@ -37,6 +37,8 @@ pub enum PublishOrigin {
     },
     /// The server API: the result goes back on a oneshot.
     Api(tokio::sync::oneshot::Sender<Result<(Epoch, u64), ErrorCode>>),
+    /// Raw broadcast: no answer.
+    Raw,
 }
 
 /// A message to a shard.

@@ -61,6 +61,9 @@ struct RunArgs {
     /// Serve the WebSocket echo endpoint GET /echo (conformance testing only).
     #[arg(long)]
     echo_endpoint: bool,
+    /// Serve the raw-broadcast endpoint GET /raw/<room> (benchmarks only).
+    #[arg(long)]
+    raw_endpoint: bool,
     /// Do not pin shard threads to cores.
     #[arg(long)]
     no_pin: bool,
@@ -85,6 +88,9 @@ fn load_config(args: &RunArgs, file: Option<&std::path::Path>) -> anyhow::Result
     }
     if args.echo_endpoint {
         config.websocket.echo_endpoint = true;
+    }
+    if args.raw_endpoint {
+        config.websocket.raw_endpoint = true;
     }
     if args.no_pin {
         config.pin_cores = false;

@@ -449,9 +449,12 @@ impl ShardCtx {
             );
         }
         // The `subscribed` event and the replay are bounded by the history size: they are not
-        // held to the live high-water mark, so a client can always catch up once.
-        for f in frames {
-            c.push_control(f);
+        // held to the live high-water mark, so a client can always catch up once. Raw-broadcast
+        // connections get no app events.
+        if c.kind != ConnKind::Raw {
+            for f in frames {
+                c.push_control(f);
+            }
         }
     }
 
@@ -463,10 +466,19 @@ impl ShardCtx {
 
     fn home_publish(&self, room: RoomName, data: Bytes, origin: PublishOrigin) {
         let token = self.token();
-        let result =
-            self.broker
-                .borrow_mut()
-                .publish(&room, data, self.history, token, self.now.get());
+        // Raw broadcast keeps no history.
+        let policy = if room.starts_with(RAW_ROOM_PREFIX) {
+            HistoryPolicy {
+                size: 0,
+                ttl: Duration::ZERO,
+            }
+        } else {
+            self.history
+        };
+        let result = self
+            .broker
+            .borrow_mut()
+            .publish(&room, data, policy, token, self.now.get());
         match result {
             Ok(Completion::Ready(appended)) => self.fan_out(appended, Some(origin)),
             Ok(Completion::Pending) => {
@@ -500,7 +512,12 @@ impl ShardCtx {
     /// Encodes a message once and sends it to every shard with subscribers.
     fn fan_out(&self, m: Appended, origin: Option<PublishOrigin>) {
         self.metrics.publishes.increment(1);
-        let frame = room_message_frame(&m.room, &m.epoch, m.offset, &m.data);
+        // Raw broadcast sends the published text as is; app rooms get the `msg` envelope.
+        let frame = if m.room.starts_with(RAW_ROOM_PREFIX) {
+            encode_frame(OpCode::Text, false, &m.data)
+        } else {
+            room_message_frame(&m.room, &m.epoch, m.offset, &m.data)
+        };
         let mut deliver_here = false;
         {
             let home = self.home.borrow();
@@ -565,6 +582,7 @@ impl ShardCtx {
             PublishOrigin::Api(tx) => {
                 let _ = tx.send(result.map(|m| (m.epoch, m.offset)).map_err(|(c, _)| c));
             }
+            PublishOrigin::Raw => {}
         }
     }
 
@@ -647,6 +665,15 @@ impl ShardCtx {
             conn.shutdown_close_at.set(Some(now + delay));
         }
     }
+}
+
+/// The prefix of raw-broadcast rooms: `~` never appears in an app room name, so the two never
+/// meet.
+pub const RAW_ROOM_PREFIX: &str = "~raw/";
+
+/// The internal room of the raw-broadcast path `/raw/<room>`.
+pub fn raw_room(room: &str) -> String {
+    format!("{RAW_ROOM_PREFIX}{room}")
 }
 
 /// An `error` event frame.

@@ -697,3 +697,54 @@ fn draining_shards_keep_serving_rooms_they_home() {
         assert!(acked >= 1, "no publish was acked during the drain");
     });
 }
+
+#[test]
+fn raw_broadcast_endpoint_for_benchmarks() {
+    let off = Server::start(1, "");
+    let server = Server::start(2, "[websocket]\nraw_endpoint = true\n");
+    rt().block_on(async {
+        let (_, head) = raw_upgrade(off.public, "/raw/r", "").await;
+        assert!(head.starts_with("HTTP/1.1 404"), "off by default: {head}");
+        let mut subs = Vec::new();
+        for _ in 0..4 {
+            let (stream, head) = raw_upgrade(server.public, "/raw/r", "").await;
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            subs.push(fastwebsockets::WebSocket::after_handshake(
+                stream,
+                fastwebsockets::Role::Client,
+            ));
+        }
+        let (stream, head) = raw_upgrade(server.public, "/raw/r?role=pub", "").await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let mut publisher =
+            fastwebsockets::WebSocket::after_handshake(stream, fastwebsockets::Role::Client);
+        // Subscriptions settle through the rooms' home shard; give them a moment.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for i in 0..3 {
+            publisher
+                .write_frame(Frame::text(Payload::Owned(
+                    format!("tick {i}").into_bytes(),
+                )))
+                .await
+                .expect("publish");
+        }
+        for s in &mut subs {
+            for i in 0..3 {
+                let f = tokio::time::timeout(Duration::from_secs(5), s.read_frame())
+                    .await
+                    .expect("frame")
+                    .expect("read");
+                assert_eq!(
+                    (f.opcode, f.payload.to_vec()),
+                    (OpCode::Text, format!("tick {i}").into_bytes())
+                );
+            }
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), publisher.read_frame())
+                .await
+                .is_err(),
+            "a ?role=pub connection receives nothing"
+        );
+    });
+}

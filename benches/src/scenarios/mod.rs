@@ -1,3 +1,4 @@
 //! Load scenarios.
 
+pub mod ceiling;
 pub mod fanout;

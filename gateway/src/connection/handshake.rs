@@ -23,6 +23,8 @@ pub struct Upgraded {
     pub deflate: Option<DeflateParams>,
     /// Bytes the client sent after the request head (its first frames).
     pub leftover: Vec<u8>,
+    /// For raw broadcast: the room, and whether this connection only publishes.
+    pub raw: Option<(String, bool)>,
 }
 
 /// Why a connection did not upgrade (already answered, when it could be).
@@ -66,6 +68,8 @@ pub enum Decision {
         deflate: Option<DeflateParams>,
         /// Where the request head ended.
         head_len: usize,
+        /// For raw broadcast: the room, and whether this connection only publishes.
+        raw: Option<(String, bool)>,
     },
     /// Refuse: write these bytes and close.
     Refuse {
@@ -86,9 +90,19 @@ pub fn decide(head: &[u8], config: &Config, draining: bool) -> Result<Option<Dec
         write_error_response(&mut response, status, reason, headers);
         Ok(Some(Decision::Refuse { status, response }))
     };
+    let mut raw = None;
     let kind = match req.path {
         "/ws" => ConnKind::App,
         "/echo" if config.websocket.echo_endpoint => ConnKind::Echo,
+        path if config.websocket.raw_endpoint && path.starts_with("/raw/") => {
+            let room = &path["/raw/".len()..];
+            if proto_codec::protocol::validate_room(room).is_err() {
+                return refuse(400, "invalid room name", &[]);
+            }
+            let publisher = req.query_param("role").as_deref() == Some("pub");
+            raw = Some((room.to_string(), publisher));
+            ConnKind::Raw
+        }
         _ => return refuse(404, "no such endpoint", &[]),
     };
     if draining {
@@ -127,7 +141,7 @@ pub fn decide(head: &[u8], config: &Config, draining: bool) -> Result<Option<Dec
     };
     let protocol = match kind {
         ConnKind::App => select_protocol(&upgrade.protocols, &[SUBPROTOCOL]),
-        ConnKind::Echo => None,
+        ConnKind::Echo | ConnKind::Raw => None,
     };
     let mut response = Vec::with_capacity(256);
     write_upgrade_response(
@@ -141,6 +155,7 @@ pub fn decide(head: &[u8], config: &Config, draining: bool) -> Result<Option<Dec
         response,
         deflate: negotiated.map(|n| n.params),
         head_len: req.head_len,
+        raw,
     }))
 }
 
@@ -200,12 +215,14 @@ where
                 response,
                 deflate,
                 head_len,
+                raw,
             })) => {
                 stream.write_all(&response).await?;
                 return Ok(Upgraded {
                     kind,
                     deflate,
                     leftover: head.split_off(head_len),
+                    raw,
                 });
             }
         }
@@ -248,6 +265,7 @@ mod tests {
             response,
             deflate,
             head_len,
+            ..
         }) = decide(REQ.as_bytes(), &c, false).unwrap()
         else {
             panic!("not an upgrade")

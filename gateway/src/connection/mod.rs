@@ -40,6 +40,8 @@ const READS_PER_WAKE: usize = 16;
 
 /// Per-connection I/O state owned by the connection's task.
 struct ConnIo {
+    /// The internal room of a raw-broadcast connection.
+    raw_room: Option<String>,
     decoder: Decoder,
     /// Unconsumed bytes: a partial header or control frame.
     remainder: Vec<u8>,
@@ -85,7 +87,15 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, _peer: SocketAddr) {
             .to_frame(),
         );
     }
+    let raw_room = upgraded
+        .raw
+        .as_ref()
+        .map(|(room, _)| crate::shard::raw_room(room));
+    if let (Some((_, false)), Some(room)) = (&upgraded.raw, &raw_room) {
+        ctx.subscribe(&conn, None, room, None);
+    }
     let mut io = ConnIo {
+        raw_room,
         decoder: Decoder::new(decoder_config),
         remainder: upgraded.leftover,
         state: ConnState::Open,
@@ -291,6 +301,25 @@ fn on_message(ctx: &ShardCtx, conn: &Rc<ConnShared>, io: &mut ConnIo, message: M
                 CloseRequest {
                     code: CloseCode::UNSUPPORTED_DATA,
                     reason: "binary messages are not supported".into(),
+                    discard_queue: false,
+                },
+            ),
+            ConnKind::Raw if kind == DataKind::Text => {
+                if let Some(room) = &io.raw_room {
+                    ctx.publish(
+                        room,
+                        bytes::Bytes::copy_from_slice(&payload),
+                        crate::mailbox::PublishOrigin::Raw,
+                    );
+                }
+            }
+            ConnKind::Raw => begin_close(
+                ctx,
+                conn,
+                io,
+                CloseRequest {
+                    code: CloseCode::UNSUPPORTED_DATA,
+                    reason: "raw mode carries text frames".into(),
                     discard_queue: false,
                 },
             ),

@@ -21,6 +21,8 @@ pub enum ConnKind {
     App,
     /// The echo endpoint (conformance testing).
     Echo,
+    /// Raw broadcast (benchmarks): text frames published as they are, no envelope.
+    Raw,
 }
 
 /// A subscription as the connection sees it.

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs the fan-out scenario against ringcast (both drivers, app and raw modes), every peer and
+# the ceiling, in one run, with the server pinned to core 0 and the load generator to core 1, and
+# rewrites the "comparison" section of docs/benchmarks.md (absolute figures and ratios).
+#
+#   benches/compare.sh            full run (release build, fixed rate + --find-max), ~10 minutes
+#   benches/compare.sh --short    CI smoke test (debug build, small load): asserts no loss, no
+#                                 duplicates and no errors for every target; claims no timings
+set -euo pipefail
+cd "$(dirname "$0")/.."
+short=0
+[ "${1:-}" = "--short" ] && short=1
+
+if [ "$short" = 1 ]; then
+    profile=debug; subs=200; rate=50; duration=2; warmup=1
+    cargo build -p gateway -p ringcast-bench
+else
+    profile=release; subs=${SUBS:-1000}; rate=${RATE:-100}; duration=${DURATION:-5}; warmup=2
+    cargo build --release -p gateway -p ringcast-bench
+fi
+(cd benches/peers/node-ws && npm ci --no-audit --no-fund --silent)
+bin="target/$profile"
+ulimit -n 20000 || true
+# Large queues and no heartbeats for ringcast, so neither policy interferes with the measurement.
+export RINGCAST_WEBSOCKET__OUTBOUND_HIGH_WATER_BYTES=268435456
+export RINGCAST_WEBSOCKET__HEARTBEAT_INTERVAL_MS=600000
+server="taskset -c 0"
+load="taskset -c 1"
+ringcast="$bin/ringcast --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --shards 1 --no-pin --raw-endpoint --log-level warn --io-driver"
+targets=(
+    "ringcast-io_uring|app|$server $ringcast io-uring"
+    "ringcast-epoll|app|$server $ringcast epoll"
+    "ringcast-io_uring|raw|$server $ringcast io-uring"
+    "ringcast-epoll|raw|$server $ringcast epoll"
+    "node-ws|raw|$server node benches/peers/node-ws/server.mjs"
+    "rust-baseline|raw|$server $bin/ringcast-peer-rust"
+    "ceiling-write|raw|$server $bin/ringcast-bench ceiling-server --variant write"
+    "ceiling-writev|raw|$server $bin/ringcast-bench ceiling-server --variant writev"
+    "ceiling-uring|raw|$server $bin/ringcast-bench ceiling-server --variant uring"
+)
+out=$(mktemp)
+for t in "${targets[@]}"; do
+    IFS='|' read -r label mode cmd <<<"$t"
+    echo "== $label ($mode)" >&2
+    $load "$bin/ringcast-bench" fanout --label "$label" --mode "$mode" --spawn "$cmd" \
+        --subscribers "$subs" --rate "$rate" --duration-secs "$duration" --warmup-secs "$warmup" --json \
+        | tee -a "$out" | grep -v '^{' >&2
+    if [ "$short" = 0 ]; then
+        $load "$bin/ringcast-bench" fanout --label "$label" --mode "$mode" --spawn "$cmd" \
+            --subscribers "$subs" --rate "$rate" --duration-secs "$duration" --warmup-secs 1 --json --find-max \
+            | grep '"find-max"' | tee -a "$out" >&2
+    fi
+done
+if [ "$short" = 1 ]; then
+    python3 scripts/compare-report.py --check "$out"
+else
+    python3 scripts/compare-report.py --write docs/benchmarks.md \
+        --command "benches/compare.sh  (SUBS=$subs RATE=$rate DURATION=$duration)" "$out"
+    echo "docs/benchmarks.md updated" >&2
+fi
