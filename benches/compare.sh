@@ -47,7 +47,7 @@ for t in "${targets[@]}"; do
         | tee -a "$out" | grep -v '^{' >&2
     if [ "$short" = 0 ]; then
         $load "$bin/ringcast-bench" fanout --label "$label" --mode "$mode" --spawn "$cmd" \
-            --subscribers "$subs" --rate "$rate" --duration-secs "$duration" --warmup-secs 1 --json --find-max \
+            --subscribers "${FIND_SUBS:-100}" --rate "${FIND_START:-100}" --max-rate "${FIND_MAX_RATE:-20000}" --duration-secs 3 --warmup-secs 1 --json --find-max \
             | grep '"find-max"' | tee -a "$out" >&2
     fi
 done
@@ -55,6 +55,6 @@ if [ "$short" = 1 ]; then
     python3 scripts/compare-report.py --check "$out"
 else
     python3 scripts/compare-report.py --write docs/benchmarks.md \
-        --command "benches/compare.sh  (SUBS=$subs RATE=$rate DURATION=$duration)" "$out"
+        --command "benches/compare.sh  (SUBS=$subs RATE=$rate DURATION=$duration FIND_SUBS=${FIND_SUBS:-100} FIND_START=${FIND_START:-100})" "$out"
     echo "docs/benchmarks.md updated" >&2
 fi

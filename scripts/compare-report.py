@@ -67,7 +67,15 @@ for r in fan:
                  f"{r['server_rss_bytes'] / 2**20:.1f} | {c / peer_cpu:.2f} | {c / ceiling_cpu:.2f} |")
 if fmax:
     lines.append("")
+    fm0 = next(iter(fmax.values()))
     lines.append("### Highest rate with p99 ≤ 10 ms and no loss (`--find-max`, ×1.5 steps)")
+    lines.append("")
+    lines.append(f"{fm0['subscribers']} subscribers (a short burst per message, so the ramp finds the throughput "
+                 "limit rather than the load generator's latency floor), 3 s per step. Ratios: deliveries/s at the "
+                 "highest passing step divided by the best peer's and the ceiling's (higher is better).")
+    lines.append("")
+    lines.append("\"≥\" marks a target still passing when the ramp stopped (the load generator could not offer more, or "
+                 "the cap was reached): its limit is higher than shown.")
     lines.append("")
     lines.append("| target | mode | max msg/s | deliveries/s | p99 ms at max | vs best peer | vs ceiling |")
     lines.append("|---|---|---:|---:|---:|---:|---:|")
@@ -75,7 +83,8 @@ if fmax:
         d = r["max_deliveries_per_sec"]
         vp = f"{d / peer_max:.2f}" if peer_max else "n/a"
         vc = f"{d / ceil_max:.2f}" if ceil_max else "n/a"
-        lines.append(f"| {label} | {m} | {r['max_rate']:.0f} | {d:.0f} | {ms(r['p99_us'])} | {vp} | {vc} |")
+        ge = "≥ " if r.get("limited_by_load") or r.get("capped") else ""
+        lines.append(f"| {label} | {m} | {ge}{r['max_rate']:.0f} | {ge}{d:.0f} | {ms(r['p99_us'])} | {vp} | {vc} |")
 lines.append("<!-- compare:end -->")
 section = "\n".join(lines) + "\n"
 

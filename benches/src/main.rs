@@ -23,6 +23,13 @@ enum Scenario {
     /// The ceiling: a minimal raw-broadcast server with no gateway in it (write, writev or
     /// io_uring), to be loaded by `fanout --mode raw --spawn "ringcast-bench ceiling-server"`.
     CeilingServer(scenarios::ceiling::Args),
+    /// N connections opening at a rate: handshake latency percentiles and failures.
+    Storm(scenarios::storm::Args),
+    /// N idle connections over several client processes: server RSS per connection.
+    Idle(scenarios::idle::Args),
+    /// One idle-client process (started by `idle`).
+    #[command(hide = true)]
+    IdleClient(scenarios::idle::ClientArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +37,8 @@ fn main() -> anyhow::Result<()> {
     match cli.scenario {
         Scenario::Fanout(args) => scenarios::fanout::run(args),
         Scenario::CeilingServer(args) => scenarios::ceiling::run(args),
+        Scenario::Storm(args) => scenarios::storm::run(args),
+        Scenario::Idle(args) => scenarios::idle::run(args),
+        Scenario::IdleClient(args) => scenarios::idle::run_client(args),
     }
 }

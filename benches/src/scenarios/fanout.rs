@@ -161,7 +161,7 @@ pub struct SubResult {
 /// Reads messages until `stop` fires, checking order and recording latency.
 pub async fn subscriber_loop<S>(
     ws: &mut fastwebsockets::WebSocket<S>,
-    stop: Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
     measure_from_ns: u64,
 ) -> SubResult
 where
@@ -173,8 +173,12 @@ where
     };
     let mut last_k: HashMap<u64, u64> = HashMap::new();
     loop {
+        // A watch cannot miss the stop, even if it fires while this task handles a frame.
+        if *stop.borrow() {
+            break;
+        }
         let frame = tokio::select! {
-            _ = stop.notified() => break,
+            _ = stop.changed() => break,
             f = next_text(ws) => match f { Ok(f) => f, Err(_) => break },
         };
         let now = ns_since_base(Instant::now());
@@ -211,6 +215,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut step = args.clone();
     let mut best: Option<(f64, f64, u64)> = None;
+    let mut limited_by_load = false;
     let steps = (args.max_rate / args.rate).log(1.5).ceil().max(0.0) as usize + 1;
     for i in 0..steps {
         step.rate = args.rate * 1.5f64.powi(i as i32);
@@ -227,6 +232,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let report = measure(&step)?;
         print_report(&step, &report);
         let p99_ms = report.hist.value_at_quantile(0.99) as f64 / 1000.0;
+        if report.load_fell_behind {
+            println!(
+                "find-max [{}]: the load generator could not offer {:.0} msg/s; stopping the ramp there (a limit of the load, not of the server)",
+                args.label, step.rate
+            );
+            limited_by_load = true;
+            break;
+        }
         let clean = report.expected == report.received && report.duplicated == 0;
         if !clean || p99_ms > args.p99_target_ms {
             break;
@@ -248,7 +261,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "{}",
                     serde_json::json!({"scenario": "find-max", "label": args.label, "mode": format!("{:?}", args.mode).to_lowercase(),
                         "subscribers": args.subscribers, "rooms": args.rooms, "max_rate": rate,
-                        "max_deliveries_per_sec": deliveries, "p99_us": p99, "p99_target_ms": args.p99_target_ms})
+                        "max_deliveries_per_sec": deliveries, "p99_us": p99, "p99_target_ms": args.p99_target_ms,
+                        "limited_by_load": limited_by_load,
+                        "capped": rate * 1.5 > args.max_rate && !limited_by_load})
                 );
             }
         }
@@ -314,6 +329,9 @@ pub struct Report {
     pub client_cpu_percent: Option<f64>,
     /// Server RSS at the end of the load.
     pub rss_bytes: Option<u64>,
+    /// A publisher fell more than a second behind its schedule: the load generator could not
+    /// offer this rate, so the run says nothing about the server.
+    pub load_fell_behind: bool,
 }
 
 async fn drive(args: &Args, addr: SocketAddr, server_pid: Option<u32>) -> anyhow::Result<Report> {
@@ -370,10 +388,10 @@ async fn drive(args: &Args, addr: SocketAddr, server_pid: Option<u32>) -> anyhow
     let published_per_room: Arc<Vec<AtomicU64>> =
         Arc::new((0..args.rooms).map(|_| AtomicU64::new(0)).collect());
 
-    let stop = Arc::new(tokio::sync::Notify::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut sub_tasks = Vec::with_capacity(subs.len());
     for mut ws in subs {
-        let stop = stop.clone();
+        let stop = stop_rx.clone();
         sub_tasks.push(tokio::spawn(async move {
             subscriber_loop(&mut ws, stop, measure_from_ns).await
         }));
@@ -382,6 +400,7 @@ async fn drive(args: &Args, addr: SocketAddr, server_pid: Option<u32>) -> anyhow
     // Publishers: each sends on its own schedule; a late send keeps its scheduled time.
     let interval = Duration::from_secs_f64(args.publishers as f64 / args.rate);
     let pad = "x".repeat(args.payload);
+    let behind = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut pub_tasks = Vec::new();
     for (p, mut ws) in pubs.into_iter().enumerate() {
         let rooms = rooms.clone();
@@ -389,6 +408,7 @@ async fn drive(args: &Args, addr: SocketAddr, server_pid: Option<u32>) -> anyhow
         let pad = pad.clone();
         let publishers = args.publishers;
         let mode = args.mode;
+        let behind = behind.clone();
         pub_tasks.push(tokio::spawn(async move {
             let offset = interval.mul_f64(p as f64 / publishers as f64);
             let mut k: u64 = 0;
@@ -398,6 +418,10 @@ async fn drive(args: &Args, addr: SocketAddr, server_pid: Option<u32>) -> anyhow
                     break;
                 }
                 tokio::time::sleep_until(scheduled.into()).await;
+                if Instant::now().saturating_duration_since(scheduled) > Duration::from_secs(1) {
+                    behind.store(true, Ordering::Relaxed);
+                    break;
+                }
                 let t = ns_since_base(scheduled);
                 let data = format!(r#"{{"t":{t},"p":{p},"k":{k},"pad":"{pad}"}}"#);
                 let (r, frame) = match mode {
@@ -433,7 +457,7 @@ async fn drive(args: &Args, addr: SocketAddr, server_pid: Option<u32>) -> anyhow
     let rss_bytes = server_pid.and_then(procstat::rss_bytes);
     // Let in-flight messages arrive, then stop the readers.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.notify_waiters();
+    let _ = stop_tx.send(true);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut received, mut duplicated) = (0, 0);
     for t in sub_tasks {
@@ -471,6 +495,7 @@ async fn drive(args: &Args, addr: SocketAddr, server_pid: Option<u32>) -> anyhow
             .zip(client_cpu_end)
             .map(|(a, b)| (b - a) / wall * 100.0),
         rss_bytes,
+        load_fell_behind: behind.load(Ordering::Relaxed),
     })
 }
 
@@ -504,6 +529,9 @@ pub fn print_report(args: &Args, r: &Report) {
         ms(h.value_at_quantile(0.999)),
         ms(h.max())
     );
+    if r.load_fell_behind {
+        println!("WARNING: a publisher fell over 1 s behind its schedule: the load generator could not offer this rate");
+    }
     if let Some(cpu) = r.cpu_percent {
         println!(
             "server: cpu {:.0}% of one core, rss {:.1} MiB; load client: cpu {:.0}% of one core ({} threads)",
@@ -524,6 +552,7 @@ pub fn print_report(args: &Args, r: &Report) {
             "p99_us": h.value_at_quantile(0.99), "p999_us": h.value_at_quantile(0.999), "max_us": h.max(),
             "server_cpu_percent": r.cpu_percent, "server_rss_bytes": r.rss_bytes,
             "client_cpu_percent": r.client_cpu_percent, "client_threads": args.client_threads,
+            "load_fell_behind": r.load_fell_behind,
         });
         println!("{j}");
     }

@@ -2,3 +2,5 @@
 
 pub mod ceiling;
 pub mod fanout;
+pub mod idle;
+pub mod storm;
