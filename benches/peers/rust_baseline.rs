@@ -31,6 +31,8 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+// tungstenite's handshake callback type fixes the closure's error type (an HTTP response).
+#[allow(clippy::result_large_err)]
 async fn handle(stream: TcpStream, rooms: Rooms) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let mut uri = String::new();

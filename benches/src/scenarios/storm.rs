@@ -42,9 +42,12 @@ pub struct Args {
     json: bool,
 }
 
-/// Source address for connection `i`: 127.0.0.(1 + i / 20000), 20,000 connections each.
+/// Source address for connection `i`: 127.N.0.(1 + i / 20000), 20,000 connections each, where N
+/// depends on the process so that back-to-back runs do not collide with each other's TIME_WAIT
+/// ports.
 pub fn source_ip(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, (1 + i / 20_000).min(254) as u8))
+    let net = 1 + (std::process::id() % 250) as u8;
+    IpAddr::V4(Ipv4Addr::new(127, net, 0, (1 + i / 20_000).min(254) as u8))
 }
 
 /// Opens one upgraded connection from `source` (used by the idle clients too).
