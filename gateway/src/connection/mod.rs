@@ -60,8 +60,15 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, _peer: SocketAddr) {
             return;
         }
     };
-    let upgraded = match handshake::perform(&mut stream, &ctx.config, ctx.is_shutting_down()).await
-    {
+    // Boxed: the handshake's buffers live in their own allocation, freed once it is done, so the
+    // connection's long-lived task stays small. The box is built in its own statement: a
+    // temporary in the same statement as an `.await` would keep its full size in the task.
+    let handshake = Box::pin(handshake::perform(
+        &mut stream,
+        &ctx.config,
+        ctx.is_shutting_down(),
+    ));
+    let upgraded = match handshake.await {
         Ok(u) => u,
         Err(e) => {
             crate::metrics::handshake_failure(e.label());
