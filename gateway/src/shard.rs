@@ -251,6 +251,7 @@ impl ShardCtx {
     /// A connection leaves a room.
     pub fn unsubscribe(&self, conn: &Rc<ConnShared>, id: Option<u64>, room: &str) {
         let Some((room, state)) = conn.rooms.borrow_mut().remove_entry(room) else {
+            self.metrics.op_errors.increment(1);
             conn.push(
                 error_frame(id, ErrorCode::NotSubscribed, "not subscribed to this room"),
                 None,

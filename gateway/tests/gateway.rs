@@ -244,6 +244,17 @@ fn op_errors_are_answered_not_dropped() {
         assert_eq!(c.recv().await, json!({"ev": "pong", "id": 12}));
         // Still usable after all that.
         c.publish(13, "b", json!("ok")).await;
+        // Every error event was counted: six refused ops, already_subscribed, limit_exceeded.
+        let admin = server.admin;
+        let (_, metrics) =
+            tokio::task::spawn_blocking(move || http(admin, "GET", "/metrics", &[], ""))
+                .await
+                .expect("metrics");
+        let counted = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("ringcast_op_errors_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        assert_eq!(counted, Some(8.0), "{metrics}");
     });
 }
 
