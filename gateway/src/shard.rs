@@ -175,14 +175,7 @@ impl ShardCtx {
             if state == SubState::Active {
                 self.local.borrow_mut().remove(&room, conn.id);
             }
-            self.route(
-                home_shard(&room, self.mailboxes.len()),
-                ShardMsg::Unsubscribe {
-                    room,
-                    origin: self.id,
-                    deflate: conn.takes_shared_deflate,
-                },
-            );
+            self.leave_home(room, conn);
         }
     }
 
@@ -270,6 +263,12 @@ impl ShardCtx {
             .to_frame(),
             None,
         );
+        self.leave_home(room, conn);
+    }
+
+    /// Tells a room's home shard that one subscriber on this shard left (or that a subscribe
+    /// request will not be followed up): every Subscribe is balanced by exactly one of these.
+    fn leave_home(&self, room: RoomName, conn: &ConnShared) {
         self.route(
             home_shard(&room, self.mailboxes.len()),
             ShardMsg::Unsubscribe {
@@ -440,14 +439,7 @@ impl ShardCtx {
         } else {
             self.metrics.op_errors.increment(1);
             c.rooms.borrow_mut().remove(&room);
-            self.route(
-                home_shard(&room, self.mailboxes.len()),
-                ShardMsg::Unsubscribe {
-                    room,
-                    origin: self.id,
-                    deflate: c.takes_shared_deflate,
-                },
-            );
+            self.leave_home(room, &c);
         }
         // The `subscribed` event and the replay are bounded by the history size: they are not
         // held to the live high-water mark, so a client can always catch up once. Raw-broadcast
