@@ -63,6 +63,11 @@ pub fn describe() {
         "ringcast_rooms",
         "Rooms with state on their home shard, per shard."
     );
+    describe_gauge!(
+        "ringcast_connection_task_bytes",
+        metrics::Unit::Bytes,
+        "Size of one connection task's future (allocated per connection for its whole life)."
+    );
     describe_histogram!(
         "ringcast_publish_to_write_seconds",
         Unit::Seconds,
@@ -104,6 +109,8 @@ pub struct ShardMetrics {
     pub rooms: Gauge,
     /// Publish to write latency.
     pub publish_to_write: Histogram,
+    /// Size of a connection task's future.
+    pub connection_task_bytes: Gauge,
 }
 
 impl ShardMetrics {
@@ -126,6 +133,7 @@ impl ShardMetrics {
             outbound_queued: gauge!("ringcast_outbound_queued_bytes", "shard" => s.clone()),
             rooms: gauge!("ringcast_rooms", "shard" => s),
             publish_to_write: histogram!("ringcast_publish_to_write_seconds"),
+            connection_task_bytes: gauge!("ringcast_connection_task_bytes"),
         }
     }
 }

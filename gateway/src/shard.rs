@@ -758,7 +758,11 @@ async fn accept_loop(ctx: &Rc<ShardCtx>, listener: monoio::net::TcpListener) {
             None => return,
             Some(Ok((stream, peer))) => {
                 backoff_logged = false;
-                monoio::spawn(crate::connection::serve(ctx.clone(), stream, peer));
+                let task = crate::connection::serve(ctx.clone(), stream, peer);
+                ctx.metrics
+                    .connection_task_bytes
+                    .set(std::mem::size_of_val(&task) as f64);
+                monoio::spawn(task);
             }
             Some(Err(e)) => {
                 // Out of file descriptors (or similar): wait a little instead of spinning.

@@ -255,6 +255,17 @@ fn op_errors_are_answered_not_dropped() {
             .find_map(|l| l.strip_prefix("ringcast_op_errors_total "))
             .and_then(|v| v.trim().parse::<f64>().ok());
         assert_eq!(counted, Some(8.0), "{metrics}");
+        // Each connection's task is allocated for its whole life: keep it small (the handshake's
+        // buffers once made it 3.5 KB).
+        let task_bytes = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("ringcast_connection_task_bytes "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(f64::MAX);
+        assert!(
+            task_bytes <= 1024.0,
+            "connection task is {task_bytes} bytes"
+        );
     });
 }
 
