@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use proto_codec::handshake::{select_protocol, validate_upgrade, write_upgrade_response};
-use proto_codec::http::{parse_request, write_error_response, HttpError, MAX_HEAD_BYTES};
+use proto_codec::http::{parse_request, write_error_response};
 use proto_codec::ws::deflate::{negotiate, DeflateParams, DeflatePolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -80,15 +80,25 @@ pub enum Decision {
     },
 }
 
-/// Routes and validates one request head (sans I/O).
-pub fn decide(head: &[u8], config: &Config, draining: bool) -> Result<Option<Decision>, HttpError> {
-    let Some(req) = parse_request(head)? else {
-        return Ok(None);
+/// Routes and validates one request head (sans I/O). `None`: the head is not complete yet
+/// (`parse_request` refuses a head that passes the size limit, so this cannot loop forever).
+pub fn decide(head: &[u8], config: &Config, draining: bool) -> Option<Decision> {
+    let req = match parse_request(head) {
+        Ok(Some(req)) => req,
+        Ok(None) => return None,
+        Err(e) => {
+            let mut response = Vec::new();
+            write_error_response(&mut response, e.status(), &e.to_string(), &[]);
+            return Some(Decision::Refuse {
+                status: e.status(),
+                response,
+            });
+        }
     };
     let refuse = |status: u16, reason: &str, headers: &[(&str, &str)]| {
         let mut response = Vec::new();
         write_error_response(&mut response, status, reason, headers);
-        Ok(Some(Decision::Refuse { status, response }))
+        Some(Decision::Refuse { status, response })
     };
     let mut raw = None;
     let kind = match req.path {
@@ -117,10 +127,10 @@ pub fn decide(head: &[u8], config: &Config, draining: bool) -> Result<Option<Dec
         Err(e) => {
             let mut response = Vec::new();
             e.write_response(&mut response);
-            return Ok(Some(Decision::Refuse {
+            return Some(Decision::Refuse {
                 status: e.status(),
                 response,
-            }));
+            });
         }
     };
     let origins = &config.websocket.allowed_origins;
@@ -150,13 +160,13 @@ pub fn decide(head: &[u8], config: &Config, draining: bool) -> Result<Option<Dec
         protocol,
         negotiated.as_ref().map(|n| n.response.as_str()),
     );
-    Ok(Some(Decision::Upgrade {
+    Some(Decision::Upgrade {
         kind,
         response,
         deflate: negotiated.map(|n| n.params),
         head_len: req.head_len,
         raw,
-    }))
+    })
 }
 
 /// Reads the request head and answers it. On success the stream speaks WebSocket.
@@ -200,23 +210,19 @@ where
         }
         head.extend_from_slice(&chunk[..n]);
         match decide(&head, config, draining) {
-            Ok(None) if head.len() < MAX_HEAD_BYTES => continue,
-            Ok(None) => {
-                return refuse(stream, 431, HttpError::HeadTooLarge.to_string()).await;
-            }
-            Err(e) => return refuse(stream, e.status(), e.to_string()).await,
-            Ok(Some(Decision::Refuse { status, response })) => {
+            None => continue,
+            Some(Decision::Refuse { status, response }) => {
                 stream.write_all(&response).await?;
                 let _ = stream.shutdown().await;
                 return Err(HandshakeFailure::Refused(status));
             }
-            Ok(Some(Decision::Upgrade {
+            Some(Decision::Upgrade {
                 kind,
                 response,
                 deflate,
                 head_len,
                 raw,
-            })) => {
+            }) => {
                 stream.write_all(&response).await?;
                 return Ok(Upgraded {
                     kind,
@@ -227,21 +233,6 @@ where
             }
         }
     }
-}
-
-async fn refuse<S>(
-    stream: &mut S,
-    status: u16,
-    reason: String,
-) -> Result<Upgraded, HandshakeFailure>
-where
-    S: tokio::io::AsyncWrite + Unpin,
-{
-    let mut response = Vec::new();
-    write_error_response(&mut response, status, &reason, &[]);
-    stream.write_all(&response).await?;
-    let _ = stream.shutdown().await;
-    Err(HandshakeFailure::Refused(status))
 }
 
 #[cfg(test)]
@@ -266,7 +257,7 @@ mod tests {
             deflate,
             head_len,
             ..
-        }) = decide(REQ.as_bytes(), &c, false).unwrap()
+        }) = decide(REQ.as_bytes(), &c, false)
         else {
             panic!("not an upgrade")
         };
@@ -288,40 +279,30 @@ mod tests {
     fn routing_and_refusals() {
         let mut c = Config::default();
         assert_eq!(
-            decide(REQ.replace("/ws", "/nope").as_bytes(), &c, false)
-                .unwrap()
-                .map(status),
+            decide(REQ.replace("/ws", "/nope").as_bytes(), &c, false).map(status),
             Some(404)
         );
         assert_eq!(
-            decide(REQ.replace("/ws", "/echo").as_bytes(), &c, false)
-                .unwrap()
-                .map(status),
+            decide(REQ.replace("/ws", "/echo").as_bytes(), &c, false).map(status),
             Some(404)
         );
         c.websocket.echo_endpoint = true;
         assert_eq!(
-            decide(REQ.replace("/ws", "/echo").as_bytes(), &c, false)
-                .unwrap()
-                .map(status),
+            decide(REQ.replace("/ws", "/echo").as_bytes(), &c, false).map(status),
             Some(101)
         );
-        assert_eq!(
-            decide(REQ.as_bytes(), &c, true).unwrap().map(status),
-            Some(503)
-        );
+        assert_eq!(decide(REQ.as_bytes(), &c, true).map(status), Some(503));
         c.websocket.allowed_origins = vec!["https://app.example".into()];
-        assert_eq!(
-            decide(REQ.as_bytes(), &c, false).unwrap().map(status),
-            Some(403)
-        );
+        assert_eq!(decide(REQ.as_bytes(), &c, false).map(status), Some(403));
         let with_origin = REQ.replace("Host: x\r\n", "Host: x\r\nOrigin: https://app.example\r\n");
         assert_eq!(
-            decide(with_origin.as_bytes(), &c, false)
-                .unwrap()
-                .map(status),
+            decide(with_origin.as_bytes(), &c, false).map(status),
             Some(101)
         );
-        assert_eq!(decide(&REQ.as_bytes()[..20], &c, false).unwrap(), None);
+        assert_eq!(decide(&REQ.as_bytes()[..20], &c, false), None);
+        assert_eq!(
+            decide(b"GET / HTTP/9.9\r\n\r\n", &c, false).map(status),
+            Some(400)
+        );
     }
 }
