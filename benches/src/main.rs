@@ -3,6 +3,7 @@
 
 mod client;
 mod procstat;
+mod report;
 mod scenarios;
 
 use clap::{Parser, Subcommand};

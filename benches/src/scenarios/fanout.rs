@@ -499,10 +499,6 @@ async fn drive(args: &Args, addr: SocketAddr, server_pid: Option<u32>) -> anyhow
     })
 }
 
-fn ms(us: u64) -> String {
-    format!("{:.2} ms", us as f64 / 1000.0)
-}
-
 /// Prints the human report (and the JSON line with --json).
 pub fn print_report(args: &Args, r: &Report) {
     let h = &r.hist;
@@ -522,12 +518,8 @@ pub fn print_report(args: &Args, r: &Report) {
         r.duplicated,
     );
     println!(
-        "latency, scheduled send -> receive: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-        ms(h.value_at_quantile(0.50)),
-        ms(h.value_at_quantile(0.90)),
-        ms(h.value_at_quantile(0.99)),
-        ms(h.value_at_quantile(0.999)),
-        ms(h.max())
+        "latency, scheduled send -> receive: {}",
+        crate::report::percentiles_ms(h)
     );
     if r.load_fell_behind {
         println!("WARNING: a publisher fell over 1 s behind its schedule: the load generator could not offer this rate");

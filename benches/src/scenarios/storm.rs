@@ -155,7 +155,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         drop(open);
         (hist, failures, elapsed, errors, rss)
     });
-    let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
     println!(
         "storm [{}]: {} connections offered at {:.0}/s to {}: {} upgraded, {} failed, in {:.1} s",
         args.label,
@@ -167,12 +166,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         elapsed.as_secs_f64()
     );
     println!(
-        "handshake latency from scheduled start: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-        ms(hist.value_at_quantile(0.5)),
-        ms(hist.value_at_quantile(0.9)),
-        ms(hist.value_at_quantile(0.99)),
-        ms(hist.value_at_quantile(0.999)),
-        ms(hist.max())
+        "handshake latency from scheduled start: {}",
+        crate::report::percentiles_ms(&hist)
     );
     for (e, n) in &errors {
         println!("  {n} × {e}");
