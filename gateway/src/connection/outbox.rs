@@ -49,21 +49,18 @@ impl Outbox {
         if self.queued_bytes + frame.len() > self.high_water && !self.frames.is_empty() {
             return Push::Overflow;
         }
-        let first = self.frames.is_empty();
-        self.queued_bytes += frame.len();
-        self.frames.push_back((frame, published_at));
-        if first {
-            Push::QueuedFirst
-        } else {
-            Push::Queued
-        }
+        self.enqueue(frame, published_at)
     }
 
     /// Queues a control frame (close, pong) regardless of the high-water mark.
     pub fn push_control(&mut self, frame: Bytes) -> Push {
+        self.enqueue(frame, None)
+    }
+
+    fn enqueue(&mut self, frame: Bytes, published_at: Option<Instant>) -> Push {
         let first = self.frames.is_empty();
         self.queued_bytes += frame.len();
-        self.frames.push_back((frame, None));
+        self.frames.push_back((frame, published_at));
         if first {
             Push::QueuedFirst
         } else {
