@@ -24,6 +24,8 @@ ulimit -n 20000 || true
 # Large queues and no heartbeats for ringcast, so neither policy interferes with the measurement.
 export RINGCAST_WEBSOCKET__OUTBOUND_HIGH_WATER_BYTES=268435456
 export RINGCAST_WEBSOCKET__HEARTBEAT_INTERVAL_MS=600000
+# The harness connects without tokens (auth is measured separately): let anonymous clients in.
+export RINGCAST_ROOMS__ANONYMOUS=publish
 server="taskset -c 0"
 load="taskset -c 1"
 ringcast="$bin/ringcast --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --shards 1 --no-pin --raw-endpoint --log-level warn --io-driver"

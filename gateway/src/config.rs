@@ -5,8 +5,9 @@
 //! `RINGCAST_<SECTION>__<KEY>` for a key in a section (`RINGCAST_WEBSOCKET__MAX_MESSAGE_BYTES`).
 //! Unknown keys are errors that name the key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -42,8 +43,20 @@ pub struct Config {
     pub node_name: String,
     /// WebSocket connection settings.
     pub websocket: WebSocketConfig,
-    /// Room and history settings.
-    pub rooms: RoomsConfig,
+    /// The policy of the default namespace (rooms without a `.`), and the base every namespace
+    /// in `namespaces` starts from (a key a namespace does not set is taken from here).
+    pub rooms: NamespacePolicy,
+    /// Per-namespace policies, by namespace name (`prices` for `prices.*`).
+    pub namespaces: BTreeMap<String, NamespacePolicy>,
+    /// Refuse rooms whose namespace is neither listed in `namespaces` nor the default one
+    /// (`not_found`). When false, such rooms use the `rooms` policy.
+    pub strict_namespaces: bool,
+    /// JWT authentication.
+    pub auth: AuthConfig,
+    /// Limits and abuse control.
+    pub limits: LimitsConfig,
+    /// TLS on the public side.
+    pub tls: TlsConfig,
     /// Server API settings.
     pub api: ApiConfig,
     /// Graceful shutdown settings.
@@ -81,18 +94,176 @@ pub struct WebSocketConfig {
     pub allowed_origins: Vec<String>,
 }
 
-/// Room and history settings (per-namespace policy comes with the security issue).
+/// The policy of one namespace (or of the default namespace, `[rooms]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct RoomsConfig {
-    /// Messages kept per room for recovery.
+pub struct NamespacePolicy {
+    /// Messages kept per room for recovery (0: no history).
     pub history_size: usize,
     /// How long a message stays recoverable.
     pub history_ttl_ms: u64,
-    /// Rooms one connection may be subscribed to.
-    pub max_rooms_per_connection: usize,
+    /// Whether `subscribe` with `since` replays missed messages (false: always
+    /// `recovered: false`).
+    pub recovery: bool,
+    /// Whether the `presence` op is allowed.
+    pub presence: bool,
+    /// Whether `join`/`leave` events are sent to subscribers.
+    pub join_leave: bool,
+    /// Who may publish: clients (with permission) or only the server API.
+    pub publish: Publishers,
+    /// What happens to a connection that reads too slowly.
+    pub slow_consumer: SlowConsumer,
     /// Largest `data` of one published message, in bytes.
     pub max_data_bytes: usize,
+    /// Messages per second one connection may publish into this namespace (0: no limit).
+    pub publish_rate: u32,
+    /// Burst allowed above `publish_rate` (0: equal to the rate).
+    pub publish_burst: u32,
+    /// What a connection without a token may do here.
+    pub anonymous: Access,
+}
+
+/// Who may publish in a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Publishers {
+    /// Clients whose token allows it, and the server API.
+    Clients,
+    /// Only the server API.
+    Server,
+}
+
+/// The slow-consumer policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlowConsumer {
+    /// Close with 4008 past the high-water mark; the client resumes from history.
+    Disconnect,
+}
+
+/// What a kind of connection may do in a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// Nothing.
+    None,
+    /// Subscribe, history and presence.
+    Subscribe,
+    /// Subscribe and publish.
+    Publish,
+}
+
+/// JWT authentication (verified before the upgrade).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Verification keys; several at once for rotation, chosen by the token's `kid`.
+    pub keys: Vec<KeyConfig>,
+    /// Accepted `aud` values (empty: `aud` is not checked).
+    pub audience: Vec<String>,
+    /// Accepted `iss` values (empty: `iss` is not checked).
+    pub issuer: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_s: u64,
+    /// Refuse tokens without `exp`.
+    pub require_exp: bool,
+    /// The claim holding the token's permissions (`{"subscribe":[…],"publish":[…],
+    /// "presence":[…]}`, room patterns).
+    pub permissions_claim: String,
+    /// Room patterns every authenticated connection may subscribe to (`{user}` is the token's
+    /// `sub`).
+    pub subscribe: Vec<String>,
+    /// Room patterns every authenticated connection may publish to.
+    pub publish: Vec<String>,
+    /// Room patterns every authenticated connection may ask presence of.
+    pub presence: Vec<String>,
+    /// Users (token `sub`) refused with 403 even with a valid token.
+    pub deny_users: Vec<String>,
+    /// `token_expiring` is sent this long before the token expires.
+    pub expiry_warning_ms: u64,
+    /// After the token expires, the connection has this long to `refresh` before 4002.
+    pub expiry_grace_ms: u64,
+}
+
+/// One verification key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The key id tokens name in their `kid` header (optional when it is the only key of its
+    /// algorithm).
+    #[serde(default)]
+    pub kid: String,
+    /// `HS256`, `RS256` or `ES256`.
+    pub alg: KeyAlg,
+    /// HS256: the shared secret. Prefer `secret_file`: a secret in a file stays out of the
+    /// configuration (and `check-config` never prints it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub secret: String,
+    /// HS256: a file holding the shared secret (trailing newline removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// RS256/ES256: a PEM file with the public key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<PathBuf>,
+}
+
+/// A JWT signing algorithm ringcast verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyAlg {
+    /// HMAC with SHA-256.
+    HS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// ECDSA on P-256 with SHA-256.
+    ES256,
+}
+
+/// Limits and abuse control. 0 means "no limit" where noted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Connections (handshaking or open) on this node; over it: 503 with `Retry-After`
+    /// (0: no limit).
+    pub max_connections: usize,
+    /// Connections from one client IP address; over it: 429 (0: no limit).
+    pub max_connections_per_ip: u32,
+    /// New connections per second from one IP address; over it: 429 (0: no limit).
+    pub handshakes_per_ip_per_second: u32,
+    /// Burst of new connections from one IP address (0: equal to the rate).
+    pub handshake_burst: u32,
+    /// Open connections of one user (token `sub`); over it: close 4010 (0: no limit).
+    pub max_connections_per_user: u32,
+    /// Resident memory of the process above which handshakes get 503 (0: no limit).
+    pub memory_budget_bytes: u64,
+    /// `Retry-After` of a 503 is drawn uniformly from `[retry_after_min_s, retry_after_max_s]`.
+    pub retry_after_min_s: u64,
+    /// Upper end of the `Retry-After` range.
+    pub retry_after_max_s: u64,
+    /// Bytes a client may send before it is authenticated (the request head); over it: 431.
+    pub max_request_head_bytes: usize,
+    /// Rooms one connection may be subscribed to.
+    pub max_rooms_per_connection: usize,
+    /// Ops per second per connection (0: no limit); over it: error `rate_limited`.
+    pub ops_per_second: u32,
+    /// Burst of ops above the rate (0: equal to the rate).
+    pub ops_burst: u32,
+    /// `rate_limited` errors within one second after which the connection is closed with 4009.
+    pub rate_limit_strikes: u32,
+}
+
+/// TLS on the public side (wss:// and https://).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The TLS listener; unset: no TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain, leaf first. Re-read on SIGHUP.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Re-read on SIGHUP.
+    pub key_file: PathBuf,
+    /// Serve only TLS: no plain listener on `listen`.
+    pub disable_plain: bool,
 }
 
 /// Server API (on the admin listener).
@@ -124,7 +295,12 @@ impl Default for Config {
             log_level: "info".into(),
             node_name: String::new(),
             websocket: WebSocketConfig::default(),
-            rooms: RoomsConfig::default(),
+            rooms: NamespacePolicy::default(),
+            namespaces: BTreeMap::new(),
+            strict_namespaces: false,
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            tls: TlsConfig::default(),
             api: ApiConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
@@ -149,13 +325,59 @@ impl Default for WebSocketConfig {
     }
 }
 
-impl Default for RoomsConfig {
-    fn default() -> RoomsConfig {
-        RoomsConfig {
+impl Default for NamespacePolicy {
+    fn default() -> NamespacePolicy {
+        NamespacePolicy {
             history_size: 256,
             history_ttl_ms: 300_000,
-            max_rooms_per_connection: 1024,
+            recovery: true,
+            presence: false,
+            join_leave: false,
+            publish: Publishers::Clients,
+            slow_consumer: SlowConsumer::Disconnect,
             max_data_bytes: 60 * 1024,
+            publish_rate: 0,
+            publish_burst: 0,
+            anonymous: Access::None,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            keys: Vec::new(),
+            audience: Vec::new(),
+            issuer: Vec::new(),
+            leeway_s: 30,
+            require_exp: true,
+            permissions_claim: "ringcast".into(),
+            subscribe: Vec::new(),
+            publish: Vec::new(),
+            presence: Vec::new(),
+            deny_users: Vec::new(),
+            expiry_warning_ms: 30_000,
+            expiry_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        LimitsConfig {
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            handshakes_per_ip_per_second: 0,
+            handshake_burst: 0,
+            max_connections_per_user: 0,
+            memory_budget_bytes: 0,
+            retry_after_min_s: 1,
+            retry_after_max_s: 30,
+            max_request_head_bytes: proto_codec::http::MAX_HEAD_BYTES,
+            max_rooms_per_connection: 1024,
+            ops_per_second: 0,
+            ops_burst: 0,
+            rate_limit_strikes: 10,
         }
     }
 }
@@ -224,6 +446,7 @@ impl Config {
         } else {
             origin
         };
+        inherit_namespace_policies(&mut table);
         let config: Config =
             toml::Value::Table(table)
                 .try_into()
@@ -272,11 +495,80 @@ impl Config {
                 "must be at least websocket.max_message_bytes",
             ));
         }
-        if self.rooms.max_data_bytes == 0 {
-            return Err(invalid("rooms.max_data_bytes", "must be above 0"));
+        for (name, ns) in std::iter::once(("", &self.rooms))
+            .chain(self.namespaces.iter().map(|(name, ns)| (name.as_str(), ns)))
+        {
+            if ns.max_data_bytes == 0 {
+                return Err(ConfigError::Invalid {
+                    key: "max_data_bytes",
+                    reason: format!("namespace `{name}`: must be above 0"),
+                });
+            }
         }
-        if self.rooms.max_rooms_per_connection == 0 {
-            return Err(invalid("rooms.max_rooms_per_connection", "must be above 0"));
+        for name in self.namespaces.keys() {
+            if name.is_empty()
+                || name.contains('.')
+                || proto_codec::protocol::validate_room(name).is_err()
+            {
+                return Err(ConfigError::Invalid {
+                    key: "namespaces",
+                    reason: format!(
+                        "`{name}` is not a namespace name (room characters, no `.`; the default \
+                         namespace is configured in [rooms])"
+                    ),
+                });
+            }
+        }
+        let limits = &self.limits;
+        if limits.max_rooms_per_connection == 0 {
+            return Err(invalid(
+                "limits.max_rooms_per_connection",
+                "must be above 0",
+            ));
+        }
+        if limits.retry_after_min_s > limits.retry_after_max_s {
+            return Err(invalid(
+                "limits.retry_after_min_s",
+                "must not be above limits.retry_after_max_s",
+            ));
+        }
+        if !(1024..=proto_codec::http::MAX_HEAD_BYTES).contains(&limits.max_request_head_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_request_head_bytes",
+                reason: format!("must be 1024 to {}", proto_codec::http::MAX_HEAD_BYTES),
+            });
+        }
+        for key in &self.auth.keys {
+            let has_secret = !key.secret.is_empty() || key.secret_file.is_some();
+            let ok = match key.alg {
+                KeyAlg::HS256 => has_secret && key.public_key_file.is_none(),
+                KeyAlg::RS256 | KeyAlg::ES256 => !has_secret && key.public_key_file.is_some(),
+            };
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: "auth.keys",
+                    reason: format!(
+                        "key `{}` ({:?}): HS256 needs `secret` or `secret_file`; RS256 and ES256 \
+                         need `public_key_file`",
+                        key.kid, key.alg
+                    ),
+                });
+            }
+        }
+        if self.tls.listen.is_some()
+            && (self.tls.cert_file.as_os_str().is_empty()
+                || self.tls.key_file.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "tls.cert_file",
+                "tls.listen needs tls.cert_file and tls.key_file",
+            ));
+        }
+        if self.tls.disable_plain && self.tls.listen.is_none() {
+            return Err(invalid(
+                "tls.disable_plain",
+                "needs tls.listen (there would be no public listener)",
+            ));
         }
         if self.shards > 1024 {
             return Err(invalid("shards", "must be at most 1024"));
@@ -285,6 +577,20 @@ impl Config {
             return Err(invalid("log_level", "must not be empty"));
         }
         Ok(())
+    }
+
+    /// A copy fit to print: secrets (HS256 secrets, the API key) replaced by `<redacted>`.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for k in &mut c.auth.keys {
+            if !k.secret.is_empty() {
+                k.secret = "<redacted>".into();
+            }
+        }
+        if !c.api.key.is_empty() {
+            c.api.key = "<redacted>".into();
+        }
+        c
     }
 
     /// The number of shards to run: the configured one, or one per available core.
@@ -306,6 +612,24 @@ impl Config {
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "ringcast".to_string())
+    }
+}
+
+/// Fills every `[namespaces.X]` table with the `[rooms]` keys it does not set, so a namespace
+/// inherits the base policy key by key (a typo is still caught by `deny_unknown_fields`).
+fn inherit_namespace_policies(table: &mut toml::Table) {
+    let base = match table.get("rooms") {
+        Some(toml::Value::Table(t)) => t.clone(),
+        _ => toml::Table::new(),
+    };
+    if let Some(toml::Value::Table(namespaces)) = table.get_mut("namespaces") {
+        for (_, ns) in namespaces.iter_mut() {
+            if let toml::Value::Table(ns) = ns {
+                for (k, v) in &base {
+                    ns.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+        }
     }
 }
 

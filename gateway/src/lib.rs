@@ -3,12 +3,17 @@
 //!
 //! `main.rs` only wires these together; see `docs/architecture.md` for how a message travels.
 
+pub mod admission;
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod http;
 pub mod listener;
 pub mod mailbox;
 pub mod metrics;
+pub mod namespaces;
+pub mod ratelimit;
 pub mod rooms;
 pub mod runtime;
 pub mod shard;
+pub mod tls;

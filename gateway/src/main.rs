@@ -5,9 +5,14 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use gateway::admission::Admission;
+use gateway::auth::Authenticator;
 use gateway::config::{Config, IoDriver};
+use gateway::connection::Transport;
 use gateway::mailbox::Mailboxes;
-use gateway::shard::{self, Global, ShardSetup};
+use gateway::namespaces::Namespaces;
+use gateway::shard::{self, Global, Policy, ShardSetup};
+use gateway::tls::Tls;
 use gateway::{http, listener, runtime};
 
 #[global_allocator]
@@ -106,7 +111,7 @@ fn main() -> anyhow::Result<()> {
             let config = load_config(&cli.run, Some(file))
                 .with_context(|| format!("{} is not valid", file.display()))?;
             println!("{} is valid; effective configuration:\n", file.display());
-            println!("{}", toml::to_string_pretty(&config)?);
+            println!("{}", toml::to_string_pretty(&config.redacted())?);
             Ok(())
         }
         None => {
@@ -131,9 +136,44 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let driver = runtime::resolve(config.io_driver)?;
     let shards = config.shard_count();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let listeners = listener::bind_reuseport(config.listen, shards)
-        .with_context(|| format!("binding the public listener {}", config.listen))?;
-    let public_addr = listeners[0].local_addr()?;
+    let namespaces = Arc::new(Namespaces::from_config(&config));
+    let auth = Arc::new(
+        Authenticator::new(&config.auth, namespaces.anonymous_allowed())
+            .context("loading auth keys")?,
+    );
+    if config.auth.keys.is_empty() && !namespaces.anonymous_allowed() {
+        tracing::warn!("no auth keys and no namespace allows anonymous access: every /ws handshake will be refused with 401");
+    }
+    let tls = match config.tls.listen {
+        Some(_) => Some(Tls::new(&config.tls).context("loading the TLS certificate and key")?),
+        None => None,
+    };
+    let policy = Policy {
+        auth,
+        namespaces,
+        admission: Arc::new(Admission::new(&config.limits)),
+        tls: tls.clone(),
+    };
+    let mut per_shard: Vec<Vec<(std::net::TcpListener, Transport)>> =
+        (0..shards).map(|_| Vec::new()).collect();
+    let mut public_addr = None;
+    if !config.tls.disable_plain {
+        let plain = listener::bind_reuseport(config.listen, shards)
+            .with_context(|| format!("binding the public listener {}", config.listen))?;
+        public_addr = Some(plain[0].local_addr()?);
+        for (list, l) in per_shard.iter_mut().zip(plain) {
+            list.push((l, Transport::Plain));
+        }
+    }
+    let mut tls_addr = None;
+    if let Some(addr) = config.tls.listen {
+        let secure = listener::bind_reuseport(addr, shards)
+            .with_context(|| format!("binding the TLS listener {addr}"))?;
+        tls_addr = Some(secure[0].local_addr()?);
+        for (list, l) in per_shard.iter_mut().zip(secure) {
+            list.push((l, Transport::Tls));
+        }
+    }
     let admin_listener = std::net::TcpListener::bind(config.admin_listen)
         .with_context(|| format!("binding the admin listener {}", config.admin_listen))?;
     admin_listener.set_nonblocking(true)?;
@@ -145,10 +185,11 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let global = Arc::new(Global::default());
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let mut threads = Vec::with_capacity(shards);
-    for (id, listener) in listeners.into_iter().enumerate() {
+    for (id, listeners) in per_shard.into_iter().enumerate() {
         let setup = ShardSetup {
             id,
-            listener,
+            listeners,
+            policy: policy.clone(),
             mailboxes: mailboxes.clone(),
             config: config.clone(),
             node: node.clone(),
@@ -174,6 +215,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
 
     let admin = http::admin::Admin {
         config: config.clone(),
+        namespaces: policy.namespaces.clone(),
         mailboxes: mailboxes.clone(),
         global: global.clone(),
         prometheus,
@@ -190,6 +232,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .context("installing signal handlers")?;
     {
@@ -200,6 +243,18 @@ fn serve(config: Config) -> anyhow::Result<()> {
             .spawn(move || {
                 let mut seen = 0;
                 for signal in signals.forever() {
+                    if signal == signal_hook::consts::SIGHUP {
+                        // Certificate rotation: new handshakes get the new chain; live
+                        // connections keep theirs. A bad file keeps the old certificate.
+                        match &tls {
+                            Some(tls) => match tls.reload() {
+                                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                                Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the current certificate"),
+                            },
+                            None => tracing::info!("SIGHUP: nothing to reload (no TLS listener)"),
+                        }
+                        continue;
+                    }
                     seen += 1;
                     if seen == 1 {
                         tracing::info!(
@@ -219,10 +274,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
     global
         .ready
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    tracing::info!(%public_addr, %admin_addr, shards, driver = driver.name(), node = %node, "ringcast started");
+    let show = |a: Option<std::net::SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+    let (public_addr, tls_addr) = (show(public_addr), show(tls_addr));
+    tracing::info!(%public_addr, %tls_addr, %admin_addr, shards, driver = driver.name(), node = %node, "ringcast started");
     // Tests and scripts read this line to find the ports.
     println!(
-        "ringcast listening public={public_addr} admin={admin_addr} shards={shards} driver={}",
+        "ringcast listening public={public_addr} tls={tls_addr} admin={admin_addr} shards={shards} driver={}",
         driver.name()
     );
 

@@ -8,6 +8,14 @@ pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_gauge!("ringcast_connections", "Open WebSocket connections.");
     describe_counter!(
+        "ringcast_limit_hits_total",
+        "Limits that answered, by limit (ops, publish, rate_limit_close, connections_per_user, token_expired_close, refresh_failed, refresh_denied)."
+    );
+    describe_counter!(
+        "ringcast_ops_denied_total",
+        "Ops refused by permissions, by error code (forbidden, unauthorized)."
+    );
+    describe_counter!(
         "ringcast_connections_total",
         "WebSocket connections accepted (upgraded)."
     );
@@ -141,4 +149,14 @@ impl ShardMetrics {
 /// Counts a refused or failed handshake.
 pub fn handshake_failure(reason: &'static str) {
     counter!("ringcast_handshake_failures_total", "reason" => reason).increment(1);
+}
+
+/// Counts a limit that answered (an op refused by a rate, a close for a limit).
+pub fn limit_hit(limit: &'static str) {
+    counter!("ringcast_limit_hits_total", "limit" => limit).increment(1);
+}
+
+/// Counts an op refused by permissions (`forbidden` or `unauthorized`).
+pub fn op_denied(code: &'static str) {
+    counter!("ringcast_ops_denied_total", "code" => code).increment(1);
 }

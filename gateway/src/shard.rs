@@ -20,13 +20,18 @@ use bytes::Bytes;
 use proto_codec::protocol::{room_message_frame, ErrorCode, ServerEvent};
 use proto_codec::ws::{encode_frame, CloseCode, MessageDeflater, OpCode};
 
+use crate::admission::Admission;
+use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
 use crate::connection::shared::{CloseRequest, ConnKind, ConnShared, SubState};
+use crate::connection::Transport;
 use crate::mailbox::{home_shard, ConnId, Mailboxes, PublishOrigin, ShardId, ShardMsg};
 use crate::metrics::ShardMetrics;
+use crate::namespaces::Namespaces;
 use crate::rooms::home::{HomeRooms, InterestChange};
 use crate::rooms::local::LocalRooms;
 use crate::runtime::{self, ResolvedDriver};
+use crate::tls::Tls;
 
 /// How long a closing connection waits for the peer's close frame before dropping the socket.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -51,8 +56,10 @@ pub struct Global {
 pub struct ShardSetup {
     /// This shard.
     pub id: ShardId,
-    /// Its SO_REUSEPORT listener.
-    pub listener: std::net::TcpListener,
+    /// Its SO_REUSEPORT listeners (plain and/or TLS).
+    pub listeners: Vec<(std::net::TcpListener, Transport)>,
+    /// Security and policy shared by every shard.
+    pub policy: Policy,
     /// Every shard's mailbox.
     pub mailboxes: Mailboxes,
     /// The configuration.
@@ -67,6 +74,19 @@ pub struct ShardSetup {
     pub global: Arc<Global>,
     /// Tells the main thread the shard is serving, or why it could not start.
     pub started: std::sync::mpsc::Sender<Result<ShardId, String>>,
+}
+
+/// Security and policy state shared by every shard (and the admin thread).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Token verification.
+    pub auth: Arc<Authenticator>,
+    /// Namespace policies.
+    pub namespaces: Arc<Namespaces>,
+    /// Admission control.
+    pub admission: Arc<Admission>,
+    /// TLS, when a TLS listener is configured.
+    pub tls: Option<Tls>,
 }
 
 /// A shard's state. Lives in an `Rc` on the shard's thread.
@@ -87,6 +107,16 @@ pub struct ShardCtx {
     pub read_buf: RefCell<Vec<u8>>,
     /// A coarse clock, updated on every mailbox batch and sweep.
     pub now: Cell<Instant>,
+    /// Token verification.
+    pub auth: Arc<Authenticator>,
+    /// Namespace policies.
+    pub namespaces: Arc<Namespaces>,
+    /// Admission control.
+    pub admission: Arc<Admission>,
+    /// TLS, when a TLS listener is configured.
+    pub tls: Option<Tls>,
+    anonymous: Rc<Principal>,
+    sweeps: Cell<u64>,
     conns: RefCell<HashMap<ConnId, Rc<ConnShared>>>,
     next_conn: Cell<ConnId>,
     local: RefCell<LocalRooms>,
@@ -96,8 +126,7 @@ pub struct ShardCtx {
     next_token: Cell<u64>,
     deflaters: RefCell<Vec<Option<MessageDeflater>>>,
     shutting_down: Cell<bool>,
-    accept_waker: RefCell<Option<Waker>>,
-    history: HistoryPolicy,
+    accept_wakers: RefCell<[Option<Waker>; 2]>,
 }
 
 impl ShardCtx {
@@ -107,13 +136,16 @@ impl ShardCtx {
         config: Arc<Config>,
         node: Arc<str>,
         global: Arc<Global>,
+        policy: Policy,
     ) -> ShardCtx {
         let shards = mailboxes.len();
-        let history = HistoryPolicy {
-            size: config.rooms.history_size,
-            ttl: Duration::from_millis(config.rooms.history_ttl_ms),
-        };
         ShardCtx {
+            auth: policy.auth,
+            namespaces: policy.namespaces,
+            admission: policy.admission,
+            tls: policy.tls,
+            anonymous: Rc::new(Principal::anonymous()),
+            sweeps: Cell::new(0),
             id,
             mailboxes,
             node,
@@ -130,8 +162,7 @@ impl ShardCtx {
             next_token: Cell::new(1),
             deflaters: RefCell::new((8..=15).map(|_| None).collect()),
             shutting_down: Cell::new(false),
-            accept_waker: RefCell::new(None),
-            history,
+            accept_wakers: RefCell::new([None, None]),
             config,
         }
     }
@@ -144,16 +175,42 @@ impl ShardCtx {
     // ---- connections -------------------------------------------------------------------
 
     /// Registers an upgraded connection.
-    pub fn register_conn(&self, kind: ConnKind, takes_shared_deflate: bool) -> Rc<ConnShared> {
+    pub fn register_conn(
+        &self,
+        kind: ConnKind,
+        takes_shared_deflate: bool,
+        principal: Principal,
+    ) -> Rc<ConnShared> {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
+        let principal = if principal.is_anonymous() {
+            self.anonymous.clone()
+        } else {
+            Rc::new(principal)
+        };
+        let over_user_limit = principal
+            .user
+            .as_deref()
+            .is_some_and(|u| !self.admission.add_user(u));
         let conn = Rc::new(ConnShared::new(
             id,
             kind,
             takes_shared_deflate,
             self.config.websocket.outbound_high_water_bytes,
             self.now.get(),
+            principal,
         ));
+        if over_user_limit {
+            // Closed after the upgrade so that browsers see the code (docs/protocol.md §5.4).
+            // The count was not taken: clear the user so unregistering does not release one.
+            *conn.principal.borrow_mut() = self.anonymous.clone();
+            crate::metrics::limit_hit("connections_per_user");
+            conn.request_close(CloseRequest {
+                code: proto_codec::protocol::codes::close::TOO_MANY_CONNECTIONS,
+                reason: "too many connections for this user".into(),
+                discard_queue: false,
+            });
+        }
         if self.shutting_down.get() {
             conn.shutdown_close_at.set(Some(self.now.get()));
         }
@@ -170,6 +227,9 @@ impl ShardCtx {
             self.global.connections.fetch_sub(1, Ordering::SeqCst);
         }
         self.metrics.connections.decrement(1.0);
+        if let Some(user) = conn.principal.borrow().user.as_deref() {
+            self.admission.remove_user(user);
+        }
         let rooms: Vec<(RoomName, SubState)> = conn.rooms.borrow_mut().drain().collect();
         for (room, state) in rooms {
             if state == SubState::Active {
@@ -215,7 +275,7 @@ impl ShardCtx {
                     "already subscribed to this room",
                 );
             }
-            if rooms.len() >= self.config.rooms.max_rooms_per_connection {
+            if rooms.len() >= self.config.limits.max_rooms_per_connection {
                 return error(
                     ErrorCode::LimitExceeded,
                     "too many rooms on this connection",
@@ -243,6 +303,16 @@ impl ShardCtx {
 
     /// A connection leaves a room.
     pub fn unsubscribe(&self, conn: &Rc<ConnShared>, id: Option<u64>, room: &str) {
+        self.leave(conn, id, room, None);
+    }
+
+    /// The server removes a subscription (for example, a refreshed token no longer allows the
+    /// room): the client gets `unsubscribed` with the reason.
+    pub fn drop_subscription(&self, conn: &Rc<ConnShared>, room: &str, reason: &str) {
+        self.leave(conn, None, room, Some(reason));
+    }
+
+    fn leave(&self, conn: &Rc<ConnShared>, id: Option<u64>, room: &str, reason: Option<&str>) {
         let Some((room, state)) = conn.rooms.borrow_mut().remove_entry(room) else {
             self.metrics.op_errors.increment(1);
             conn.push(
@@ -258,7 +328,7 @@ impl ShardCtx {
             ServerEvent::Unsubscribed {
                 id,
                 room: room.as_ref().into(),
-                reason: None,
+                reason: reason.map(Into::into),
             }
             .to_frame(),
             None,
@@ -459,14 +529,14 @@ impl ShardCtx {
 
     fn home_publish(&self, room: RoomName, data: Bytes, origin: PublishOrigin) {
         let token = self.token();
-        // Raw broadcast keeps no history.
-        let policy = if room.starts_with(RAW_ROOM_PREFIX) {
-            HistoryPolicy {
+        // Raw broadcast keeps no history. Every other room was checked against its namespace
+        // before it was routed here (a room of an unknown namespace never gets this far).
+        let policy = match self.namespaces.of(&room) {
+            Ok(ns) if !room.starts_with(RAW_ROOM_PREFIX) => ns.history,
+            _ => HistoryPolicy {
                 size: 0,
                 ttl: Duration::ZERO,
-            }
-        } else {
-            self.history
+            },
         };
         let result = self
             .broker
@@ -584,6 +654,18 @@ impl ShardCtx {
     fn sweep(&self) {
         let now = Instant::now();
         self.now.set(now);
+        let sweeps = self.sweeps.get() + 1;
+        self.sweeps.set(sweeps);
+        if self.id == 0 && sweeps.is_multiple_of(10) {
+            // Once a second: the memory figure admission control compares with its budget.
+            if let Some(rss) = crate::admission::read_rss_bytes() {
+                self.admission.set_rss(rss);
+            }
+            self.admission.purge(now);
+        }
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let ws = &self.config.websocket;
         let interval = Duration::from_millis(ws.heartbeat_interval_ms);
         let timeout = Duration::from_millis(ws.heartbeat_timeout_ms);
@@ -623,6 +705,7 @@ impl ShardCtx {
                 }
                 _ => {}
             }
+            self.check_token_expiry(conn, unix_now);
             if let Some(idle) = idle {
                 if conn.kind == ConnKind::App
                     && now.saturating_duration_since(conn.last_op.get()) > idle
@@ -644,12 +727,44 @@ impl ShardCtx {
         self.metrics.rooms.set(broker.room_count() as f64);
     }
 
+    /// Warns a connection whose token is about to expire (`token_expiring`), and closes it with
+    /// 4002 once the grace period after `exp` is over without a `refresh`.
+    fn check_token_expiry(&self, conn: &ConnShared, unix_now_ms: u64) {
+        let Some(exp) = conn.principal.borrow().expires_at else {
+            return;
+        };
+        let auth = &self.config.auth;
+        let close_at_ms = exp
+            .saturating_mul(1000)
+            .saturating_add(auth.expiry_grace_ms);
+        if unix_now_ms >= close_at_ms {
+            crate::metrics::limit_hit("token_expired_close");
+            conn.request_close(CloseRequest {
+                code: proto_codec::protocol::codes::close::TOKEN_EXPIRED,
+                reason: "token expired".into(),
+                discard_queue: false,
+            });
+        } else if !conn.expiry_warned.get()
+            && unix_now_ms.saturating_add(auth.expiry_warning_ms) >= exp.saturating_mul(1000)
+        {
+            conn.expiry_warned.set(true);
+            conn.push_control(
+                ServerEvent::TokenExpiring {
+                    expires_in_ms: close_at_ms - unix_now_ms,
+                }
+                .to_frame(),
+            );
+        }
+    }
+
     fn begin_shutdown(&self) {
         if self.shutting_down.replace(true) {
             return;
         }
-        if let Some(w) = self.accept_waker.borrow_mut().take() {
-            w.wake();
+        for w in self.accept_wakers.borrow_mut().iter_mut() {
+            if let Some(w) = w.take() {
+                w.wake();
+            }
         }
         let now = Instant::now();
         let drain_ms = self.config.shutdown.drain_ms;
@@ -696,26 +811,36 @@ pub fn run(setup: ShardSetup) -> std::io::Result<()> {
     let driver = setup.driver;
     let started = setup.started.clone();
     let result = runtime::block_on(driver, move || async move {
-        let listener = match monoio::net::TcpListener::from_std(setup.listener) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = setup
-                    .started
-                    .send(Err(format!("shard {}: listener: {e}", setup.id)));
-                return Err(e);
+        let mut listeners = Vec::with_capacity(setup.listeners.len());
+        for (l, transport) in setup.listeners {
+            match monoio::net::TcpListener::from_std(l) {
+                Ok(l) => listeners.push((l, transport)),
+                Err(e) => {
+                    let _ = setup
+                        .started
+                        .send(Err(format!("shard {}: listener: {e}", setup.id)));
+                    return Err(e);
+                }
             }
-        };
+        }
         let ctx = Rc::new(ShardCtx::new(
             setup.id,
             setup.mailboxes,
             setup.config,
             setup.node,
             setup.global,
+            setup.policy,
         ));
         monoio::spawn(mailbox_loop(ctx.clone()));
         monoio::spawn(sweep_loop(ctx.clone()));
         let _ = setup.started.send(Ok(ctx.id));
-        accept_loop(&ctx, listener).await;
+        let loops: Vec<_> = listeners
+            .into_iter()
+            .map(|(l, transport)| monoio::spawn(accept_loop(ctx.clone(), l, transport)))
+            .collect();
+        for l in loops {
+            l.await;
+        }
         // Drain: keep serving this shard's mailbox (rooms homed here, deliveries to its
         // connections) until every shard's connections are gone, or the deadline.
         let deadline = Instant::now()
@@ -741,7 +866,7 @@ pub fn run(setup: ShardSetup) -> std::io::Result<()> {
     }
 }
 
-async fn accept_loop(ctx: &Rc<ShardCtx>, listener: monoio::net::TcpListener) {
+async fn accept_loop(ctx: Rc<ShardCtx>, listener: monoio::net::TcpListener, transport: Transport) {
     let mut backoff_logged = false;
     loop {
         let accept = listener.accept();
@@ -750,7 +875,7 @@ async fn accept_loop(ctx: &Rc<ShardCtx>, listener: monoio::net::TcpListener) {
             if ctx.shutting_down.get() {
                 return Poll::Ready(None);
             }
-            *ctx.accept_waker.borrow_mut() = Some(cx.waker().clone());
+            ctx.accept_wakers.borrow_mut()[transport as usize] = Some(cx.waker().clone());
             accept.as_mut().poll(cx).map(Some)
         })
         .await;
@@ -758,7 +883,7 @@ async fn accept_loop(ctx: &Rc<ShardCtx>, listener: monoio::net::TcpListener) {
             None => return,
             Some(Ok((stream, peer))) => {
                 backoff_logged = false;
-                let task = crate::connection::serve(ctx.clone(), stream, peer);
+                let task = crate::connection::serve(ctx.clone(), stream, peer, transport);
                 ctx.metrics
                     .connection_task_bytes
                     .set(std::mem::size_of_val(&task) as f64);

@@ -190,7 +190,7 @@ fn recovery_after_reconnect() {
 fn op_errors_are_answered_not_dropped() {
     let server = Server::start(
         1,
-        "[rooms]\nmax_data_bytes = 100\nmax_rooms_per_connection = 2\n",
+        "[rooms]\nmax_data_bytes = 100\n[limits]\nmax_rooms_per_connection = 2\n",
     );
     rt().block_on(async {
         let mut c = connect(server.public).await;

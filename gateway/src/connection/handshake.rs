@@ -9,6 +9,8 @@ use proto_codec::ws::deflate::{negotiate, DeflateParams, DeflatePolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::shared::ConnKind;
+use crate::admission::Verdict;
+use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
 
 /// The subprotocol of this version of the app protocol.
@@ -25,6 +27,21 @@ pub struct Upgraded {
     pub leftover: Vec<u8>,
     /// For raw broadcast: the room, and whether this connection only publishes.
     pub raw: Option<(String, bool)>,
+    /// Who connected.
+    pub principal: Principal,
+}
+
+/// What the handshake checks a request against.
+#[derive(Debug, Clone, Copy)]
+pub struct Gate<'a> {
+    /// The configuration.
+    pub config: &'a Config,
+    /// Token verification.
+    pub auth: &'a Authenticator,
+    /// The node is draining for shutdown.
+    pub draining: bool,
+    /// The admission decision taken when the socket was accepted.
+    pub admission: &'a Verdict,
 }
 
 /// Why a connection did not upgrade (already answered, when it could be).
@@ -36,9 +53,9 @@ pub enum HandshakeFailure {
     /// The client closed or the socket failed.
     #[error("i/o error during handshake: {0}")]
     Io(#[from] std::io::Error),
-    /// Refused with an HTTP status.
-    #[error("refused with {0}")]
-    Refused(u16),
+    /// Refused with an HTTP status; the label says why (for metrics).
+    #[error("refused with {0} ({1})")]
+    Refused(u16, &'static str),
 }
 
 impl HandshakeFailure {
@@ -47,16 +64,13 @@ impl HandshakeFailure {
         match self {
             HandshakeFailure::Timeout => "timeout",
             HandshakeFailure::Io(_) => "io",
-            HandshakeFailure::Refused(s) if *s == 404 => "not_found",
-            HandshakeFailure::Refused(s) if *s == 403 => "forbidden",
-            HandshakeFailure::Refused(s) if *s == 503 => "unavailable",
-            HandshakeFailure::Refused(_) => "bad_request",
+            HandshakeFailure::Refused(_, label) => label,
         }
     }
 }
 
 /// What the router decided for a parsed request.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum Decision {
     /// Upgrade: write these response bytes.
     Upgrade {
@@ -70,35 +84,47 @@ pub enum Decision {
         head_len: usize,
         /// For raw broadcast: the room, and whether this connection only publishes.
         raw: Option<(String, bool)>,
+        /// Who connected.
+        principal: Principal,
     },
     /// Refuse: write these bytes and close.
     Refuse {
         /// The HTTP status.
         status: u16,
+        /// Why, as a metrics label.
+        label: &'static str,
         /// The full response.
         response: Vec<u8>,
     },
 }
 
 /// Routes and validates one request head (sans I/O). `None`: the head is not complete yet
-/// (`parse_request` refuses a head that passes the size limit, so this cannot loop forever).
-pub fn decide(head: &[u8], config: &Config, draining: bool) -> Option<Decision> {
-    let req = match parse_request(head) {
-        Ok(Some(req)) => req,
-        Ok(None) => return None,
-        Err(e) => {
-            let mut response = Vec::new();
-            write_error_response(&mut response, e.status(), &e.to_string(), &[]);
-            return Some(Decision::Refuse {
-                status: e.status(),
-                response,
-            });
-        }
-    };
-    let refuse = |status: u16, reason: &str, headers: &[(&str, &str)]| {
+/// (a head past the size limit is refused, so this cannot loop forever). Checks run in the order
+/// of docs/protocol.md §5.4.
+pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
+    let config = gate.config;
+    let refuse = |status: u16, label: &'static str, reason: &str, headers: &[(&str, &str)]| {
         let mut response = Vec::new();
         write_error_response(&mut response, status, reason, headers);
-        Some(Decision::Refuse { status, response })
+        Some(Decision::Refuse {
+            status,
+            label,
+            response,
+        })
+    };
+    let head_limit = config.limits.max_request_head_bytes;
+    let req = match parse_request(head) {
+        Ok(Some(req)) if req.head_len <= head_limit => req,
+        Ok(None) if head.len() < head_limit => return None,
+        Ok(_) => return refuse(431, "head_too_large", "request head too large", &[]),
+        Err(e) => {
+            let label = if e.status() == 431 {
+                "head_too_large"
+            } else {
+                "bad_request"
+            };
+            return refuse(e.status(), label, &e.to_string(), &[]);
+        }
     };
     let mut raw = None;
     let kind = match req.path {
@@ -107,20 +133,39 @@ pub fn decide(head: &[u8], config: &Config, draining: bool) -> Option<Decision> 
         path if config.websocket.raw_endpoint && path.starts_with("/raw/") => {
             let room = &path["/raw/".len()..];
             if proto_codec::protocol::validate_room(room).is_err() {
-                return refuse(400, "invalid room name", &[]);
+                return refuse(400, "bad_request", "invalid room name", &[]);
             }
             let publisher = req.query_param("role").as_deref() == Some("pub");
             raw = Some((room.to_string(), publisher));
             ConnKind::Raw
         }
-        _ => return refuse(404, "no such endpoint", &[]),
+        _ => return refuse(404, "not_found", "no such endpoint", &[]),
     };
-    if draining {
+    if gate.draining {
         return refuse(
             503,
+            "draining",
             "server is shutting down; reconnect to another node",
             &[("Retry-After", "1")],
         );
+    }
+    match gate.admission {
+        Verdict::Admit => {}
+        Verdict::Busy {
+            reason,
+            retry_after_s,
+        } => {
+            let retry = retry_after_s.to_string();
+            return refuse(
+                503,
+                gate.admission.label(),
+                reason,
+                &[("Retry-After", &retry)],
+            );
+        }
+        Verdict::TooMany { reason } => {
+            return refuse(429, gate.admission.label(), reason, &[("Retry-After", "1")])
+        }
     }
     let upgrade = match validate_upgrade(&req) {
         Ok(u) => u,
@@ -129,18 +174,32 @@ pub fn decide(head: &[u8], config: &Config, draining: bool) -> Option<Decision> 
             e.write_response(&mut response);
             return Some(Decision::Refuse {
                 status: e.status(),
+                label: "bad_request",
                 response,
             });
         }
     };
     let origins = &config.websocket.allowed_origins;
-    if !origins.is_empty()
-        && !upgrade
-            .origin
-            .is_some_and(|o| origins.iter().any(|a| a == o))
-    {
-        return refuse(403, "origin not allowed", &[]);
+    if let Some(origin) = upgrade.origin {
+        if !origins.is_empty() && !origins.iter().any(|a| a == origin) {
+            return refuse(403, "origin", "origin not allowed", &[]);
+        }
     }
+    let principal = match kind {
+        ConnKind::App => match gate.auth.authenticate(&req) {
+            Ok(p) => p,
+            Err(e) => {
+                return refuse(
+                    e.status(),
+                    e.label(),
+                    &e.to_string(),
+                    &[("WWW-Authenticate", "Bearer realm=\"ringcast\"")],
+                )
+            }
+        },
+        // Test and benchmark endpoints, off by default (docs/security.md).
+        ConnKind::Echo | ConnKind::Raw => Principal::anonymous(),
+    };
     let negotiated = if config.websocket.compression {
         negotiate(
             upgrade.extensions.iter().copied(),
@@ -166,20 +225,17 @@ pub fn decide(head: &[u8], config: &Config, draining: bool) -> Option<Decision> 
         deflate: negotiated.map(|n| n.params),
         head_len: req.head_len,
         raw,
+        principal,
     })
 }
 
 /// Reads the request head and answers it. On success the stream speaks WebSocket.
-pub async fn perform<S>(
-    stream: &mut S,
-    config: &Config,
-    draining: bool,
-) -> Result<Upgraded, HandshakeFailure>
+pub async fn perform<S>(stream: &mut S, gate: Gate<'_>) -> Result<Upgraded, HandshakeFailure>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let timeout = Duration::from_millis(config.websocket.handshake_timeout_ms);
-    match monoio::time::timeout(timeout, read_and_answer(stream, config, draining)).await {
+    let timeout = Duration::from_millis(gate.config.websocket.handshake_timeout_ms);
+    match monoio::time::timeout(timeout, read_and_answer(stream, &gate)).await {
         Ok(r) => r,
         Err(_) => {
             let mut response = Vec::new();
@@ -191,11 +247,7 @@ where
     }
 }
 
-async fn read_and_answer<S>(
-    stream: &mut S,
-    config: &Config,
-    draining: bool,
-) -> Result<Upgraded, HandshakeFailure>
+async fn read_and_answer<S>(stream: &mut S, gate: &Gate<'_>) -> Result<Upgraded, HandshakeFailure>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -209,12 +261,17 @@ where
             ));
         }
         head.extend_from_slice(&chunk[..n]);
-        match decide(&head, config, draining) {
+        match decide(&head, gate) {
             None => continue,
-            Some(Decision::Refuse { status, response }) => {
+            Some(Decision::Refuse {
+                status,
+                label,
+                response,
+            }) => {
                 stream.write_all(&response).await?;
+                stream.flush().await?;
                 let _ = stream.shutdown().await;
-                return Err(HandshakeFailure::Refused(status));
+                return Err(HandshakeFailure::Refused(status, label));
             }
             Some(Decision::Upgrade {
                 kind,
@@ -222,13 +279,16 @@ where
                 deflate,
                 head_len,
                 raw,
+                principal,
             }) => {
                 stream.write_all(&response).await?;
+                stream.flush().await?;
                 return Ok(Upgraded {
                     kind,
                     deflate,
                     leftover: head.split_off(head_len),
                     raw,
+                    principal,
                 });
             }
         }
@@ -238,6 +298,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Access;
+    use crate::namespaces::Namespaces;
 
     const REQ: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ringcast.v1\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
 
@@ -248,22 +310,45 @@ mod tests {
         }
     }
 
+    /// Decides with an anonymous-friendly configuration unless the config says otherwise.
+    fn run(head: &[u8], c: &Config, draining: bool, admission: &Verdict) -> Option<Decision> {
+        let ns = Namespaces::from_config(c);
+        let auth = Authenticator::new(&c.auth, ns.anonymous_allowed()).unwrap();
+        decide(
+            head,
+            &Gate {
+                config: c,
+                auth: &auth,
+                draining,
+                admission,
+            },
+        )
+    }
+
+    fn open_config() -> Config {
+        let mut c = Config::default();
+        c.rooms.anonymous = Access::Publish;
+        c
+    }
+
     #[test]
     fn upgrade_with_subprotocol_and_deflate() {
-        let c = Config::default();
+        let c = open_config();
         let Some(Decision::Upgrade {
             kind,
             response,
             deflate,
             head_len,
+            principal,
             ..
-        }) = decide(REQ.as_bytes(), &c, false)
+        }) = run(REQ.as_bytes(), &c, false, &Verdict::Admit)
         else {
             panic!("not an upgrade")
         };
         assert_eq!(kind, ConnKind::App);
         assert_eq!(head_len, REQ.len());
         assert!(deflate.is_some());
+        assert!(principal.is_anonymous());
         let text = String::from_utf8(response).unwrap();
         assert!(
             text.contains("Sec-WebSocket-Protocol: ringcast.v1\r\n"),
@@ -277,32 +362,82 @@ mod tests {
 
     #[test]
     fn routing_and_refusals() {
-        let mut c = Config::default();
+        let mut c = open_config();
+        let admit = &Verdict::Admit;
         assert_eq!(
-            decide(REQ.replace("/ws", "/nope").as_bytes(), &c, false).map(status),
+            run(REQ.replace("/ws", "/nope").as_bytes(), &c, false, admit).map(status),
             Some(404)
         );
         assert_eq!(
-            decide(REQ.replace("/ws", "/echo").as_bytes(), &c, false).map(status),
+            run(REQ.replace("/ws", "/echo").as_bytes(), &c, false, admit).map(status),
             Some(404)
         );
         c.websocket.echo_endpoint = true;
         assert_eq!(
-            decide(REQ.replace("/ws", "/echo").as_bytes(), &c, false).map(status),
+            run(REQ.replace("/ws", "/echo").as_bytes(), &c, false, admit).map(status),
             Some(101)
         );
-        assert_eq!(decide(REQ.as_bytes(), &c, true).map(status), Some(503));
+        assert_eq!(run(REQ.as_bytes(), &c, true, admit).map(status), Some(503));
         c.websocket.allowed_origins = vec!["https://app.example".into()];
-        assert_eq!(decide(REQ.as_bytes(), &c, false).map(status), Some(403));
         let with_origin = REQ.replace("Host: x\r\n", "Host: x\r\nOrigin: https://app.example\r\n");
+        let bad_origin = REQ.replace("Host: x\r\n", "Host: x\r\nOrigin: https://evil.example\r\n");
         assert_eq!(
-            decide(with_origin.as_bytes(), &c, false).map(status),
+            run(bad_origin.as_bytes(), &c, false, admit).map(status),
+            Some(403)
+        );
+        // Non-browser clients send no Origin (docs/protocol.md §4.4).
+        assert_eq!(run(REQ.as_bytes(), &c, false, admit).map(status), Some(101));
+        assert_eq!(
+            run(with_origin.as_bytes(), &c, false, admit).map(status),
             Some(101)
         );
-        assert_eq!(decide(&REQ.as_bytes()[..20], &c, false), None);
+        assert_eq!(run(&REQ.as_bytes()[..20], &c, false, admit), None);
         assert_eq!(
-            decide(b"GET / HTTP/9.9\r\n\r\n", &c, false).map(status),
+            run(b"GET / HTTP/9.9\r\n\r\n", &c, false, admit).map(status),
             Some(400)
+        );
+    }
+
+    #[test]
+    fn admission_and_auth_answers() {
+        let c = open_config();
+        let busy = Verdict::Busy {
+            reason: "busy",
+            retry_after_s: 7,
+        };
+        let Some(Decision::Refuse {
+            status: code,
+            response,
+            ..
+        }) = run(REQ.as_bytes(), &c, false, &busy)
+        else {
+            panic!()
+        };
+        assert_eq!(code, 503);
+        assert!(String::from_utf8_lossy(&response).contains("Retry-After: 7\r\n"));
+        let ip = Verdict::TooMany { reason: "ip" };
+        assert_eq!(run(REQ.as_bytes(), &c, false, &ip).map(status), Some(429));
+        // No anonymous namespace and no token: 401 with a reason.
+        let closed = Config::default();
+        let Some(Decision::Refuse {
+            status: code,
+            response,
+            ..
+        }) = run(REQ.as_bytes(), &closed, false, &Verdict::Admit)
+        else {
+            panic!()
+        };
+        assert_eq!(code, 401);
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.contains("token is required"), "{text}");
+        assert!(text.contains("WWW-Authenticate: Bearer"), "{text}");
+        // A head over the configured cap is refused before it is complete.
+        let mut small = open_config();
+        small.limits.max_request_head_bytes = 1024;
+        let big = format!("GET /ws HTTP/1.1\r\nX-Pad: {}\r\n", "a".repeat(1100));
+        assert_eq!(
+            run(big.as_bytes(), &small, false, &Verdict::Admit).map(status),
+            Some(431)
         );
     }
 }

@@ -33,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use self::outbox::MAX_IOVECS;
 use self::shared::{CloseRequest, ConnKind, ConnShared};
 use self::state::ConnState;
+use crate::admission::AdmitTicket;
 use crate::shard::ShardCtx;
 
 /// Reads handled per wake before yielding to other connections.
@@ -50,23 +51,71 @@ struct ConnIo {
     deflate_bits: Option<u8>,
 }
 
+/// Which listener a connection came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain TCP.
+    Plain,
+    /// TLS (the shard's TLS acceptor).
+    Tls,
+}
+
 /// Serves one accepted TCP connection until it ends.
-pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, _peer: SocketAddr) {
+pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, transport: Transport) {
+    // Counted from accept on, so a client that dawdles over its handshake counts against its
+    // address; the verdict is answered once the request head is read.
+    let ticket = ctx.admission.admit(peer.ip(), ctx.now.get());
     let _ = stream.set_nodelay(true);
-    let mut stream = match stream.into_poll_io() {
+    let stream = match stream.into_poll_io() {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(error = %e, "poll-io conversion failed");
             return;
         }
     };
+    match (transport, &ctx.tls) {
+        (Transport::Plain, _) => serve_stream(ctx.clone(), stream, ticket).await,
+        (Transport::Tls, Some(tls)) => {
+            // Boxed: a TLS session is large, and plain connections should not carry its size.
+            let accept = Box::pin(monoio::time::timeout(
+                std::time::Duration::from_millis(ctx.config.websocket.handshake_timeout_ms),
+                tls.acceptor.accept(stream),
+            ));
+            let stream = match accept.await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    crate::metrics::handshake_failure("tls");
+                    return;
+                }
+                Err(_) => {
+                    crate::metrics::handshake_failure("tls_timeout");
+                    return;
+                }
+            };
+            let task = Box::pin(serve_stream(ctx.clone(), stream, ticket));
+            task.await
+        }
+        (Transport::Tls, None) => {}
+    }
+}
+
+/// Serves a connection over any stream (plain or TLS) from its first byte.
+async fn serve_stream<S>(ctx: Rc<ShardCtx>, mut stream: S, ticket: AdmitTicket)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     // Boxed: the handshake's buffers live in their own allocation, freed once it is done, so the
     // connection's long-lived task stays small. The box is built in its own statement: a
     // temporary in the same statement as an `.await` would keep its full size in the task.
     let handshake = Box::pin(handshake::perform(
         &mut stream,
-        &ctx.config,
-        ctx.is_shutting_down(),
+        handshake::Gate {
+            config: &ctx.config,
+            auth: &ctx.auth,
+            draining: ctx.is_shutting_down(),
+            admission: &ticket.verdict,
+        },
     ));
     let upgraded = match handshake.await {
         Ok(u) => u,
@@ -83,7 +132,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, _peer: SocketAddr) {
     let takes_shared_deflate = upgraded
         .deflate
         .is_some_and(|p| p.server_max_window_bits == 15);
-    let conn = ctx.register_conn(upgraded.kind, takes_shared_deflate);
+    let conn = ctx.register_conn(upgraded.kind, takes_shared_deflate, upgraded.principal);
     if upgraded.kind == ConnKind::App {
         conn.push_control(
             ServerEvent::Hello {
@@ -120,6 +169,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, _peer: SocketAddr) {
         tracing::trace!(conn = conn.id, error = %e, "connection ended with an error");
     }
     ctx.unregister_conn(&conn);
+    drop(ticket);
 }
 
 /// One pass of the connection's loop; returns `Ready` when the connection is over.
@@ -208,7 +258,8 @@ where
     loop {
         let mut outbox = conn.outbox().borrow_mut();
         if outbox.is_empty() {
-            return Poll::Ready(Ok(()));
+            // A no-op on plain TCP; TLS writes out the records it still holds.
+            return Pin::new(&mut *stream).poll_flush(cx);
         }
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let (n, oldest) = outbox.slices(&mut slices);

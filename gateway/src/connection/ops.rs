@@ -1,38 +1,66 @@
-//! App protocol ops from a connection: decode, check, and hand to the shard.
+//! App protocol ops from a connection: decode, check (rate, namespace, permission, size), and
+//! hand to the shard. Every refusal is an `error` event; none is a silent drop.
 
 use std::rc::Rc;
 
 use bytes::Bytes;
+use proto_codec::protocol::codes::close;
 use proto_codec::protocol::{decode_op, ClientOp, ErrorCode, ServerEvent};
 
-use super::shared::ConnShared;
+use super::shared::{CloseRequest, ConnShared};
+use crate::auth::{Action, AuthError};
 use crate::mailbox::PublishOrigin;
+use crate::namespaces::Namespace;
+use crate::ratelimit::Rate;
 use crate::shard::{error_frame, ShardCtx};
 
 /// Handles one text message of the app protocol.
 pub fn handle(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
     let op = match decode_op(payload) {
         Ok(op) => op,
-        Err(e) => {
-            ctx.metrics.op_errors.increment(1);
-            conn.push(error_frame(e.id, e.code, &e.reason), None);
-            return;
-        }
+        Err(e) => return refuse(ctx, conn, e.id, e.code, &e.reason),
     };
+    let now = ctx.now.get();
+    let limits = &ctx.config.limits;
+    let op_rate = Rate::new(limits.ops_per_second, limits.ops_burst);
+    if !conn.limiter.borrow_mut().allow_op(op_rate, now) {
+        return rate_limited(ctx, conn, op.id(), "ops", "too many ops; slow down");
+    }
     match op {
         ClientOp::Subscribe { id, room, since } => {
-            ctx.subscribe(conn, id, &room, since.map(|p| (p.epoch, p.offset)));
+            let Some(ns) = check(ctx, conn, id, Action::Subscribe, &room) else {
+                return;
+            };
+            // Without recovery, `since` is ignored: the answer says `recovered: false`.
+            let since = since
+                .filter(|_| ns.policy.recovery)
+                .map(|p| (p.epoch, p.offset));
+            ctx.subscribe(conn, id, &room, since);
         }
         ClientOp::Unsubscribe { id, room } => ctx.unsubscribe(conn, id, &room),
         ClientOp::Publish { id, room, data } => {
-            let data = data.get().as_bytes();
-            if data.len() > ctx.config.rooms.max_data_bytes {
-                ctx.metrics.op_errors.increment(1);
-                conn.push(
-                    error_frame(id, ErrorCode::TooLarge, "data is over the size limit"),
-                    None,
-                );
+            let Some(ns) = check(ctx, conn, id, Action::Publish, &room) else {
                 return;
+            };
+            let data = data.get().as_bytes();
+            if data.len() > ns.policy.max_data_bytes {
+                return refuse(
+                    ctx,
+                    conn,
+                    id,
+                    ErrorCode::TooLarge,
+                    "data is over the size limit",
+                );
+            }
+            let rate = Rate::new(ns.policy.publish_rate, ns.policy.publish_burst);
+            if !conn.limiter.borrow_mut().allow_publish(ns.index, rate, now) {
+                return rate_limited(
+                    ctx,
+                    conn,
+                    id,
+                    "publish",
+                    "publish rate of this namespace exceeded; slow down",
+                );
             }
             ctx.publish(
                 &room,
@@ -44,19 +72,155 @@ pub fn handle(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
                 },
             );
         }
+        ClientOp::Refresh { id, token } => refresh(ctx, conn, id, &token),
         ClientOp::Ping { id } => {
             conn.push(ServerEvent::Pong { id }.to_frame(), None);
         }
-        other => {
-            ctx.metrics.op_errors.increment(1);
-            conn.push(
-                error_frame(
-                    other.id(),
+        ClientOp::Presence { id, room } => {
+            let Some(ns) = check(ctx, conn, id, Action::Presence, &room) else {
+                return;
+            };
+            let reason = if ns.policy.presence {
+                "presence is not implemented by this server yet"
+            } else {
+                "presence is off in this namespace"
+            };
+            refuse(ctx, conn, id, ErrorCode::NotEnabled, reason);
+        }
+        ClientOp::History { id, room, .. } => {
+            if check(ctx, conn, id, Action::Subscribe, &room).is_some() {
+                refuse(
+                    ctx,
+                    conn,
+                    id,
                     ErrorCode::NotEnabled,
-                    "this op is not enabled on this server",
-                ),
-                None,
-            );
+                    "history is not implemented by this server yet",
+                );
+            }
+        }
+        ClientOp::Event { id, room, .. } => {
+            if check(ctx, conn, id, Action::Publish, &room).is_some() {
+                refuse(
+                    ctx,
+                    conn,
+                    id,
+                    ErrorCode::NotEnabled,
+                    "ephemeral events are not implemented by this server yet",
+                );
+            }
         }
     }
+}
+
+/// The namespace of a room, if the connection may do `action` there; otherwise answers the
+/// error and returns `None`.
+fn check<'c>(
+    ctx: &'c ShardCtx,
+    conn: &ConnShared,
+    id: Option<u64>,
+    action: Action,
+    room: &str,
+) -> Option<&'c Namespace> {
+    let verdict = ctx.namespaces.of(room).and_then(|ns| {
+        conn.principal
+            .borrow()
+            .authorize(action, room, ns)
+            .map(|()| ns)
+    });
+    match verdict {
+        Ok(ns) => Some(ns),
+        Err((code, reason)) => {
+            if matches!(code, ErrorCode::Forbidden | ErrorCode::Unauthorized) {
+                crate::metrics::op_denied(code.as_str());
+            }
+            refuse(ctx, conn, id, code, &reason);
+            None
+        }
+    }
+}
+
+fn refuse(ctx: &ShardCtx, conn: &ConnShared, id: Option<u64>, code: ErrorCode, reason: &str) {
+    ctx.metrics.op_errors.increment(1);
+    conn.push(error_frame(id, code, reason), None);
+}
+
+/// Answers `rate_limited`, and closes with 4009 once the strikes within a second reach the
+/// configured count.
+fn rate_limited(
+    ctx: &ShardCtx,
+    conn: &ConnShared,
+    id: Option<u64>,
+    scope: &'static str,
+    reason: &str,
+) {
+    crate::metrics::limit_hit(scope);
+    refuse(ctx, conn, id, ErrorCode::RateLimited, reason);
+    let strikes = ctx.config.limits.rate_limit_strikes;
+    if conn.limiter.borrow_mut().strike(ctx.now.get(), strikes) {
+        crate::metrics::limit_hit("rate_limit_close");
+        conn.request_close(CloseRequest {
+            code: close::RATE_LIMITED,
+            reason: "rate limit exceeded repeatedly".into(),
+            discard_queue: false,
+        });
+    }
+}
+
+/// `refresh`: a new token for the same user. Valid → `refreshed`, and subscriptions the new
+/// token no longer allows are removed (`unsubscribed` with reason `forbidden`); invalid → 4001.
+fn refresh(ctx: &ShardCtx, conn: &Rc<ConnShared>, id: Option<u64>, token: &str) {
+    let current = conn.principal.borrow().clone();
+    let Some(user) = current.user.as_deref() else {
+        return refuse(
+            ctx,
+            conn,
+            id,
+            ErrorCode::Forbidden,
+            "an anonymous connection cannot become authenticated; reconnect with a token",
+        );
+    };
+    let fresh = match ctx.auth.verify(token) {
+        Ok(p) if p.user.as_deref() == Some(user) => p,
+        Ok(_) => return auth_failed(conn, "refresh token is for another user"),
+        Err(AuthError::Denied) => {
+            crate::metrics::limit_hit("refresh_denied");
+            conn.request_close(CloseRequest {
+                code: close::FORBIDDEN,
+                reason: "user is not allowed to connect".into(),
+                discard_queue: false,
+            });
+            return;
+        }
+        Err(e) => return auth_failed(conn, &e.to_string()),
+    };
+    let expires_at = fresh.expires_at;
+    *conn.principal.borrow_mut() = Rc::new(fresh);
+    conn.expiry_warned.set(false);
+    conn.push(ServerEvent::Refreshed { id, expires_at }.to_frame(), None);
+    let lost: Vec<String> = {
+        let principal = conn.principal.borrow();
+        conn.rooms
+            .borrow()
+            .keys()
+            .filter(|room| {
+                ctx.namespaces
+                    .of(room)
+                    .and_then(|ns| principal.authorize(Action::Subscribe, room, ns))
+                    .is_err()
+            })
+            .map(|r| r.to_string())
+            .collect()
+    };
+    for room in lost {
+        ctx.drop_subscription(conn, &room, "forbidden");
+    }
+}
+
+fn auth_failed(conn: &ConnShared, reason: &str) {
+    crate::metrics::limit_hit("refresh_failed");
+    conn.request_close(CloseRequest {
+        code: close::AUTH_FAILED,
+        reason: reason.into(),
+        discard_queue: false,
+    });
 }

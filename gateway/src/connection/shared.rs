@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::task::Waker;
 use std::time::Instant;
 
@@ -12,7 +13,9 @@ use bytes::Bytes;
 use proto_codec::ws::CloseCode;
 
 use super::outbox::{Outbox, Push};
+use crate::auth::Principal;
 use crate::mailbox::ConnId;
+use crate::ratelimit::ConnLimiter;
 
 /// What a connection speaks after the upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +80,12 @@ pub struct ConnShared {
     pub force_end: Cell<bool>,
     /// When a graceful-shutdown close is due.
     pub shutdown_close_at: Cell<Option<Instant>>,
+    /// Who is connected and what they may do (replaced by `refresh`).
+    pub principal: RefCell<Rc<Principal>>,
+    /// `token_expiring` was sent for the token in force.
+    pub expiry_warned: Cell<bool>,
+    /// Op and publish rate limits of this connection.
+    pub limiter: RefCell<ConnLimiter>,
 }
 
 impl ConnShared {
@@ -87,6 +96,7 @@ impl ConnShared {
         takes_shared_deflate: bool,
         high_water: usize,
         now: Instant,
+        principal: Rc<Principal>,
     ) -> ConnShared {
         ConnShared {
             id,
@@ -103,6 +113,9 @@ impl ConnShared {
             closing_since: Cell::new(None),
             force_end: Cell::new(false),
             shutdown_close_at: Cell::new(None),
+            principal: RefCell::new(principal),
+            expiry_warned: Cell::new(false),
+            limiter: RefCell::new(ConnLimiter::default()),
         }
     }
 

@@ -26,6 +26,8 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct Admin {
     /// The configuration.
     pub config: Arc<Config>,
+    /// Namespace policies (size limits, configured namespaces).
+    pub namespaces: Arc<crate::namespaces::Namespaces>,
     /// Shards' mailboxes (the API publishes through them).
     pub mailboxes: Mailboxes,
     /// Readiness and shutdown flags.
@@ -234,8 +236,14 @@ async fn api_publish(admin: &Admin, req: &Request<'_>, body: &[u8]) -> Vec<u8> {
     if let Err(e) = validate_room(&parsed.room) {
         return error_json(400, ErrorCode::BadRoom, &e.to_string());
     }
+    // The server API may publish in every configured namespace (including `publish =
+    // "server"` ones); it is held to the namespace's size limit.
+    let ns = match admin.namespaces.of(&parsed.room) {
+        Ok(ns) => ns,
+        Err((code, reason)) => return error_json(404, code, &reason),
+    };
     let data = parsed.data.get().as_bytes();
-    if data.len() > admin.config.rooms.max_data_bytes {
+    if data.len() > ns.policy.max_data_bytes {
         return error_json(413, ErrorCode::TooLarge, "data is over the size limit");
     }
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -23,6 +23,8 @@ pub struct Server {
     child: Child,
     /// Public listener.
     pub public: SocketAddr,
+    /// TLS listener, when configured.
+    pub tls: Option<SocketAddr>,
     /// Admin listener.
     pub admin: SocketAddr,
     /// The driver it reported.
@@ -31,8 +33,24 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `ringcast` with `shards` shards and extra TOML appended to the test config.
+    /// Starts `ringcast` with `shards` shards and extra TOML appended to the test config, with
+    /// anonymous clients allowed to subscribe and publish everywhere (the tests of the core
+    /// protocol; `RINGCAST_ROOMS__ANONYMOUS=publish` overrides the file).
     pub fn start(shards: usize, extra_toml: &str) -> Server {
+        Server::launch(
+            shards,
+            extra_toml,
+            &[("RINGCAST_ROOMS__ANONYMOUS", "publish")],
+        )
+    }
+
+    /// Starts `ringcast` with exactly the given configuration (secure defaults: no anonymous
+    /// access unless the TOML grants it).
+    pub fn start_strict(shards: usize, extra_toml: &str) -> Server {
+        Server::launch(shards, extra_toml, &[])
+    }
+
+    fn launch(shards: usize, extra_toml: &str, env: &[(&str, &str)]) -> Server {
         let dir = std::env::temp_dir().join(format!(
             "ringcast-test-{}-{}",
             std::process::id(),
@@ -51,6 +69,7 @@ impl Server {
             .arg(&config)
             .arg("--io-driver")
             .arg(driver())
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -78,7 +97,10 @@ impl Server {
                 .to_string()
         };
         Server {
-            public: field("public=").parse().expect("public addr"),
+            public: field("public=")
+                .parse()
+                .unwrap_or(([127, 0, 0, 1], 1).into()),
+            tls: field("tls=").parse().ok(),
             admin: field("admin=").parse().expect("admin addr"),
             driver: field("driver="),
             child,
@@ -110,6 +132,22 @@ impl Server {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+}
+
+impl Server {
+    /// The process's open file descriptors.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map_or(0, |d| d.count())
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) with our own child's pid and a valid signal number has no memory
+        // effects.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
     }
 }
 
