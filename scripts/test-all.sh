@@ -19,6 +19,10 @@ fi
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'websockets>=13' 'kosoku>=0.1'
 (cd gateway/tests/clients && npm ci --no-audit --no-fund --silent)
 command -v taskset >/dev/null || { apt-get update -qq && apt-get install -y -qq util-linux; }
+# TLS tests drive the gateway with openssl s_client and curl.
+for tool in openssl curl; do
+    command -v "$tool" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$tool"; }
+done
 cargo --version; cargo fmt --version; cargo clippy --version
 python3 -c 'import websockets; print("websockets", websockets.__version__)'
 node --version; command -v kosoku
@@ -34,7 +38,7 @@ step "cargo test (every crate; the gateway on io_uring)"
 RINGCAST_IO_DRIVER=io-uring cargo test --workspace 2>&1 | tee -a "$log"
 
 step "gateway integration tests on epoll"
-RINGCAST_IO_DRIVER=epoll cargo test -p gateway --test gateway --test interop 2>&1 | tee -a "$log"
+RINGCAST_IO_DRIVER=epoll cargo test -p gateway --test gateway --test interop --test security --test tls 2>&1 | tee -a "$log"
 
 step "benchmark harness smoke test (every target: no loss, no duplicates, no errors)"
 benches/compare.sh --short 2>&1 | tee -a "$log"

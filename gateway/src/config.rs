@@ -44,7 +44,8 @@ pub struct Config {
     /// WebSocket connection settings.
     pub websocket: WebSocketConfig,
     /// The policy of the default namespace (rooms without a `.`), and the base every namespace
-    /// in `namespaces` starts from (a key a namespace does not set is taken from here).
+    /// in `namespaces` starts from (a key a namespace does not set is taken from here, except
+    /// `anonymous`, which each namespace grants for itself).
     pub rooms: NamespacePolicy,
     /// Per-namespace policies, by namespace name (`prices` for `prices.*`).
     pub namespaces: BTreeMap<String, NamespacePolicy>,
@@ -447,13 +448,21 @@ impl Config {
             origin
         };
         inherit_namespace_policies(&mut table);
-        let config: Config =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
+        // serde_path_to_error names the key at fault (`rooms.anonymous: unknown variant …`).
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
+            |e: serde_path_to_error::Error<toml::de::Error>| {
+                let path = e.path().to_string();
+                let message = e.into_inner().message().to_string();
+                ConfigError::Parse {
                     origin,
-                    message: e.message().to_string(),
-                })?;
+                    message: if path.is_empty() || path == "." {
+                        message
+                    } else {
+                        format!("`{path}`: {message}")
+                    },
+                }
+            },
+        )?;
         config.validate()?;
         Ok(config)
     }
@@ -615,8 +624,13 @@ impl Config {
     }
 }
 
+/// Keys a namespace never inherits from `[rooms]`: access is granted per namespace, so opening
+/// the default namespace to anonymous clients never opens another one.
+const NOT_INHERITED: &[&str] = &["anonymous"];
+
 /// Fills every `[namespaces.X]` table with the `[rooms]` keys it does not set, so a namespace
-/// inherits the base policy key by key (a typo is still caught by `deny_unknown_fields`).
+/// inherits the base policy key by key (a typo is still caught by `deny_unknown_fields`), except
+/// the keys of [`NOT_INHERITED`].
 fn inherit_namespace_policies(table: &mut toml::Table) {
     let base = match table.get("rooms") {
         Some(toml::Value::Table(t)) => t.clone(),
@@ -625,7 +639,10 @@ fn inherit_namespace_policies(table: &mut toml::Table) {
     if let Some(toml::Value::Table(namespaces)) = table.get_mut("namespaces") {
         for (_, ns) in namespaces.iter_mut() {
             if let toml::Value::Table(ns) = ns {
-                for (k, v) in &base {
+                for (k, v) in base
+                    .iter()
+                    .filter(|(k, _)| !NOT_INHERITED.contains(&k.as_str()))
+                {
                     ns.entry(k.clone()).or_insert_with(|| v.clone());
                 }
             }

@@ -110,6 +110,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::CheckConfig { file }) => {
             let config = load_config(&cli.run, Some(file))
                 .with_context(|| format!("{} is not valid", file.display()))?;
+            build_policy(&config).with_context(|| format!("{} is not valid", file.display()))?;
             println!("{} is valid; effective configuration:\n", file.display());
             println!("{}", toml::to_string_pretty(&config.redacted())?);
             Ok(())
@@ -119,6 +120,26 @@ fn main() -> anyhow::Result<()> {
             serve(config)
         }
     }
+}
+
+/// Everything the configuration names outside itself (key files, certificates, patterns),
+/// loaded and checked: `check-config` runs this too, so a configuration it accepts starts.
+fn build_policy(config: &Config) -> anyhow::Result<Policy> {
+    let namespaces = Arc::new(Namespaces::from_config(config));
+    let auth = Arc::new(
+        Authenticator::new(&config.auth, namespaces.anonymous_allowed())
+            .context("loading auth keys")?,
+    );
+    let tls = match config.tls.listen {
+        Some(_) => Some(Tls::new(&config.tls).context("loading the TLS certificate and key")?),
+        None => None,
+    };
+    Ok(Policy {
+        auth,
+        namespaces,
+        admission: Arc::new(Admission::new(&config.limits)),
+        tls,
+    })
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
@@ -136,24 +157,11 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let driver = runtime::resolve(config.io_driver)?;
     let shards = config.shard_count();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let namespaces = Arc::new(Namespaces::from_config(&config));
-    let auth = Arc::new(
-        Authenticator::new(&config.auth, namespaces.anonymous_allowed())
-            .context("loading auth keys")?,
-    );
-    if config.auth.keys.is_empty() && !namespaces.anonymous_allowed() {
+    let policy = build_policy(&config)?;
+    if config.auth.keys.is_empty() && !policy.namespaces.anonymous_allowed() {
         tracing::warn!("no auth keys and no namespace allows anonymous access: every /ws handshake will be refused with 401");
     }
-    let tls = match config.tls.listen {
-        Some(_) => Some(Tls::new(&config.tls).context("loading the TLS certificate and key")?),
-        None => None,
-    };
-    let policy = Policy {
-        auth,
-        namespaces,
-        admission: Arc::new(Admission::new(&config.limits)),
-        tls: tls.clone(),
-    };
+    let tls = policy.tls.clone();
     let mut per_shard: Vec<Vec<(std::net::TcpListener, Transport)>> =
         (0..shards).map(|_| Vec::new()).collect();
     let mut public_addr = None;

@@ -100,7 +100,7 @@ mod tests {
         let file = dir.join("ns.toml");
         std::fs::write(
             &file,
-            "[rooms]\nhistory_size = 10\nmax_data_bytes = 500\n\
+            "[rooms]\nhistory_size = 10\nmax_data_bytes = 500\nanonymous = \"publish\"\n\
              [namespaces.prices]\nhistory_size = 1\nanonymous = \"subscribe\"\n\
              [namespaces.chat]\npublish = \"server\"\n",
         )
@@ -113,6 +113,8 @@ mod tests {
         // Inherited from [rooms], key by key.
         assert_eq!(prices.policy.max_data_bytes, 500);
         assert_eq!(ns.of("chat.x").unwrap().policy.history_size, 10);
+        // Access is never inherited: `[rooms] anonymous` does not open `chat`.
+        assert_eq!(ns.of("chat.x").unwrap().policy.anonymous, Access::None);
         assert_eq!(&*ns.of("lobby").unwrap().name, "");
         assert_eq!(&*ns.of("other.x").unwrap().name, "");
         assert!(ns.anonymous_allowed());

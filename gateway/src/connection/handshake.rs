@@ -126,6 +126,25 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
             return refuse(e.status(), label, &e.to_string(), &[]);
         }
     };
+    // Admission first: every connection counts against its address, whatever it asks for.
+    match gate.admission {
+        Verdict::Admit => {}
+        Verdict::Busy {
+            reason,
+            retry_after_s,
+        } => {
+            let retry = retry_after_s.to_string();
+            return refuse(
+                503,
+                gate.admission.label(),
+                reason,
+                &[("Retry-After", &retry)],
+            );
+        }
+        Verdict::TooMany { reason } => {
+            return refuse(429, gate.admission.label(), reason, &[("Retry-After", "1")])
+        }
+    }
     let mut raw = None;
     let kind = match req.path {
         "/ws" => ConnKind::App,
@@ -148,24 +167,6 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
             "server is shutting down; reconnect to another node",
             &[("Retry-After", "1")],
         );
-    }
-    match gate.admission {
-        Verdict::Admit => {}
-        Verdict::Busy {
-            reason,
-            retry_after_s,
-        } => {
-            let retry = retry_after_s.to_string();
-            return refuse(
-                503,
-                gate.admission.label(),
-                reason,
-                &[("Retry-After", &retry)],
-            );
-        }
-        Verdict::TooMany { reason } => {
-            return refuse(429, gate.admission.label(), reason, &[("Retry-After", "1")])
-        }
     }
     let upgrade = match validate_upgrade(&req) {
         Ok(u) => u,

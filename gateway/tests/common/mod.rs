@@ -255,6 +255,57 @@ pub async fn raw_upgrade(addr: SocketAddr, path: &str, extra: &str) -> (TcpStrea
     (stream, head)
 }
 
+/// Like [`raw_upgrade`], from a chosen loopback source address (so per-IP limits of one test
+/// case do not touch another's).
+pub async fn raw_upgrade_from(
+    addr: SocketAddr,
+    from: std::net::Ipv4Addr,
+    path: &str,
+    extra: &str,
+) -> (TcpStream, String) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from((from, 0)))
+        .expect("bind source address");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("send upgrade");
+    let head = read_head(&mut stream).await;
+    (stream, head)
+}
+
+/// Connects to `path` from `from` with extra header lines; the app client after `hello`, or the
+/// refusal's head and body.
+pub async fn try_connect(
+    addr: SocketAddr,
+    from: std::net::Ipv4Addr,
+    path: &str,
+    extra: &str,
+) -> Result<Client, String> {
+    let (mut stream, head) = raw_upgrade_from(addr, from, path, extra).await;
+    if !head.starts_with("HTTP/1.1 101") {
+        let mut body = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut body)).await;
+        return Err(format!("{head}{}", String::from_utf8_lossy(&body)));
+    }
+    let mut ws = WebSocket::after_handshake(stream, Role::Client);
+    ws.set_auto_close(false);
+    ws.set_auto_pong(true);
+    let mut client = Client {
+        ws: FragmentCollector::new(ws),
+        hello: Value::Null,
+    };
+    let hello = client.recv().await;
+    assert_eq!(hello["ev"], "hello", "{hello}");
+    client.hello = hello;
+    Ok(client)
+}
+
 /// A WebSocket client of the app protocol.
 pub struct Client {
     ws: FragmentCollector<TcpStream>,
@@ -346,6 +397,23 @@ impl Client {
         loop {
             if let Received::Close(c, r) = self.next().await {
                 return (c, r);
+            }
+        }
+    }
+
+    /// Every event that arrives until `wait` passes with nothing new (or the connection ends).
+    pub async fn drain(&mut self, wait: Duration) -> Vec<Value> {
+        let mut out = Vec::new();
+        loop {
+            match tokio::time::timeout(wait, self.ws.read_frame()).await {
+                Ok(Ok(frame)) if frame.opcode == OpCode::Text => {
+                    if let Ok(v) = serde_json::from_slice(&frame.payload) {
+                        out.push(v);
+                    }
+                }
+                Ok(Ok(frame)) if frame.opcode == OpCode::Close => return out,
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => return out,
             }
         }
     }
