@@ -43,6 +43,9 @@ RINGCAST_IO_DRIVER=epoll cargo test -p gateway --test gateway --test interop --t
 step "benchmark harness smoke test (every target: no loss, no duplicates, no errors)"
 benches/compare.sh --short 2>&1 | tee -a "$log"
 
+step "TLS path smoke test (plain and TLS listeners: no loss, no duplicates)"
+benches/tls-cost.sh --short 2>&1 | tee -a "$log"
+
 step "Autobahn TestSuite (kosoku) on both drivers"
 scripts/autobahn.sh io-uring | tee -a "$log"
 scripts/autobahn.sh epoll | tee -a "$log"
@@ -51,4 +54,5 @@ scripts/autobahn.sh epoll | tee -a "$log"
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      /^autobahn [a-z-]+: [0-9]+ passed/ { p += $3; f += $5 }
      /^compare smoke: [0-9]+ passed/ { p += $3; f += $5 }
+     /^tls smoke: [0-9]+ passed/ { p += $3; f += $5 }
      END { printf "\n%d passed, %d failed\n", p, f }' "$log"

@@ -7,18 +7,22 @@ use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::tls::{wrap, Stream};
+
 /// Opens a WebSocket to `addr` at `path` (and reads past the `hello` event when asked).
 pub async fn connect(
     addr: SocketAddr,
     path: &str,
     expect_hello: bool,
-) -> anyhow::Result<WebSocket<TcpStream>> {
-    let mut stream = TcpStream::connect(addr).await.context("connect")?;
-    stream.set_nodelay(true)?;
+) -> anyhow::Result<WebSocket<Stream>> {
+    let tcp = TcpStream::connect(addr).await.context("connect")?;
+    tcp.set_nodelay(true)?;
+    let mut stream = wrap(tcp).await.context("TLS handshake")?;
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     stream.write_all(req.as_bytes()).await?;
+    stream.flush().await?;
     let mut head = Vec::with_capacity(256);
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -43,7 +47,7 @@ pub async fn connect(
 }
 
 /// Sends one JSON op.
-pub async fn send(ws: &mut WebSocket<TcpStream>, op: String) -> anyhow::Result<()> {
+pub async fn send(ws: &mut WebSocket<Stream>, op: String) -> anyhow::Result<()> {
     ws.write_frame(Frame::text(Payload::Owned(op.into_bytes())))
         .await?;
     Ok(())

@@ -5,6 +5,7 @@ mod client;
 mod procstat;
 mod report;
 mod scenarios;
+mod tls;
 
 use clap::{Parser, Subcommand};
 

@@ -69,6 +69,10 @@ pub struct Args {
     /// Also print the result as one JSON line.
     #[arg(long)]
     pub json: bool,
+    /// Connect over TLS, verifying the server against this PEM certificate (name `localhost`);
+    /// with --spawn, the server's `tls=` address is loaded instead of `public=`.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Ramp the offered rate (×1.5 per step from --rate) and report the highest whose p99 stays
     /// at or under --p99-target-ms with nothing lost or duplicated.
     #[arg(long)]
@@ -125,16 +129,21 @@ pub fn spawn_server(command: &str) -> anyhow::Result<Spawned> {
     let stdout = child.stdout.take().context("stdout")?;
     let mut reader = BufReader::new(stdout);
     let mut line = String::new();
+    // Over TLS (`--tls-ca`), the server's TLS listener is the one to load.
+    let field = if crate::tls::enabled() {
+        "tls="
+    } else {
+        "public="
+    };
     let addr = loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
-            bail!("{command} exited without printing public=HOST:PORT");
+            bail!("{command} exited without printing {field}HOST:PORT");
         }
-        if let Some(a) = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("public="))
-        {
-            break a.parse()?;
+        if let Some(a) = line.split_whitespace().find_map(|w| w.strip_prefix(field)) {
+            break a
+                .parse()
+                .with_context(|| format!("{field}{a} is not an address"))?;
         }
     };
     // Keep draining its stdout so it never blocks on a full pipe.
@@ -208,6 +217,9 @@ where
 
 /// Runs the scenario (or the --find-max ramp) and prints the report.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(ca) = &args.tls_ca {
+        crate::tls::init(ca)?;
+    }
     if !args.find_max {
         let report = measure(&args)?;
         print_report(&args, &report);

@@ -12,6 +12,7 @@ use tokio::net::TcpSocket;
 
 use super::fanout::spawn_server;
 use crate::procstat;
+use crate::tls::Stream;
 
 /// Arguments of the storm scenario.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,6 +32,10 @@ pub struct Args {
     /// Connections opened per second.
     #[arg(long, default_value_t = 2000.0)]
     rate: f64,
+    /// Connect over TLS, verifying the server against this PEM certificate (name `localhost`);
+    /// with --spawn, the server's `tls=` address is used.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
     /// Path to upgrade on.
     #[arg(long, default_value = "/ws")]
     path: String,
@@ -51,11 +56,7 @@ pub fn source_ip(i: usize) -> IpAddr {
 }
 
 /// Opens one upgraded connection from `source` (used by the idle clients too).
-pub async fn open_one_pub(
-    addr: SocketAddr,
-    path: &str,
-    source: IpAddr,
-) -> anyhow::Result<tokio::net::TcpStream> {
+pub async fn open_one_pub(addr: SocketAddr, path: &str, source: IpAddr) -> anyhow::Result<Stream> {
     open_one(addr, path, source).await.map(|(s, _)| s)
 }
 
@@ -63,15 +64,17 @@ async fn open_one(
     addr: SocketAddr,
     path: &str,
     source: IpAddr,
-) -> anyhow::Result<(tokio::net::TcpStream, Instant)> {
+) -> anyhow::Result<(Stream, Instant)> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
-    let mut stream = socket.connect(addr).await?;
-    stream.set_nodelay(true)?;
+    let tcp = socket.connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let mut stream = crate::tls::wrap(tcp).await?;
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     stream.write_all(req.as_bytes()).await?;
+    stream.flush().await?;
     let mut head = Vec::with_capacity(256);
     let mut buf = [0u8; 512];
     loop {
@@ -95,6 +98,9 @@ async fn open_one(
 
 /// Runs the scenario and prints the report.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(ca) = &args.tls_ca {
+        crate::tls::init(ca)?;
+    }
     let spawned = match &args.spawn {
         Some(cmd) => Some(spawn_server(cmd)?),
         None => None,
