@@ -150,6 +150,36 @@ impl Broker for EmbeddedBroker {
         Ok(Completion::Ready(recovery))
     }
 
+    fn history(
+        &mut self,
+        room: &RoomName,
+        since: Option<(&str, u64)>,
+        limit: usize,
+        token: Token,
+        now: Instant,
+    ) -> Result<Completion<Recovery>, BrokerError> {
+        if !self.rooms.contains_key(room) {
+            // Nothing was ever published (or it all expired with the room): an empty answer
+            // in a fresh epoch, without creating the room.
+            return Ok(Completion::Ready(Recovery {
+                epoch: new_epoch(),
+                latest: 0,
+                recovered: false,
+                messages: Vec::new(),
+            }));
+        }
+        let Completion::Ready(mut rec) = self.recover(room, since, token, now)? else {
+            return Ok(Completion::Pending);
+        };
+        if since.is_some() {
+            rec.messages.truncate(limit);
+        } else if let Some(log) = self.rooms.get(room) {
+            let skip = log.history.len().saturating_sub(limit);
+            rec.messages = log.history.iter().skip(skip).cloned().collect();
+        }
+        Ok(Completion::Ready(rec))
+    }
+
     fn set_interest(&mut self, room: &RoomName, interested: bool) {
         if interested {
             self.interested.insert(room.clone());

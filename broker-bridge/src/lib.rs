@@ -139,6 +139,18 @@ pub trait Broker {
         now: Instant,
     ) -> Result<Completion<Recovery>, BrokerError>;
 
+    /// Stored messages of a room, for the `history` op: with `since`, the messages after it
+    /// (at most `limit`, oldest first; `recovered` as for [`Broker::recover`]); without, the
+    /// newest `limit` messages and `recovered: false`. Reading never creates the room.
+    fn history(
+        &mut self,
+        room: &RoomName,
+        since: Option<(&str, u64)>,
+        limit: usize,
+        token: Token,
+        now: Instant,
+    ) -> Result<Completion<Recovery>, BrokerError>;
+
     /// This node has (or no longer has) local interest in a room; a networked broker subscribes
     /// upstream only while it has.
     fn set_interest(&mut self, room: &RoomName, interested: bool);

@@ -114,6 +114,19 @@ pub struct NamespacePolicy {
     pub publish: Publishers,
     /// What happens to a connection that reads too slowly.
     pub slow_consumer: SlowConsumer,
+    /// For `slow_consumer = "conflate"`: the top-level JSON field of `data` whose value is the
+    /// conflation key (messages with equal values replace each other); empty: the whole room is
+    /// one key (only the newest message matters). Messages without the field are not conflated.
+    pub conflation_key: String,
+    /// A queued room message older than this when its turn to be written comes is dropped for
+    /// that subscriber, with a `gap` (0: never).
+    pub max_age_ms: u64,
+    /// Whether ephemeral `event`s are allowed.
+    pub events: bool,
+    /// Ephemeral events per second one connection may send into this namespace (0: no limit).
+    pub event_rate: u32,
+    /// Burst above `event_rate` (0: equal to the rate).
+    pub event_burst: u32,
     /// Largest `data` of one published message, in bytes.
     pub max_data_bytes: usize,
     /// Messages per second one connection may publish into this namespace (0: no limit).
@@ -134,12 +147,18 @@ pub enum Publishers {
     Server,
 }
 
-/// The slow-consumer policy.
+/// The slow-consumer policy: what happens to a connection whose outbound queue is past
+/// `websocket.outbound_high_water_bytes` when a room message arrives for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SlowConsumer {
-    /// Close with 4008 past the high-water mark; the client resumes from history.
+    /// Close with 4008; the client resumes from history.
     Disconnect,
+    /// Drop the oldest queued room messages, leaving a `gap` notice.
+    DropOldest,
+    /// Replace queued messages of the same conflation key by the newest, leaving a `gap`
+    /// notice; fast clients still get every message.
+    Conflate,
 }
 
 /// What a kind of connection may do in a namespace.
@@ -336,6 +355,11 @@ impl Default for NamespacePolicy {
             join_leave: false,
             publish: Publishers::Clients,
             slow_consumer: SlowConsumer::Disconnect,
+            conflation_key: String::new(),
+            max_age_ms: 0,
+            events: true,
+            event_rate: 50,
+            event_burst: 100,
             max_data_bytes: 60 * 1024,
             publish_rate: 0,
             publish_burst: 0,

@@ -16,7 +16,7 @@ use atomic_waker::AtomicWaker;
 use broker_bridge::{Epoch, RoomName};
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
-use proto_codec::protocol::ErrorCode;
+use proto_codec::protocol::{ErrorCode, Member};
 
 /// A shard's index.
 pub type ShardId = usize;
@@ -44,29 +44,16 @@ pub enum PublishOrigin {
 /// A message to a shard.
 #[derive(Debug)]
 pub enum ShardMsg {
-    /// To a room's home shard: a connection on `origin` subscribes.
-    Subscribe {
-        /// The room.
-        room: RoomName,
-        /// The subscriber's shard.
-        origin: ShardId,
-        /// The subscriber.
-        conn: ConnId,
-        /// The op's id.
-        id: Option<u64>,
-        /// The request's sequence number on the connection.
-        seq: u64,
-        /// Resume position.
-        since: Option<(String, u64)>,
-        /// The subscriber takes shared compressed frames.
-        deflate: bool,
-    },
+    /// To a room's home shard: a connection subscribes.
+    Subscribe(Box<SubscribeReq>),
     /// To a room's home shard: one subscriber on `origin` left.
     Unsubscribe {
         /// The room.
         room: RoomName,
         /// The subscriber's shard.
         origin: ShardId,
+        /// The subscriber.
+        conn: ConnId,
         /// The subscriber took shared compressed frames.
         deflate: bool,
     },
@@ -101,8 +88,49 @@ pub enum ShardMsg {
         frame: Bytes,
         /// The same frame compressed (permessage-deflate), when a subscriber negotiated it.
         deflated: Option<Bytes>,
-        /// When the message was published.
-        published_at: Instant,
+        /// Position, time and slow-consumer key of the message.
+        meta: DeliverMeta,
+    },
+    /// From a home shard: deliver a live frame (ephemeral event, join, leave) to this shard's
+    /// subscribers of a room, except one connection (its sender or subject).
+    DeliverLive {
+        /// The room.
+        room: RoomName,
+        /// The encoded event.
+        frame: Bytes,
+        /// The connection that must not get it.
+        except: Option<(ShardId, ConnId)>,
+    },
+    /// To a room's home shard: an ephemeral event from a connection.
+    Event {
+        /// The room.
+        room: RoomName,
+        /// The encoded `event` frame.
+        frame: Bytes,
+        /// The sender (it does not get its own event).
+        from: (ShardId, ConnId),
+    },
+    /// To a room's home shard: who is present? The answer goes back as `ToConn`.
+    Presence {
+        /// The room.
+        room: RoomName,
+        /// The asking connection.
+        from: (ShardId, ConnId),
+        /// The op's id.
+        id: Option<u64>,
+    },
+    /// To a room's home shard: read stored messages. The answer goes back as `ToConn`.
+    History {
+        /// The room.
+        room: RoomName,
+        /// The asking connection.
+        from: (ShardId, ConnId),
+        /// The op's id.
+        id: Option<u64>,
+        /// Return messages after this position.
+        since: Option<(String, u64)>,
+        /// At most this many.
+        limit: usize,
     },
     /// Send a frame to one connection (acks, errors).
     ToConn {
@@ -113,6 +141,44 @@ pub enum ShardMsg {
     },
     /// Begin graceful shutdown.
     Shutdown,
+}
+
+/// A subscribe request, as the room's home shard gets it.
+#[derive(Debug)]
+pub struct SubscribeReq {
+    /// The room.
+    pub room: RoomName,
+    /// The subscriber's shard.
+    pub origin: ShardId,
+    /// The subscriber.
+    pub conn: ConnId,
+    /// The op's id.
+    pub id: Option<u64>,
+    /// The request's sequence number on the connection.
+    pub seq: u64,
+    /// Resume position.
+    pub since: Option<(String, u64)>,
+    /// The subscriber takes shared compressed frames.
+    pub deflate: bool,
+    /// The subscriber as a presence member (namespaces with presence).
+    pub member: Option<Member>,
+    /// Whether the namespace sends join/leave events.
+    pub join_leave: bool,
+}
+
+/// What a receiving shard needs to queue a room message under its namespace's policy.
+#[derive(Debug, Clone)]
+pub struct DeliverMeta {
+    /// The room's epoch.
+    pub epoch: Epoch,
+    /// The message's offset.
+    pub offset: u64,
+    /// When it was published.
+    pub published_at: Instant,
+    /// Its conflation key, when its namespace conflates.
+    pub key: Option<u64>,
+    /// Its namespace's index.
+    pub namespace: usize,
 }
 
 /// One shard's inbox.

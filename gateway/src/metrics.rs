@@ -12,6 +12,10 @@ pub fn describe() {
         "Limits that answered, by limit (ops, publish, rate_limit_close, connections_per_user, token_expired_close, refresh_failed, refresh_denied)."
     );
     describe_counter!(
+        "ringcast_slow_consumer_actions_total",
+        "Room messages a slow-consumer policy dropped for one subscriber, by action (drop_oldest, conflate, max_age), and live frames (events, join, leave) dropped under pressure (live_dropped). Closes are ringcast_slow_consumer_closes_total."
+    );
+    describe_counter!(
         "ringcast_ops_denied_total",
         "Ops refused by permissions, by error code (forbidden, unauthorized)."
     );
@@ -154,6 +158,20 @@ pub fn handshake_failure(reason: &'static str) {
 /// Counts a limit that answered (an op refused by a rate, a close for a limit).
 pub fn limit_hit(limit: &'static str) {
     counter!("ringcast_limit_hits_total", "limit" => limit).increment(1);
+}
+
+/// Counts what slow-consumer policies did.
+pub fn slow_consumer_actions(a: crate::connection::outbox::PolicyActions) {
+    for (action, n) in [
+        ("drop_oldest", a.dropped_oldest),
+        ("conflate", a.conflated),
+        ("max_age", a.expired),
+        ("live_dropped", a.live_dropped),
+    ] {
+        if n > 0 {
+            counter!("ringcast_slow_consumer_actions_total", "action" => action).increment(n);
+        }
+    }
 }
 
 /// Counts an op refused by permissions (`forbidden` or `unauthorized`).

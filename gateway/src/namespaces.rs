@@ -73,6 +73,11 @@ impl Namespaces {
         }
     }
 
+    /// A namespace by its index.
+    pub fn by_index(&self, index: usize) -> &Namespace {
+        &self.all[index.min(self.all.len() - 1)]
+    }
+
     /// Whether some namespace lets connections without a token in.
     pub fn anonymous_allowed(&self) -> bool {
         self.all.iter().any(|n| n.policy.anonymous > Access::None)

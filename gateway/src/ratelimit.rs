@@ -56,12 +56,21 @@ impl TokenBucket {
     }
 }
 
-/// One connection's rate limits: its op bucket, a bucket per namespace it publishes into, and
-/// its recent `rate_limited` strikes.
+/// A per-namespace bucket of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    /// Publishes into the namespace with this index.
+    Publish(usize),
+    /// Ephemeral events into the namespace with this index.
+    Event(usize),
+}
+
+/// One connection's rate limits: its op bucket, a bucket per namespace and kind it sends into,
+/// and its recent `rate_limited` strikes.
 #[derive(Debug, Default)]
 pub struct ConnLimiter {
     ops: Option<TokenBucket>,
-    publish: Vec<(usize, TokenBucket)>,
+    buckets: Vec<(Bucket, TokenBucket)>,
     strikes: u32,
     last_strike: Option<Instant>,
 }
@@ -77,19 +86,19 @@ impl ConnLimiter {
             .try_take(rate, now)
     }
 
-    /// Takes a token for one publish into namespace `ns`.
-    pub fn allow_publish(&mut self, ns: usize, rate: Option<Rate>, now: Instant) -> bool {
+    /// Takes a token from a per-namespace bucket.
+    pub fn allow(&mut self, bucket: Bucket, rate: Option<Rate>, now: Instant) -> bool {
         let Some(rate) = rate else {
             return true;
         };
-        let i = match self.publish.iter().position(|(n, _)| *n == ns) {
+        let i = match self.buckets.iter().position(|(b, _)| *b == bucket) {
             Some(i) => i,
             None => {
-                self.publish.push((ns, TokenBucket::full(rate, now)));
-                self.publish.len() - 1
+                self.buckets.push((bucket, TokenBucket::full(rate, now)));
+                self.buckets.len() - 1
             }
         };
-        self.publish[i].1.try_take(rate, now)
+        self.buckets[i].1.try_take(rate, now)
     }
 
     /// Records a refused op; true when the strikes within one second reached `limit` (close
@@ -138,9 +147,13 @@ mod tests {
         assert!(l.allow_op(rate, t0));
         assert!(!l.allow_op(rate, t0));
         assert!(l.allow_op(None, t0));
-        assert!(l.allow_publish(2, rate, t0));
-        assert!(!l.allow_publish(2, rate, t0));
-        assert!(l.allow_publish(3, rate, t0), "buckets are per namespace");
+        assert!(l.allow(Bucket::Publish(2), rate, t0));
+        assert!(!l.allow(Bucket::Publish(2), rate, t0));
+        assert!(
+            l.allow(Bucket::Publish(3), rate, t0),
+            "buckets are per namespace"
+        );
+        assert!(l.allow(Bucket::Event(2), rate, t0), "and per kind");
         assert!(!l.strike(t0, 3));
         assert!(!l.strike(t0, 3));
         // A pause of over a second forgives.

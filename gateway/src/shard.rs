@@ -17,19 +17,23 @@ use std::time::{Duration, Instant};
 use broker_bridge::embedded::EmbeddedBroker;
 use broker_bridge::{Appended, Broker, BrokerEvent, Completion, HistoryPolicy, RoomName};
 use bytes::Bytes;
-use proto_codec::protocol::{room_message_frame, ErrorCode, ServerEvent};
+use proto_codec::protocol::{room_message_frame, ErrorCode, HistoryItem, Member, ServerEvent};
 use proto_codec::ws::{encode_frame, CloseCode, MessageDeflater, OpCode};
 
 use crate::admission::Admission;
 use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
+use crate::connection::outbox::RoomMsg;
 use crate::connection::shared::{CloseRequest, ConnKind, ConnShared, SubState};
 use crate::connection::Transport;
-use crate::mailbox::{home_shard, ConnId, Mailboxes, PublishOrigin, ShardId, ShardMsg};
+use crate::mailbox::{
+    home_shard, ConnId, DeliverMeta, Mailboxes, PublishOrigin, ShardId, ShardMsg, SubscribeReq,
+};
 use crate::metrics::ShardMetrics;
 use crate::namespaces::Namespaces;
 use crate::rooms::home::{HomeRooms, InterestChange};
 use crate::rooms::local::LocalRooms;
+use crate::rooms::presence::Presence;
 use crate::runtime::{self, ResolvedDriver};
 use crate::tls::Tls;
 
@@ -121,6 +125,7 @@ pub struct ShardCtx {
     next_conn: Cell<ConnId>,
     local: RefCell<LocalRooms>,
     home: RefCell<HomeRooms>,
+    presence: RefCell<Presence>,
     broker: RefCell<Box<dyn Broker>>,
     pending_publishes: RefCell<HashMap<u64, PublishOrigin>>,
     next_token: Cell<u64>,
@@ -157,6 +162,7 @@ impl ShardCtx {
             next_conn: Cell::new(1),
             local: RefCell::new(LocalRooms::default()),
             home: RefCell::new(HomeRooms::new(shards)),
+            presence: RefCell::new(Presence::default()),
             broker: RefCell::new(Box::new(EmbeddedBroker::new())),
             pending_publishes: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
@@ -254,17 +260,19 @@ impl ShardCtx {
 
     // ---- ops from this shard's connections ---------------------------------------------
 
-    /// A connection subscribes to a room.
+    /// A connection subscribes to a room. With `presence`, it becomes a member of the room
+    /// (and its other subscribers get `join` when `join_leave`).
     pub fn subscribe(
         &self,
         conn: &Rc<ConnShared>,
         id: Option<u64>,
         room: &str,
         since: Option<(String, u64)>,
+        presence: Option<bool>,
     ) {
         let error = |code, reason: &str| {
             self.metrics.op_errors.increment(1);
-            conn.push(error_frame(id, code, reason), None);
+            conn.push(error_frame(id, code, reason));
         };
         let room: RoomName = room.into();
         {
@@ -289,7 +297,7 @@ impl ShardCtx {
             .insert(room.clone(), SubState::Pending { seq });
         self.route(
             home_shard(&room, self.mailboxes.len()),
-            ShardMsg::Subscribe {
+            ShardMsg::Subscribe(Box::new(SubscribeReq {
                 room,
                 origin: self.id,
                 conn: conn.id,
@@ -297,6 +305,74 @@ impl ShardCtx {
                 seq,
                 since,
                 deflate: conn.takes_shared_deflate,
+                member: presence.map(|_| self.member_of(conn)),
+                join_leave: presence.unwrap_or(false),
+            })),
+        );
+    }
+
+    /// A connection as a presence member.
+    pub fn member_of(&self, conn: &ConnShared) -> Member {
+        let principal = conn.principal.borrow();
+        Member {
+            client: self.client_id(conn.id),
+            user: principal.user.as_deref().map(str::to_string),
+            info: principal
+                .info
+                .as_ref()
+                .and_then(|v| serde_json::value::to_raw_value(v).ok()),
+        }
+    }
+
+    /// The client id of a connection of this shard (as in `hello`).
+    pub fn client_id(&self, conn: ConnId) -> String {
+        format!("{}-{}-{}", self.node, self.id, conn)
+    }
+
+    /// Sends an ephemeral event (already encoded) to a room's other subscribers.
+    pub fn send_event(&self, conn: &ConnShared, room: &str, frame: Bytes) {
+        let room: RoomName = room.into();
+        self.route(
+            home_shard(&room, self.mailboxes.len()),
+            ShardMsg::Event {
+                room,
+                frame,
+                from: (self.id, conn.id),
+            },
+        );
+    }
+
+    /// Asks a room's home shard for its members (answered with a `presence` event).
+    pub fn ask_presence(&self, conn: &ConnShared, id: Option<u64>, room: &str) {
+        let room: RoomName = room.into();
+        self.route(
+            home_shard(&room, self.mailboxes.len()),
+            ShardMsg::Presence {
+                room,
+                from: (self.id, conn.id),
+                id,
+            },
+        );
+    }
+
+    /// Asks a room's home shard for stored messages (answered with a `history` event).
+    pub fn ask_history(
+        &self,
+        conn: &ConnShared,
+        id: Option<u64>,
+        room: &str,
+        since: Option<(String, u64)>,
+        limit: usize,
+    ) {
+        let room: RoomName = room.into();
+        self.route(
+            home_shard(&room, self.mailboxes.len()),
+            ShardMsg::History {
+                room,
+                from: (self.id, conn.id),
+                id,
+                since,
+                limit,
             },
         );
     }
@@ -315,10 +391,11 @@ impl ShardCtx {
     fn leave(&self, conn: &Rc<ConnShared>, id: Option<u64>, room: &str, reason: Option<&str>) {
         let Some((room, state)) = conn.rooms.borrow_mut().remove_entry(room) else {
             self.metrics.op_errors.increment(1);
-            conn.push(
-                error_frame(id, ErrorCode::NotSubscribed, "not subscribed to this room"),
-                None,
-            );
+            conn.push(error_frame(
+                id,
+                ErrorCode::NotSubscribed,
+                "not subscribed to this room",
+            ));
             return;
         };
         if state == SubState::Active {
@@ -331,7 +408,6 @@ impl ShardCtx {
                 reason: reason.map(Into::into),
             }
             .to_frame(),
-            None,
         );
         self.leave_home(room, conn);
     }
@@ -344,6 +420,7 @@ impl ShardCtx {
             ShardMsg::Unsubscribe {
                 room,
                 origin: self.id,
+                conn: conn.id,
                 deflate: conn.takes_shared_deflate,
             },
         );
@@ -372,25 +449,61 @@ impl ShardCtx {
     /// Handles one mailbox message.
     pub fn handle(&self, msg: ShardMsg) {
         match msg {
-            ShardMsg::Subscribe {
-                room,
-                origin,
-                conn,
-                id,
-                seq,
-                since,
-                deflate,
-            } => self.home_subscribe(room, origin, conn, id, seq, since, deflate),
+            ShardMsg::Subscribe(req) => self.home_subscribe(*req),
             ShardMsg::Unsubscribe {
                 room,
                 origin,
+                conn,
                 deflate,
             } => {
+                let left = self.presence.borrow_mut().remove(&room, (origin, conn));
+                if let Some(member) = left {
+                    if self.join_leave(&room) {
+                        let frame = ServerEvent::Leave {
+                            room: room.as_ref().into(),
+                            member,
+                        }
+                        .to_frame();
+                        self.fan_out_live(&room, frame, Some((origin, conn)));
+                    }
+                }
                 let change = self.home.borrow_mut().remove(&room, origin, deflate);
                 if change == InterestChange::Last {
                     self.broker.borrow_mut().set_interest(&room, false);
                 }
             }
+            ShardMsg::DeliverLive {
+                room,
+                frame,
+                except,
+            } => {
+                let except = except.filter(|(s, _)| *s == self.id).map(|(_, c)| c);
+                self.local.borrow().deliver_live(&room, &frame, except);
+            }
+            ShardMsg::Event { room, frame, from } => self.fan_out_live(&room, frame, Some(from)),
+            ShardMsg::Presence { room, from, id } => {
+                let members = self.presence.borrow().members(&room);
+                let frame = ServerEvent::Presence {
+                    id,
+                    room: room.as_ref().into(),
+                    members,
+                }
+                .to_frame();
+                self.route(
+                    from.0,
+                    ShardMsg::ToConn {
+                        conn: from.1,
+                        frame,
+                    },
+                );
+            }
+            ShardMsg::History {
+                room,
+                from,
+                id,
+                since,
+                limit,
+            } => self.home_history(room, from, id, since, limit),
             ShardMsg::Publish { room, data, origin } => self.home_publish(room, data, origin),
             ShardMsg::Subscribed {
                 room,
@@ -403,35 +516,156 @@ impl ShardCtx {
                 room,
                 frame,
                 deflated,
-                published_at,
-            } => {
-                let n = self
-                    .local
-                    .borrow()
-                    .deliver(&room, &frame, deflated.as_ref(), published_at);
-                self.metrics.deliveries.increment(n as u64);
-            }
+                meta,
+            } => self.deliver_here(room, &frame, deflated.as_ref(), meta),
             ShardMsg::ToConn { conn, frame } => {
                 let target = self.conns.borrow().get(&conn).cloned();
                 if let Some(c) = target {
-                    c.push(frame, None);
+                    c.push(frame);
                 }
             }
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn home_subscribe(
+    /// Queues a room message to this shard's subscribers under its namespace's policy.
+    fn deliver_here(
         &self,
         room: RoomName,
-        origin: ShardId,
-        conn: ConnId,
-        id: Option<u64>,
-        seq: u64,
-        since: Option<(String, u64)>,
-        deflate: bool,
+        frame: &Bytes,
+        deflated: Option<&Bytes>,
+        meta: DeliverMeta,
     ) {
+        let policy = &self.namespaces.by_index(meta.namespace).policy;
+        let msg = Rc::new(RoomMsg {
+            room,
+            epoch: meta.epoch,
+            offset: meta.offset,
+            published_at: meta.published_at,
+            policy: policy.slow_consumer,
+            key: meta.key,
+            max_age: (policy.max_age_ms > 0).then(|| Duration::from_millis(policy.max_age_ms)),
+        });
+        let n = self
+            .local
+            .borrow()
+            .deliver(&msg.room, frame, deflated, &msg);
+        self.metrics.deliveries.increment(n as u64);
+    }
+
+    /// Whether a room's namespace sends join/leave events.
+    fn join_leave(&self, room: &str) -> bool {
+        self.namespaces
+            .of(room)
+            .is_ok_and(|ns| ns.policy.presence && ns.policy.join_leave)
+    }
+
+    /// Sends a live frame to every shard with subscribers of a room (home side).
+    fn fan_out_live(&self, room: &RoomName, frame: Bytes, except: Option<(ShardId, ConnId)>) {
+        let home = self.home.borrow();
+        let Some(interest) = home.get(room) else {
+            return;
+        };
+        for (shard, count) in interest.per_shard.iter().enumerate() {
+            if *count == 0 {
+                continue;
+            }
+            if shard == self.id {
+                let except = except.filter(|(s, _)| *s == self.id).map(|(_, c)| c);
+                self.local.borrow().deliver_live(room, &frame, except);
+            } else {
+                self.mailboxes.send(
+                    shard,
+                    ShardMsg::DeliverLive {
+                        room: room.clone(),
+                        frame: frame.clone(),
+                        except,
+                    },
+                );
+            }
+        }
+    }
+
+    fn home_history(
+        &self,
+        room: RoomName,
+        from: (ShardId, ConnId),
+        id: Option<u64>,
+        since: Option<(String, u64)>,
+        limit: usize,
+    ) {
+        let token = self.token();
+        let since_ref = since.as_ref().map(|(e, o)| (e.as_str(), *o));
+        let result =
+            self.broker
+                .borrow_mut()
+                .history(&room, since_ref, limit, token, self.now.get());
+        let frame = match result {
+            Ok(Completion::Ready(rec)) => {
+                // Stored data is valid JSON (checked when it was published).
+                let messages = rec
+                    .messages
+                    .iter()
+                    .filter_map(|m| {
+                        serde_json::from_slice::<&serde_json::value::RawValue>(&m.data)
+                            .ok()
+                            .map(|data| HistoryItem {
+                                offset: m.offset,
+                                data,
+                            })
+                    })
+                    .collect();
+                ServerEvent::History {
+                    id,
+                    room: room.as_ref().into(),
+                    epoch: rec.epoch.as_ref().into(),
+                    offset: rec.latest,
+                    recovered: rec.recovered,
+                    messages,
+                }
+                .to_frame()
+            }
+            Ok(Completion::Pending) => error_frame(
+                id,
+                ErrorCode::Unavailable,
+                "history not available now; retry",
+            ),
+            Err(e) => error_frame(id, ErrorCode::Unavailable, &e.to_string()),
+        };
+        self.route(
+            from.0,
+            ShardMsg::ToConn {
+                conn: from.1,
+                frame,
+            },
+        );
+    }
+
+    fn home_subscribe(&self, req: SubscribeReq) {
+        let SubscribeReq {
+            room,
+            origin,
+            conn,
+            id,
+            seq,
+            since,
+            deflate,
+            member,
+            join_leave,
+        } = req;
+        if let Some(member) = member {
+            if join_leave {
+                let frame = ServerEvent::Join {
+                    room: room.as_ref().into(),
+                    member: member.clone(),
+                }
+                .to_frame();
+                self.fan_out_live(&room, frame, Some((origin, conn)));
+            }
+            self.presence
+                .borrow_mut()
+                .add(&room, (origin, conn), member);
+        }
         if self.home.borrow_mut().add(&room, origin, deflate) == InterestChange::First {
             self.broker.borrow_mut().set_interest(&room, true);
         }
@@ -585,6 +819,19 @@ impl ShardCtx {
         {
             let home = self.home.borrow();
             if let Some(interest) = home.get(&m.room) {
+                let (namespace, key) = match self.namespaces.of(&m.room) {
+                    Ok(ns) if !m.room.starts_with(RAW_ROOM_PREFIX) => {
+                        (ns.index, conflation_key(&ns.policy, &m.data))
+                    }
+                    _ => (0, None),
+                };
+                let meta = DeliverMeta {
+                    epoch: m.epoch.clone(),
+                    offset: m.offset,
+                    published_at: m.at,
+                    key,
+                    namespace,
+                };
                 let deflated = (interest.deflate > 0).then(|| {
                     let payload = &frame[frame_header_len(&frame)..];
                     let mut compressed = Vec::with_capacity(payload.len() / 2 + 16);
@@ -605,16 +852,12 @@ impl ShardCtx {
                             room: m.room.clone(),
                             frame: frame.clone(),
                             deflated: deflated.clone(),
-                            published_at: m.at,
+                            meta: meta.clone(),
                         },
                     );
                 }
                 if deliver_here {
-                    let n = self
-                        .local
-                        .borrow()
-                        .deliver(&m.room, &frame, deflated.as_ref(), m.at);
-                    self.metrics.deliveries.increment(n as u64);
+                    self.deliver_here(m.room.clone(), &frame, deflated.as_ref(), meta);
                 }
             }
         }
@@ -792,6 +1035,25 @@ pub fn error_frame(id: Option<u64>, code: ErrorCode, reason: &str) -> Bytes {
         reason: reason.into(),
     }
     .to_frame()
+}
+
+/// The conflation key of a message in a conflating namespace: the room itself (`Some(0)`) when
+/// no key field is configured, else a hash of the key field's JSON text; `None` (never
+/// conflated) when the namespace does not conflate or the message has no such field.
+pub fn conflation_key(policy: &crate::config::NamespacePolicy, data: &[u8]) -> Option<u64> {
+    if policy.slow_consumer != crate::config::SlowConsumer::Conflate {
+        return None;
+    }
+    if policy.conflation_key.is_empty() {
+        return Some(0);
+    }
+    let fields: HashMap<String, &serde_json::value::RawValue> =
+        serde_json::from_slice(data).ok()?;
+    let value = fields.get(&policy.conflation_key)?;
+    // FNV-1a of the value's JSON text.
+    Some(value.get().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }))
 }
 
 /// The header length of a server frame we encoded.

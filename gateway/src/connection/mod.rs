@@ -136,7 +136,7 @@ where
     if upgraded.kind == ConnKind::App {
         conn.push_control(
             ServerEvent::Hello {
-                client: format!("{}-{}-{}", ctx.node, ctx.id, conn.id).into(),
+                client: ctx.client_id(conn.id).into(),
                 node: ctx.node.as_ref().into(),
                 heartbeat_ms: ws.heartbeat_interval_ms,
             }
@@ -148,7 +148,7 @@ where
         .as_ref()
         .map(|(room, _)| crate::shard::raw_room(room));
     if let (Some((_, false)), Some(room)) = (&upgraded.raw, &raw_room) {
-        ctx.subscribe(&conn, None, room, None);
+        ctx.subscribe(&conn, None, room, None, None);
     }
     let mut io = ConnIo {
         raw_room,
@@ -257,6 +257,12 @@ where
 {
     loop {
         let mut outbox = conn.outbox().borrow_mut();
+        // `max_age`: stale room messages leave (with a gap notice) before their turn.
+        outbox.drop_stale(ctx.now.get());
+        let actions = outbox.take_actions();
+        if actions != outbox::PolicyActions::default() {
+            crate::metrics::slow_consumer_actions(actions);
+        }
         if outbox.is_empty() {
             // A no-op on plain TCP; TLS writes out the records it still holds.
             return Pin::new(&mut *stream).poll_flush(cx);

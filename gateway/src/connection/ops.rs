@@ -11,7 +11,7 @@ use super::shared::{CloseRequest, ConnShared};
 use crate::auth::{Action, AuthError};
 use crate::mailbox::PublishOrigin;
 use crate::namespaces::Namespace;
-use crate::ratelimit::Rate;
+use crate::ratelimit::{Bucket, Rate};
 use crate::shard::{error_frame, ShardCtx};
 
 /// Handles one text message of the app protocol.
@@ -35,7 +35,8 @@ pub fn handle(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
             let since = since
                 .filter(|_| ns.policy.recovery)
                 .map(|p| (p.epoch, p.offset));
-            ctx.subscribe(conn, id, &room, since);
+            let presence = ns.policy.presence.then_some(ns.policy.join_leave);
+            ctx.subscribe(conn, id, &room, since, presence);
         }
         ClientOp::Unsubscribe { id, room } => ctx.unsubscribe(conn, id, &room),
         ClientOp::Publish { id, room, data } => {
@@ -53,7 +54,11 @@ pub fn handle(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
                 );
             }
             let rate = Rate::new(ns.policy.publish_rate, ns.policy.publish_burst);
-            if !conn.limiter.borrow_mut().allow_publish(ns.index, rate, now) {
+            if !conn
+                .limiter
+                .borrow_mut()
+                .allow(Bucket::Publish(ns.index), rate, now)
+            {
                 return rate_limited(
                     ctx,
                     conn,
@@ -74,40 +79,105 @@ pub fn handle(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
         }
         ClientOp::Refresh { id, token } => refresh(ctx, conn, id, &token),
         ClientOp::Ping { id } => {
-            conn.push(ServerEvent::Pong { id }.to_frame(), None);
+            conn.push(ServerEvent::Pong { id }.to_frame());
         }
         ClientOp::Presence { id, room } => {
             let Some(ns) = check(ctx, conn, id, Action::Presence, &room) else {
                 return;
             };
-            let reason = if ns.policy.presence {
-                "presence is not implemented by this server yet"
-            } else {
-                "presence is off in this namespace"
+            if !ns.policy.presence {
+                return refuse(
+                    ctx,
+                    conn,
+                    id,
+                    ErrorCode::NotEnabled,
+                    "presence is off in this namespace",
+                );
+            }
+            if !subscribed(conn, &room) {
+                return refuse(
+                    ctx,
+                    conn,
+                    id,
+                    ErrorCode::NotSubscribed,
+                    "subscribe to the room first",
+                );
+            }
+            ctx.ask_presence(conn, id, &room);
+        }
+        ClientOp::History {
+            id,
+            room,
+            since,
+            limit,
+        } => {
+            let Some(ns) = check(ctx, conn, id, Action::Subscribe, &room) else {
+                return;
             };
-            refuse(ctx, conn, id, ErrorCode::NotEnabled, reason);
-        }
-        ClientOp::History { id, room, .. } => {
-            if check(ctx, conn, id, Action::Subscribe, &room).is_some() {
-                refuse(
+            let max = ns.policy.history_size;
+            if max == 0 {
+                return refuse(
                     ctx,
                     conn,
                     id,
                     ErrorCode::NotEnabled,
-                    "history is not implemented by this server yet",
+                    "no history in this namespace",
                 );
             }
+            let limit = limit.map_or(max, |l| (l as usize).min(max));
+            ctx.ask_history(conn, id, &room, since.map(|p| (p.epoch, p.offset)), limit);
         }
-        ClientOp::Event { id, room, .. } => {
-            if check(ctx, conn, id, Action::Publish, &room).is_some() {
-                refuse(
+        ClientOp::Event { id, room, data } => {
+            let Some(ns) = check(ctx, conn, id, Action::Publish, &room) else {
+                return;
+            };
+            if !ns.policy.events {
+                return refuse(
                     ctx,
                     conn,
                     id,
                     ErrorCode::NotEnabled,
-                    "ephemeral events are not implemented by this server yet",
+                    "ephemeral events are off in this namespace",
                 );
             }
+            if !subscribed(conn, &room) {
+                return refuse(
+                    ctx,
+                    conn,
+                    id,
+                    ErrorCode::NotSubscribed,
+                    "subscribe to the room first",
+                );
+            }
+            if data.get().len() > ns.policy.max_data_bytes {
+                return refuse(
+                    ctx,
+                    conn,
+                    id,
+                    ErrorCode::TooLarge,
+                    "data is over the size limit",
+                );
+            }
+            let rate = Rate::new(ns.policy.event_rate, ns.policy.event_burst);
+            if !conn
+                .limiter
+                .borrow_mut()
+                .allow(Bucket::Event(ns.index), rate, now)
+            {
+                return rate_limited(
+                    ctx,
+                    conn,
+                    id,
+                    "event",
+                    "event rate of this namespace exceeded; slow down",
+                );
+            }
+            let frame = ServerEvent::Event {
+                room: room.as_ref().into(),
+                data,
+            }
+            .to_frame();
+            ctx.send_event(conn, &room, frame);
         }
     }
 }
@@ -139,9 +209,14 @@ fn check<'c>(
     }
 }
 
+/// Whether the connection's subscription to a room is in force.
+fn subscribed(conn: &ConnShared, room: &str) -> bool {
+    conn.rooms.borrow().get(room) == Some(&super::shared::SubState::Active)
+}
+
 fn refuse(ctx: &ShardCtx, conn: &ConnShared, id: Option<u64>, code: ErrorCode, reason: &str) {
     ctx.metrics.op_errors.increment(1);
-    conn.push(error_frame(id, code, reason), None);
+    conn.push(error_frame(id, code, reason));
 }
 
 /// Answers `rate_limited`, and closes with 4009 once the strikes within a second reach the
@@ -196,7 +271,7 @@ fn refresh(ctx: &ShardCtx, conn: &Rc<ConnShared>, id: Option<u64>, token: &str) 
     let expires_at = fresh.expires_at;
     *conn.principal.borrow_mut() = Rc::new(fresh);
     conn.expiry_warned.set(false);
-    conn.push(ServerEvent::Refreshed { id, expires_at }.to_frame(), None);
+    conn.push(ServerEvent::Refreshed { id, expires_at }.to_frame());
     let lost: Vec<String> = {
         let principal = conn.principal.borrow();
         conn.rooms

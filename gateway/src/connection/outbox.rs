@@ -1,16 +1,98 @@
-//! A connection's outbound queue: encoded frames waiting to be written, bounded in bytes.
+//! A connection's outbound queue: encoded frames waiting to be written, bounded in bytes, with
+//! the namespace's slow-consumer policy applied when a room message finds it past its mark.
 //!
 //! Frames are `Bytes` shared with every other subscriber of the same message; pushing one is a
-//! reference-count increment. The writer takes many frames per `writev`.
+//! reference-count increment, and its metadata ([`RoomMsg`]) is one `Rc` shared by every
+//! subscriber on the shard. The writer takes many frames per `writev`.
+//!
+//! Past the high-water mark:
+//! - live frames (ephemeral `event`, `join`, `leave`) are dropped first, under every policy;
+//! - `disconnect`: the push fails and the connection is closed with 4008;
+//! - `drop-oldest`: the oldest queued room messages are dropped;
+//! - `conflate`: queued messages of the same room and conflation key are dropped (the newest
+//!   replaces them, at the end of the queue, so offsets stay increasing);
+//! - `max_age` (any policy): a room message older than its limit when the writer reaches it is
+//!   dropped.
+//!
+//! A dropped room message leaves a `gap` marker in its place (adjacent markers of a room merge),
+//! so the client learns exactly which offsets it missed, in order, and can fill them with
+//! `history` or ignore them.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::time::Instant;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
+use broker_bridge::{Epoch, RoomName};
 use bytes::Bytes;
+use proto_codec::protocol::ServerEvent;
+
+use crate::config::SlowConsumer;
 
 /// The most frames handed to one `writev`.
 pub const MAX_IOVECS: usize = 64;
+
+/// A conflating queue may grow past its mark with messages it cannot conflate (no key, or keys
+/// it has not queued yet); past this many times the mark it disconnects after all.
+pub const CONFLATE_HARD_LIMIT: usize = 2;
+
+/// One room message as every subscriber on a shard shares it.
+#[derive(Debug)]
+pub struct RoomMsg {
+    /// The room.
+    pub room: RoomName,
+    /// Its epoch.
+    pub epoch: Epoch,
+    /// Its offset.
+    pub offset: u64,
+    /// When it was published (latency metric, `max_age`).
+    pub published_at: Instant,
+    /// The slow-consumer policy of its namespace.
+    pub policy: SlowConsumer,
+    /// Its conflation key (`None`: never conflated).
+    pub key: Option<u64>,
+    /// Dropped when older than this when its turn to be written comes.
+    pub max_age: Option<Duration>,
+}
+
+/// What an entry of the queue is.
+#[derive(Debug)]
+enum Kind {
+    /// Protocol and op answers: never dropped.
+    Control,
+    /// Ephemeral events, join, leave: dropped first under pressure.
+    Live,
+    /// A room message.
+    Room(Rc<RoomMsg>),
+    /// Offsets `from..=to` of a room were dropped here.
+    Gap(Box<GapMark>),
+}
+
+#[derive(Debug)]
+struct GapMark {
+    room: RoomName,
+    epoch: Epoch,
+    from: u64,
+    to: u64,
+}
+
+impl GapMark {
+    fn frame(&self) -> Bytes {
+        ServerEvent::Gap {
+            room: self.room.as_ref().into(),
+            epoch: self.epoch.as_ref().into(),
+            from: self.from,
+            to: self.to,
+        }
+        .to_frame()
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    frame: Bytes,
+    kind: Kind,
+}
 
 /// What happened to a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,48 +101,109 @@ pub enum Push {
     QueuedFirst,
     /// Queued behind others.
     Queued,
-    /// Not queued: the queue is past its high-water mark (slow consumer).
+    /// Not queued, and the connection must close (policy `disconnect`, or a conflating queue
+    /// past its hard limit).
     Overflow,
+    /// Not queued: a live frame on a full queue.
+    Dropped,
+}
+
+/// What a slow-consumer policy did, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyActions {
+    /// Room messages dropped by `drop-oldest`.
+    pub dropped_oldest: u64,
+    /// Room messages replaced by a newer one of the same key.
+    pub conflated: u64,
+    /// Room messages dropped for `max_age`.
+    pub expired: u64,
+    /// Live frames dropped.
+    pub live_dropped: u64,
 }
 
 /// The outbound queue.
 #[derive(Debug)]
 pub struct Outbox {
-    frames: VecDeque<(Bytes, Option<Instant>)>,
+    entries: VecDeque<Entry>,
     queued_bytes: usize,
     /// Bytes of the front frame already written.
     front_written: usize,
     high_water: usize,
+    /// Queued room messages with a `max_age`.
+    aged: usize,
+    actions: PolicyActions,
 }
 
 impl Outbox {
-    /// An empty queue that overflows past `high_water` bytes.
+    /// An empty queue whose mark is `high_water` bytes.
     pub fn new(high_water: usize) -> Outbox {
         Outbox {
-            frames: VecDeque::new(),
+            entries: VecDeque::new(),
             queued_bytes: 0,
             front_written: 0,
             high_water,
+            aged: 0,
+            actions: PolicyActions::default(),
         }
     }
 
-    /// Queues a frame, with the time its message was published (for latency metrics).
-    pub fn push(&mut self, frame: Bytes, published_at: Option<Instant>) -> Push {
-        if self.queued_bytes + frame.len() > self.high_water && !self.frames.is_empty() {
+    fn fits(&self, len: usize) -> bool {
+        self.entries.is_empty() || self.queued_bytes + len <= self.high_water
+    }
+
+    /// Queues a frame that is neither a room message nor live (a plain data frame: echo, raw
+    /// broadcast, op answers), held to the mark like a `disconnect` room message.
+    pub fn push(&mut self, frame: Bytes) -> Push {
+        if !self.fits(frame.len()) {
             return Push::Overflow;
         }
-        self.enqueue(frame, published_at)
+        self.enqueue(frame, Kind::Control)
     }
 
-    /// Queues a control frame (close, pong) regardless of the high-water mark.
+    /// Queues a control frame (close, pong, replay) regardless of the mark.
     pub fn push_control(&mut self, frame: Bytes) -> Push {
-        self.enqueue(frame, None)
+        self.enqueue(frame, Kind::Control)
     }
 
-    fn enqueue(&mut self, frame: Bytes, published_at: Option<Instant>) -> Push {
-        let first = self.frames.is_empty();
+    /// Queues a live frame (ephemeral event, join, leave): dropped when past the mark.
+    pub fn push_live(&mut self, frame: Bytes) -> Push {
+        if !self.fits(frame.len()) {
+            self.actions.live_dropped += 1;
+            return Push::Dropped;
+        }
+        self.enqueue(frame, Kind::Live)
+    }
+
+    /// Queues a room message, applying its namespace's slow-consumer policy past the mark.
+    pub fn push_room(&mut self, frame: Bytes, msg: Rc<RoomMsg>) -> Push {
+        if !self.fits(frame.len()) {
+            self.drop_live();
+        }
+        if !self.fits(frame.len()) {
+            match msg.policy {
+                SlowConsumer::Disconnect => return Push::Overflow,
+                SlowConsumer::DropOldest => self.drop_oldest(frame.len()),
+                SlowConsumer::Conflate => {
+                    let replaced = self.conflate(&msg);
+                    if replaced == 0
+                        && self.queued_bytes + frame.len()
+                            > self.high_water.saturating_mul(CONFLATE_HARD_LIMIT)
+                    {
+                        return Push::Overflow;
+                    }
+                }
+            }
+        }
+        if msg.max_age.is_some() {
+            self.aged += 1;
+        }
+        self.enqueue(frame, Kind::Room(msg))
+    }
+
+    fn enqueue(&mut self, frame: Bytes, kind: Kind) -> Push {
+        let first = self.entries.is_empty();
         self.queued_bytes += frame.len();
-        self.frames.push_back((frame, published_at));
+        self.entries.push_back(Entry { frame, kind });
         if first {
             Push::QueuedFirst
         } else {
@@ -68,25 +211,165 @@ impl Outbox {
         }
     }
 
-    /// Drops everything not yet started (a frame partly written is kept, so the stream stays
-    /// well-formed).
-    pub fn discard_unstarted(&mut self) {
-        let keep = usize::from(self.front_written > 0);
-        while self.frames.len() > keep {
-            if let Some((f, _)) = self.frames.pop_back() {
-                self.queued_bytes -= f.len();
+    /// The first index that may be changed (a partly written front frame may not).
+    fn first_unstarted(&self) -> usize {
+        usize::from(self.front_written > 0)
+    }
+
+    fn drop_live(&mut self) {
+        let start = self.first_unstarted();
+        let mut i = start;
+        while i < self.entries.len() {
+            if matches!(self.entries[i].kind, Kind::Live) {
+                if let Some(e) = self.entries.remove(i) {
+                    self.queued_bytes -= e.frame.len();
+                    self.actions.live_dropped += 1;
+                }
+            } else {
+                i += 1;
             }
         }
     }
 
+    /// Drops the oldest room messages until `incoming` more bytes fit (or none is left).
+    fn drop_oldest(&mut self, incoming: usize) {
+        let mut i = self.first_unstarted();
+        while !self.fits(incoming) && i < self.entries.len() {
+            if matches!(self.entries[i].kind, Kind::Room(_)) {
+                i = self.replace_with_gap(i);
+                self.actions.dropped_oldest += 1;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Drops queued messages with the same room and key as `msg`; returns how many.
+    fn conflate(&mut self, msg: &RoomMsg) -> u64 {
+        let Some(key) = msg.key else {
+            return 0;
+        };
+        let mut replaced = 0;
+        let mut i = self.first_unstarted();
+        while i < self.entries.len() {
+            let same = matches!(&self.entries[i].kind,
+                Kind::Room(m) if m.key == Some(key) && m.room == msg.room);
+            if same {
+                i = self.replace_with_gap(i);
+                replaced += 1;
+            } else {
+                i += 1;
+            }
+        }
+        self.actions.conflated += replaced;
+        replaced
+    }
+
+    /// Drops room messages whose `max_age` passed; the writer calls this before each write.
+    pub fn drop_stale(&mut self, now: Instant) {
+        if self.aged == 0 {
+            return;
+        }
+        let mut i = self.first_unstarted();
+        while i < self.entries.len() {
+            let stale = matches!(&self.entries[i].kind,
+                Kind::Room(m) if m.max_age.is_some_and(|a| now.saturating_duration_since(m.published_at) > a));
+            if stale {
+                i = self.replace_with_gap(i);
+                self.actions.expired += 1;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Replaces the room message at `i` by a gap marker (merged with an adjacent marker of the
+    /// same room when the offsets touch). Returns the index to look at next.
+    fn replace_with_gap(&mut self, i: usize) -> usize {
+        let Some(Entry {
+            frame,
+            kind: Kind::Room(msg),
+        }) = self.entries.remove(i)
+        else {
+            return i + 1;
+        };
+        self.queued_bytes -= frame.len();
+        if msg.max_age.is_some() {
+            self.aged -= 1;
+        }
+        let start = self.first_unstarted();
+        // Merge into the marker just before, or just after, when the offsets are contiguous.
+        if i > start {
+            if let Some(Entry {
+                kind: Kind::Gap(g),
+                frame,
+            }) = self.entries.get_mut(i - 1)
+            {
+                if g.room == msg.room && g.epoch == msg.epoch && g.to + 1 == msg.offset {
+                    g.to = msg.offset;
+                    let f = g.frame();
+                    self.queued_bytes = self.queued_bytes - frame.len() + f.len();
+                    *frame = f;
+                    return i;
+                }
+            }
+        }
+        if let Some(Entry {
+            kind: Kind::Gap(g),
+            frame,
+        }) = self.entries.get_mut(i)
+        {
+            if g.room == msg.room && g.epoch == msg.epoch && msg.offset + 1 == g.from {
+                g.from = msg.offset;
+                let f = g.frame();
+                self.queued_bytes = self.queued_bytes - frame.len() + f.len();
+                *frame = f;
+                return i + 1;
+            }
+        }
+        let mark = GapMark {
+            room: msg.room.clone(),
+            epoch: msg.epoch.clone(),
+            from: msg.offset,
+            to: msg.offset,
+        };
+        let f = mark.frame();
+        self.queued_bytes += f.len();
+        self.entries.insert(
+            i,
+            Entry {
+                frame: f,
+                kind: Kind::Gap(Box::new(mark)),
+            },
+        );
+        i + 1
+    }
+
+    /// Drops everything not yet started (a frame partly written is kept, so the stream stays
+    /// well-formed).
+    pub fn discard_unstarted(&mut self) {
+        let keep = self.first_unstarted();
+        while self.entries.len() > keep {
+            if let Some(e) = self.entries.pop_back() {
+                self.queued_bytes -= e.frame.len();
+            }
+        }
+        self.aged = 0;
+    }
+
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.entries.is_empty()
     }
 
     /// Bytes queued (including the unwritten part of a partly written frame).
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes - self.front_written
+    }
+
+    /// Takes the policy actions counted since the last call.
+    pub fn take_actions(&mut self) -> PolicyActions {
+        std::mem::take(&mut self.actions)
     }
 
     /// Fills `slices` with the next frames to write; returns how many, and the oldest publish
@@ -97,16 +380,18 @@ impl Outbox {
     ) -> (usize, Option<Instant>) {
         let mut n = 0;
         let mut oldest = None;
-        for (i, (frame, at)) in self.frames.iter().take(MAX_IOVECS).enumerate() {
+        for (i, e) in self.entries.iter().take(MAX_IOVECS).enumerate() {
             let bytes = if i == 0 {
-                &frame[self.front_written..]
+                &e.frame[self.front_written..]
             } else {
-                &frame[..]
+                &e.frame[..]
             };
             slices[n] = IoSlice::new(bytes);
             n += 1;
             if oldest.is_none() {
-                oldest = *at;
+                if let Kind::Room(m) = &e.kind {
+                    oldest = Some(m.published_at);
+                }
             }
         }
         (n, oldest)
@@ -116,15 +401,18 @@ impl Outbox {
     pub fn advance(&mut self, mut written: usize) -> usize {
         let mut frames_done = 0;
         while written > 0 {
-            let Some((front, _)) = self.frames.front() else {
+            let Some(front) = self.entries.front() else {
                 break;
             };
-            let left = front.len() - self.front_written;
+            let left = front.frame.len() - self.front_written;
             if written >= left {
                 written -= left;
-                self.queued_bytes -= front.len();
+                self.queued_bytes -= front.frame.len();
+                if matches!(&front.kind, Kind::Room(m) if m.max_age.is_some()) {
+                    self.aged -= 1;
+                }
                 self.front_written = 0;
-                self.frames.pop_front();
+                self.entries.pop_front();
                 frames_done += 1;
             } else {
                 self.front_written += written;
@@ -136,39 +424,4 @@ impl Outbox {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bounded_and_partial_writes() {
-        let mut o = Outbox::new(10);
-        assert_eq!(
-            o.push(Bytes::from_static(b"abcdef"), None),
-            Push::QueuedFirst
-        );
-        assert_eq!(o.push(Bytes::from_static(b"ghij"), None), Push::Queued);
-        assert_eq!(o.push(Bytes::from_static(b"k"), None), Push::Overflow);
-        assert_eq!(o.push_control(Bytes::from_static(b"k")), Push::Queued);
-        {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            assert_eq!(o.slices(&mut slices).0, 3);
-        }
-        assert_eq!(o.advance(8), 1);
-        assert_eq!(o.queued_bytes(), 3);
-        {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            assert_eq!(o.slices(&mut slices).0, 2);
-            assert_eq!(&*slices[0], b"ij");
-        }
-        o.discard_unstarted();
-        assert_eq!(o.queued_bytes(), 2, "the partly written frame stays");
-        assert_eq!(o.advance(2), 1);
-        assert!(o.is_empty());
-    }
-
-    #[test]
-    fn one_huge_frame_is_accepted_into_an_empty_queue() {
-        let mut o = Outbox::new(4);
-        assert_eq!(o.push(Bytes::from(vec![0u8; 100]), None), Push::QueuedFirst);
-    }
-}
+mod tests;

@@ -12,7 +12,7 @@ use broker_bridge::RoomName;
 use bytes::Bytes;
 use proto_codec::ws::CloseCode;
 
-use super::outbox::{Outbox, Push};
+use super::outbox::{Outbox, PolicyActions, Push, RoomMsg};
 use crate::auth::Principal;
 use crate::mailbox::ConnId;
 use crate::ratelimit::ConnLimiter;
@@ -119,21 +119,59 @@ impl ConnShared {
         }
     }
 
-    /// Queues a data frame. Past the high-water mark the connection is closed as a slow
-    /// consumer (4008) and the frame is dropped: the client resumes from history. Returns
-    /// whether the frame was queued.
-    pub fn push(&self, frame: Bytes, published_at: Option<Instant>) -> bool {
+    /// Queues a data frame (an op answer, an echo). Past the high-water mark the connection is
+    /// closed as a slow consumer (4008) and the frame is dropped: the client resumes from
+    /// history. Returns whether the frame was queued.
+    pub fn push(&self, frame: Bytes) -> bool {
         if self.closing_since.get().is_some() {
             // A close frame is queued or sent: nothing may follow it (RFC 6455 §5.5.1).
             return false;
         }
-        let push = self.outbox.borrow_mut().push(frame, published_at);
+        let push = self.outbox.borrow_mut().push(frame);
+        self.after_push(push)
+    }
+
+    /// Queues a room message under its namespace's slow-consumer policy. Returns whether it
+    /// was queued.
+    pub fn push_room(&self, frame: Bytes, msg: &Rc<RoomMsg>) -> bool {
+        if self.closing_since.get().is_some() {
+            return false;
+        }
+        let (push, actions) = {
+            let mut outbox = self.outbox.borrow_mut();
+            let push = outbox.push_room(frame, msg.clone());
+            (push, outbox.take_actions())
+        };
+        if actions != PolicyActions::default() {
+            crate::metrics::slow_consumer_actions(actions);
+        }
+        self.after_push(push)
+    }
+
+    /// Queues a live frame (ephemeral event, join, leave), dropped rather than queued past the
+    /// high-water mark. Returns whether it was queued.
+    pub fn push_live(&self, frame: Bytes) -> bool {
+        if self.closing_since.get().is_some() {
+            return false;
+        }
+        let push = self.outbox.borrow_mut().push_live(frame);
+        if push == Push::Dropped {
+            crate::metrics::slow_consumer_actions(PolicyActions {
+                live_dropped: 1,
+                ..PolicyActions::default()
+            });
+        }
+        self.after_push(push)
+    }
+
+    fn after_push(&self, push: Push) -> bool {
         match push {
             Push::QueuedFirst => {
                 self.wake();
                 true
             }
             Push::Queued => true,
+            Push::Dropped => false,
             Push::Overflow => {
                 self.request_close(CloseRequest {
                     code: proto_codec::protocol::codes::close::SLOW_CONSUMER,

@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Instant;
 
 use broker_bridge::RoomName;
 use bytes::Bytes;
 
+use crate::connection::outbox::RoomMsg;
 use crate::connection::shared::ConnShared;
 use crate::mailbox::ConnId;
 
@@ -54,7 +54,7 @@ impl LocalRooms {
         room: &str,
         frame: &Bytes,
         deflated: Option<&Bytes>,
-        published_at: Instant,
+        msg: &Rc<RoomMsg>,
     ) -> usize {
         let Some(r) = self.rooms.get(room) else {
             return 0;
@@ -65,7 +65,22 @@ impl LocalRooms {
                 Some(d) if conn.takes_shared_deflate => d,
                 _ => frame,
             };
-            if conn.push(f.clone(), Some(published_at)) {
+            if conn.push_room(f.clone(), msg) {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Queues a live frame (event, join, leave) to every local subscriber but `except`;
+    /// returns how many got it.
+    pub fn deliver_live(&self, room: &str, frame: &Bytes, except: Option<ConnId>) -> usize {
+        let Some(r) = self.rooms.get(room) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for conn in &r.subscribers {
+            if Some(conn.id) != except && conn.push_live(frame.clone()) {
                 delivered += 1;
             }
         }

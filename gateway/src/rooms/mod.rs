@@ -3,3 +3,4 @@
 
 pub mod home;
 pub mod local;
+pub mod presence;

@@ -306,6 +306,41 @@ pub async fn try_connect(
     Ok(client)
 }
 
+/// Connects a client whose socket receive buffer is tiny (`rcvbuf` bytes), so that when it does
+/// not read, the server's queue for it fills quickly: a deliberately slow consumer.
+pub async fn connect_slow(addr: SocketAddr, rcvbuf: u32, extra: &str) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("send upgrade");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut ws = WebSocket::after_handshake(stream, Role::Client);
+    ws.set_auto_close(false);
+    ws.set_auto_pong(true);
+    let mut client = Client {
+        ws: FragmentCollector::new(ws),
+        hello: Value::Null,
+    };
+    client.hello = client.recv().await;
+    client
+}
+
+/// Reads `/metrics` and sums the samples of one metric (all label sets).
+pub fn metric(admin: SocketAddr, name: &str) -> f64 {
+    let (_, body) = http(admin, "GET", "/metrics", &[], "");
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A WebSocket client of the app protocol.
 pub struct Client {
     ws: FragmentCollector<TcpStream>,

@@ -1,0 +1,225 @@
+use super::*;
+
+fn msg(room: &str, offset: u64, key: Option<u64>, policy: SlowConsumer) -> Rc<RoomMsg> {
+    Rc::new(RoomMsg {
+        room: room.into(),
+        epoch: "e".into(),
+        offset,
+        published_at: Instant::now(),
+        policy,
+        key,
+        max_age: None,
+    })
+}
+
+fn frame(tag: &str, len: usize) -> Bytes {
+    let mut v = tag.as_bytes().to_vec();
+    v.resize(len, b'.');
+    Bytes::from(v)
+}
+
+/// What the client would read: the tags of room frames and the gaps.
+fn drain(o: &mut Outbox) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in &o.entries {
+        match &e.kind {
+            Kind::Gap(g) => out.push(format!("gap {}:{}-{}", g.room, g.from, g.to)),
+            _ => out.push(
+                String::from_utf8_lossy(&e.frame)
+                    .trim_end_matches('.')
+                    .to_string(),
+            ),
+        }
+    }
+    out
+}
+
+#[test]
+fn bounded_and_partial_writes() {
+    let mut o = Outbox::new(10);
+    assert_eq!(o.push(Bytes::from_static(b"abcdef")), Push::QueuedFirst);
+    assert_eq!(o.push(Bytes::from_static(b"ghij")), Push::Queued);
+    assert_eq!(o.push(Bytes::from_static(b"k")), Push::Overflow);
+    assert_eq!(o.push_control(Bytes::from_static(b"k")), Push::Queued);
+    {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        assert_eq!(o.slices(&mut slices).0, 3);
+    }
+    assert_eq!(o.advance(8), 1);
+    assert_eq!(o.queued_bytes(), 3);
+    {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        assert_eq!(o.slices(&mut slices).0, 2);
+        assert_eq!(&*slices[0], b"ij");
+    }
+    o.discard_unstarted();
+    assert_eq!(o.queued_bytes(), 2, "the partly written frame stays");
+    assert_eq!(o.advance(2), 1);
+    assert!(o.is_empty());
+}
+
+#[test]
+fn one_huge_frame_is_accepted_into_an_empty_queue() {
+    let mut o = Outbox::new(4);
+    assert_eq!(o.push(Bytes::from(vec![0u8; 100])), Push::QueuedFirst);
+}
+
+#[test]
+fn disconnect_policy_overflows_after_live_frames_are_dropped() {
+    let mut o = Outbox::new(100);
+    o.push_room(frame("r1", 40), msg("r", 1, None, SlowConsumer::Disconnect));
+    assert_eq!(o.push_live(frame("typing", 40)), Push::Queued);
+    assert_eq!(o.push_live(frame("typing2", 40)), Push::Dropped);
+    // A room message makes room by dropping the live frame first.
+    assert_eq!(
+        o.push_room(frame("r2", 40), msg("r", 2, None, SlowConsumer::Disconnect)),
+        Push::Queued
+    );
+    assert_eq!(drain(&mut o), ["r1", "r2"]);
+    assert_eq!(
+        o.push_room(frame("r3", 40), msg("r", 3, None, SlowConsumer::Disconnect)),
+        Push::Overflow
+    );
+    assert_eq!(o.take_actions().live_dropped, 2);
+}
+
+#[test]
+fn drop_oldest_leaves_merged_gaps_in_order() {
+    let mut o = Outbox::new(300);
+    for i in 1..=3 {
+        o.push_room(
+            frame(&format!("r{i}"), 100),
+            msg("r", i, None, SlowConsumer::DropOldest),
+        );
+    }
+    // The gap marker takes bytes too, so making room for r4 takes r1 and r2.
+    o.push_room(
+        frame("r4", 100),
+        msg("r", 4, None, SlowConsumer::DropOldest),
+    );
+    assert_eq!(drain(&mut o), ["gap r:1-2", "r3", "r4"]);
+    // Later drops merge into the same marker.
+    o.push_room(
+        frame("r5", 100),
+        msg("r", 5, None, SlowConsumer::DropOldest),
+    );
+    o.push_room(
+        frame("r6", 100),
+        msg("r", 6, None, SlowConsumer::DropOldest),
+    );
+    assert_eq!(drain(&mut o), ["gap r:1-4", "r5", "r6"]);
+    assert_eq!(o.take_actions().dropped_oldest, 4);
+    assert!(
+        o.queued_bytes() <= 300 + 100,
+        "bounded: {}",
+        o.queued_bytes()
+    );
+}
+
+#[test]
+fn partly_written_front_is_never_touched() {
+    let mut o = Outbox::new(200);
+    o.push_room(
+        frame("r1", 100),
+        msg("r", 1, None, SlowConsumer::DropOldest),
+    );
+    o.push_room(
+        frame("r2", 100),
+        msg("r", 2, None, SlowConsumer::DropOldest),
+    );
+    o.advance(10);
+    o.push_room(
+        frame("r3", 100),
+        msg("r", 3, None, SlowConsumer::DropOldest),
+    );
+    assert_eq!(drain(&mut o), ["r1", "gap r:2-2", "r3"]);
+}
+
+#[test]
+fn conflate_keeps_the_newest_per_key_and_order_of_others() {
+    let mut o = Outbox::new(250);
+    let c = SlowConsumer::Conflate;
+    o.push_room(frame("a1", 100), msg("p", 1, Some(1), c));
+    o.push_room(frame("b2", 100), msg("p", 2, Some(2), c));
+    // Past the mark: a3 replaces a1.
+    o.push_room(frame("a3", 100), msg("p", 3, Some(1), c));
+    assert_eq!(drain(&mut o), ["gap p:1-1", "b2", "a3"]);
+    o.push_room(frame("b4", 100), msg("p", 4, Some(2), c));
+    assert_eq!(drain(&mut o), ["gap p:1-2", "a3", "b4"]);
+    o.push_room(frame("a5", 100), msg("p", 5, Some(1), c));
+    assert_eq!(drain(&mut o), ["gap p:1-3", "b4", "a5"]);
+    // Another room with the same key is not conflated with this one.
+    o.push_room(frame("q6", 100), msg("q", 6, Some(1), c));
+    assert_eq!(drain(&mut o), ["gap p:1-3", "b4", "a5", "q6"]);
+    assert_eq!(o.take_actions().conflated, 3);
+}
+
+#[test]
+fn conflate_converges_and_stays_bounded_under_a_long_flood() {
+    // 20 keys, 10,000 ticks, nothing written: the queue holds at most one message per key.
+    let mut o = Outbox::new(2_000);
+    for i in 0..10_000u64 {
+        let key = i % 20;
+        let push = o.push_room(
+            frame(&format!("k{key}v{i}"), 100),
+            msg("p", i + 1, Some(key), SlowConsumer::Conflate),
+        );
+        assert_ne!(push, Push::Overflow);
+    }
+    let rooms: Vec<String> = drain(&mut o)
+        .into_iter()
+        .filter(|s| !s.starts_with("gap"))
+        .collect();
+    assert_eq!(rooms.len(), 20);
+    for key in 0..20u64 {
+        let newest = (0..10_000u64).rev().find(|i| i % 20 == key).unwrap();
+        assert!(rooms.contains(&format!("k{key}v{newest}")), "{rooms:?}");
+    }
+    assert!(
+        o.queued_bytes() < 2 * 2_000 + 20 * 120,
+        "{}",
+        o.queued_bytes()
+    );
+}
+
+#[test]
+fn conflate_without_a_key_disconnects_at_the_hard_limit() {
+    let mut o = Outbox::new(200);
+    let mut overflowed = false;
+    for i in 0..10 {
+        if o.push_room(frame("x", 100), msg("p", i, None, SlowConsumer::Conflate)) == Push::Overflow
+        {
+            overflowed = true;
+            break;
+        }
+    }
+    assert!(overflowed);
+    assert!(o.queued_bytes() <= 200 * CONFLATE_HARD_LIMIT);
+}
+
+#[test]
+fn stale_messages_are_dropped_with_a_gap() {
+    let mut o = Outbox::new(10_000);
+    let old = Instant::now() - Duration::from_millis(500);
+    let aged = |offset, at| {
+        Rc::new(RoomMsg {
+            room: "p".into(),
+            epoch: "e".into(),
+            offset,
+            published_at: at,
+            policy: SlowConsumer::Disconnect,
+            key: None,
+            max_age: Some(Duration::from_millis(100)),
+        })
+    };
+    o.push_room(frame("old1", 10), aged(1, old));
+    o.push_room(frame("old2", 10), aged(2, old));
+    o.push_room(frame("new3", 10), aged(3, Instant::now()));
+    o.drop_stale(Instant::now());
+    assert_eq!(drain(&mut o), ["gap p:1-2", "new3"]);
+    assert_eq!(o.take_actions().expired, 2);
+    // Counting is balanced: once the rest is written, nothing is aged.
+    let n = o.queued_bytes();
+    o.advance(n);
+    assert_eq!(o.aged, 0);
+}
