@@ -926,6 +926,10 @@ impl ShardCtx {
             if let Some(at) = conn.shutdown_close_at.get() {
                 if now >= at {
                     let hint = fastrand::u64(0..=self.config.shutdown.reconnect_hint_max_ms);
+                    if conn.kind == ConnKind::Sse {
+                        // EventSource reconnects after `retry:` (docs/protocol.md §18.3).
+                        conn.push_bytes(Bytes::from(format!("retry: {hint}\n\n")));
+                    }
                     conn.request_close(CloseRequest {
                         code: CloseCode::GOING_AWAY,
                         reason: format!("{{\"reconnect_after_ms\":{hint}}}"),
@@ -933,6 +937,16 @@ impl ShardCtx {
                     });
                     continue;
                 }
+            }
+            if conn.kind == ConnKind::Sse {
+                // An event stream cannot answer pings: a comment keeps proxies from timing it
+                // out, and a dead peer shows up as a write error.
+                if now.saturating_duration_since(conn.last_rx.get()) >= interval {
+                    conn.last_rx.set(now);
+                    conn.push_bytes(Bytes::from_static(proto_codec::sse::HEARTBEAT));
+                }
+                self.check_token_expiry(conn, unix_now);
+                continue;
             }
             match conn.ping_sent.get() {
                 Some(sent) if now.saturating_duration_since(sent) > timeout => {

@@ -132,6 +132,21 @@ impl<'a> Request<'a> {
     pub fn query_param(&self, name: &str) -> Option<Cow<'a, str>> {
         query_param(self.query?, name)
     }
+
+    /// Every value of a repeatable query parameter, in order, percent-decoded (`None` for a
+    /// value that does not decode).
+    pub fn query_params<'s>(
+        &'s self,
+        name: &'s str,
+    ) -> impl Iterator<Item = Option<Cow<'a, str>>> + 's {
+        self.query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter_map(move |pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k == name).then(|| percent_decode(v))
+            })
+    }
 }
 
 /// Looks up `name` in a query string and percent-decodes its value (`+` is a space).

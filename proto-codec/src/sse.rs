@@ -79,6 +79,36 @@ impl SseEvent<'_> {
     }
 }
 
+/// The SSE form of a server text frame carrying one JSON event (as the WebSocket side sends
+/// it): `event:` is the event's `ev`, `data:` the same JSON, `id:` as given. `None` for a frame
+/// that is not an unmasked, unfragmented text frame of a JSON object with `ev` first (control
+/// frames have no SSE form).
+pub fn event_from_ws_frame(frame: &[u8], id: Option<&str>) -> Option<Vec<u8>> {
+    let (&b0, rest) = frame.split_first()?;
+    let (&b1, rest) = rest.split_first()?;
+    // FIN + text, no RSV bits, no mask.
+    if b0 != 0x81 || b1 & 0x80 != 0 {
+        return None;
+    }
+    let payload = match b1 & 0x7f {
+        126 => rest.get(2..)?,
+        127 => rest.get(8..)?,
+        _ => rest,
+    };
+    let name = payload.strip_prefix(b"{\"ev\":\"")?;
+    let end = name.iter().position(|b| *b == b'"')?;
+    let event = std::str::from_utf8(&name[..end]).ok()?;
+    Some(
+        SseEvent {
+            id,
+            event: Some(event),
+            data: payload,
+            retry_ms: None,
+        }
+        .encode(),
+    )
+}
+
 /// A comment line, used as a heartbeat that keeps proxies from timing the stream out.
 pub const HEARTBEAT: &[u8] = b": hb\n\n";
 
@@ -112,6 +142,32 @@ pub fn parse_position_id(id: &str) -> Option<(&str, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ws_frames_become_sse_events() {
+        let json = br#"{"ev":"msg","room":"r","data":{"a":
+1}}"#;
+        let mut frame = vec![0x81, json.len() as u8];
+        frame.extend_from_slice(json);
+        let sse = event_from_ws_frame(&frame, Some("r|e:1")).unwrap();
+        assert_eq!(
+            String::from_utf8(sse).unwrap(),
+            "event: msg\nid: r|e:1\ndata: {\"ev\":\"msg\",\"room\":\"r\",\"data\":{\"a\":\ndata: 1}}\n\n"
+        );
+        let big = format!(r#"{{"ev":"pong","pad":"{}"}}"#, "x".repeat(300));
+        let mut frame = vec![0x81, 126];
+        frame.extend_from_slice(&(big.len() as u16).to_be_bytes());
+        frame.extend_from_slice(big.as_bytes());
+        assert!(
+            String::from_utf8(event_from_ws_frame(&frame, None).unwrap())
+                .unwrap()
+                .starts_with("event: pong\ndata: {")
+        );
+        // Control frames and compressed frames have no SSE form.
+        assert_eq!(event_from_ws_frame(&[0x89, 0], None), None);
+        assert_eq!(event_from_ws_frame(&[0xc1, 1, b'x'], None), None);
+        assert_eq!(event_from_ws_frame(&[0x81], None), None);
+    }
 
     #[test]
     fn multi_line_data_and_fields() {

@@ -12,6 +12,8 @@ use super::shared::ConnKind;
 use crate::admission::Verdict;
 use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
+use crate::http::public::{self, HttpDecision, StreamRoom};
+use crate::namespaces::Namespaces;
 
 /// The subprotocol of this version of the app protocol.
 pub const SUBPROTOCOL: &str = "ringcast.v1";
@@ -29,6 +31,26 @@ pub struct Upgraded {
     pub raw: Option<(String, bool)>,
     /// Who connected.
     pub principal: Principal,
+    /// What the connection is now.
+    pub mode: Mode,
+}
+
+/// What a connection became after its request head.
+#[derive(Debug, PartialEq)]
+pub enum Mode {
+    /// A WebSocket (app protocol, echo, or raw broadcast).
+    WebSocket,
+    /// An event stream (`GET /sse`) of these rooms.
+    Stream(Vec<StreamRoom>),
+    /// An HTTP publish (`POST /publish`) with its body.
+    Publish {
+        /// The request body.
+        body: Vec<u8>,
+        /// The origin to echo for CORS.
+        cors: Option<String>,
+    },
+    /// Already answered (a CORS preflight): nothing more to do.
+    Answered,
 }
 
 /// What the handshake checks a request against.
@@ -38,6 +60,8 @@ pub struct Gate<'a> {
     pub config: &'a Config,
     /// Token verification.
     pub auth: &'a Authenticator,
+    /// Namespace policies.
+    pub namespaces: &'a Namespaces,
     /// The node is draining for shutdown.
     pub draining: bool,
     /// The admission decision taken when the socket was accepted.
@@ -96,6 +120,13 @@ pub enum Decision {
         /// The full response.
         response: Vec<u8>,
     },
+    /// An HTTP endpoint of the public listener (`/sse`, `/publish`).
+    Http {
+        /// What it decided.
+        decision: HttpDecision,
+        /// Where the request head ended.
+        head_len: usize,
+    },
 }
 
 /// Routes and validates one request head (sans I/O). `None`: the head is not complete yet
@@ -144,6 +175,17 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
         Verdict::TooMany { reason } => {
             return refuse(429, gate.admission.label(), reason, &[("Retry-After", "1")])
         }
+    }
+    if matches!(req.path, "/sse" | "/publish") {
+        let decision = if req.path == "/sse" {
+            public::stream_request(&req, gate)
+        } else {
+            public::publish_request(&req, gate)
+        };
+        return Some(Decision::Http {
+            decision,
+            head_len: req.head_len,
+        });
     }
     let mut raw = None;
     let kind = match req.path {
@@ -199,7 +241,7 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
             }
         },
         // Test and benchmark endpoints, off by default (docs/security.md).
-        ConnKind::Echo | ConnKind::Raw => Principal::anonymous(),
+        ConnKind::Echo | ConnKind::Raw | ConnKind::Sse => Principal::anonymous(),
     };
     let negotiated = if config.websocket.compression {
         negotiate(
@@ -211,7 +253,7 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
     };
     let protocol = match kind {
         ConnKind::App => select_protocol(&upgrade.protocols, &[SUBPROTOCOL]),
-        ConnKind::Echo | ConnKind::Raw => None,
+        ConnKind::Echo | ConnKind::Raw | ConnKind::Sse => None,
     };
     let mut response = Vec::with_capacity(256);
     write_upgrade_response(
@@ -290,8 +332,91 @@ where
                     leftover: head.split_off(head_len),
                     raw,
                     principal,
+                    mode: Mode::WebSocket,
                 });
             }
+            Some(Decision::Http { decision, head_len }) => {
+                return answer_http(stream, head, head_len, decision).await;
+            }
+        }
+    }
+}
+
+/// Carries out an HTTP endpoint's decision: writes a reply, or the stream head, or reads a
+/// publish body.
+async fn answer_http<S>(
+    stream: &mut S,
+    mut head: Vec<u8>,
+    head_len: usize,
+    decision: HttpDecision,
+) -> Result<Upgraded, HandshakeFailure>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let upgraded = |kind, principal, mode, leftover| Upgraded {
+        kind,
+        deflate: None,
+        leftover,
+        raw: None,
+        principal,
+        mode,
+    };
+    match decision {
+        HttpDecision::Reply {
+            status,
+            label,
+            response,
+        } => {
+            stream.write_all(&response).await?;
+            stream.flush().await?;
+            let _ = stream.shutdown().await;
+            if status < 400 {
+                return Ok(upgraded(
+                    ConnKind::App,
+                    Principal::anonymous(),
+                    Mode::Answered,
+                    Vec::new(),
+                ));
+            }
+            Err(HandshakeFailure::Refused(status, label))
+        }
+        HttpDecision::Stream {
+            response,
+            rooms,
+            principal,
+        } => {
+            stream.write_all(&response).await?;
+            stream.flush().await?;
+            Ok(upgraded(
+                ConnKind::Sse,
+                principal,
+                Mode::Stream(rooms),
+                Vec::new(),
+            ))
+        }
+        HttpDecision::Publish {
+            content_length,
+            principal,
+            cors,
+        } => {
+            let mut body = head.split_off(head_len);
+            let mut chunk = [0u8; 2048];
+            while body.len() < content_length {
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(HandshakeFailure::Io(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    ));
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+            body.truncate(content_length);
+            Ok(upgraded(
+                ConnKind::App,
+                principal,
+                Mode::Publish { body, cors },
+                Vec::new(),
+            ))
         }
     }
 }
@@ -300,7 +425,6 @@ where
 mod tests {
     use super::*;
     use crate::config::Access;
-    use crate::namespaces::Namespaces;
 
     const REQ: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ringcast.v1\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
 
@@ -308,6 +432,11 @@ mod tests {
         match d {
             Decision::Upgrade { .. } => 101,
             Decision::Refuse { status, .. } => status,
+            Decision::Http {
+                decision: HttpDecision::Reply { status, .. },
+                ..
+            } => status,
+            Decision::Http { .. } => 200,
         }
     }
 
@@ -320,6 +449,7 @@ mod tests {
             &Gate {
                 config: c,
                 auth: &auth,
+                namespaces: &ns,
                 draining,
                 admission,
             },

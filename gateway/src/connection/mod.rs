@@ -9,6 +9,7 @@
 //! frame and wait for the peer's) or `CloseReceived` (the peer closed; we answer and end) → done.
 
 pub mod handshake;
+pub mod http;
 pub mod ops;
 pub mod outbox;
 pub mod shared;
@@ -28,7 +29,7 @@ use proto_codec::ws::{
     encode_close, encode_frame, encode_message, CloseCode, DataKind, Decoder, DecoderConfig,
     Message, OpCode,
 };
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use self::outbox::MAX_IOVECS;
 use self::shared::{CloseRequest, ConnKind, ConnShared};
@@ -113,17 +114,56 @@ where
         handshake::Gate {
             config: &ctx.config,
             auth: &ctx.auth,
+            namespaces: &ctx.namespaces,
             draining: ctx.is_shutting_down(),
             admission: &ticket.verdict,
         },
     ));
-    let upgraded = match handshake.await {
-        Ok(u) => u,
-        Err(e) => {
-            crate::metrics::handshake_failure(e.label());
+    // Everything between the handshake and the drive loop lives in this block (and in the
+    // synchronous `start`), so none of it stays in the connection's long-lived task.
+    let (conn, mut io) = {
+        let upgraded = match handshake.await {
+            Ok(u) => u,
+            Err(e) => {
+                crate::metrics::handshake_failure(e.label());
+                return;
+            }
+        };
+        if !matches!(
+            upgraded.mode,
+            handshake::Mode::WebSocket | handshake::Mode::Stream(_)
+        ) {
+            // Plain HTTP: answered in its own allocation.
+            let answer = Box::pin(answer_http(&ctx, &mut stream, upgraded));
+            answer.await;
             return;
         }
+        start(&ctx, upgraded)
     };
+    let result = poll_fn(|cx| drive(&ctx, &conn, &mut stream, &mut io, cx)).await;
+    if let Err(e) = result {
+        tracing::trace!(conn = conn.id, error = %e, "connection ended with an error");
+    }
+    ctx.unregister_conn(&conn);
+    drop(ticket);
+}
+
+/// A plain HTTP request of the public listener that needs the shard: `POST /publish`.
+async fn answer_http<S>(ctx: &ShardCtx, stream: &mut S, upgraded: handshake::Upgraded)
+where
+    S: AsyncWrite + Unpin,
+{
+    if let handshake::Mode::Publish { body, cors } = upgraded.mode {
+        let response = http::publish(ctx, &upgraded.principal, &body, cors).await;
+        let _ = stream.write_all(&response).await;
+        let _ = stream.flush().await;
+        let _ = stream.shutdown().await;
+    }
+}
+
+/// Registers an upgraded WebSocket or event stream: `hello`, its first subscriptions, and the
+/// bytes that came with the request.
+fn start(ctx: &Rc<ShardCtx>, upgraded: handshake::Upgraded) -> (Rc<ConnShared>, ConnIo) {
     let ws = &ctx.config.websocket;
     let mut decoder_config = DecoderConfig::server(ws.max_message_bytes);
     if let Some(p) = upgraded.deflate {
@@ -133,7 +173,7 @@ where
         .deflate
         .is_some_and(|p| p.server_max_window_bits == 15);
     let conn = ctx.register_conn(upgraded.kind, takes_shared_deflate, upgraded.principal);
-    if upgraded.kind == ConnKind::App {
+    if matches!(upgraded.kind, ConnKind::App | ConnKind::Sse) {
         conn.push_control(
             ServerEvent::Hello {
                 client: ctx.client_id(conn.id).into(),
@@ -150,6 +190,17 @@ where
     if let (Some((_, false)), Some(room)) = (&upgraded.raw, &raw_room) {
         ctx.subscribe(&conn, None, room, None, None);
     }
+    // An event stream subscribes to its rooms (checked before the stream started).
+    if let handshake::Mode::Stream(rooms) = upgraded.mode {
+        for (room, since) in rooms {
+            let presence = ctx
+                .namespaces
+                .of(&room)
+                .ok()
+                .and_then(|ns| ns.policy.presence.then_some(ns.policy.join_leave));
+            ctx.subscribe(&conn, None, &room, since, presence);
+        }
+    }
     let mut io = ConnIo {
         raw_room,
         decoder: Decoder::new(decoder_config),
@@ -160,16 +211,11 @@ where
     // Bytes that came with the upgrade request are processed before the first read.
     if !io.remainder.is_empty() {
         let mut pending = std::mem::take(&mut io.remainder);
-        if let Err(e) = process(&ctx, &conn, &mut io, &mut pending) {
-            fail(&ctx, &conn, &mut io, e);
+        if let Err(e) = process(ctx, &conn, &mut io, &mut pending) {
+            fail(ctx, &conn, &mut io, e);
         }
     }
-    let result = poll_fn(|cx| drive(&ctx, &conn, &mut stream, &mut io, cx)).await;
-    if let Err(e) = result {
-        tracing::trace!(conn = conn.id, error = %e, "connection ended with an error");
-    }
-    ctx.unregister_conn(&conn);
-    drop(ticket);
+    (conn, io)
 }
 
 /// One pass of the connection's loop; returns `Ready` when the connection is over.
@@ -206,7 +252,8 @@ where
             let _ = Pin::new(&mut *stream).poll_shutdown(cx);
             io.state = ConnState::Lingering;
         }
-        let read = if io.state == ConnState::Lingering {
+        // An event stream only writes: whatever the client sends is discarded.
+        let read = if io.state == ConnState::Lingering || conn.kind == ConnKind::Sse {
             discard_once(ctx, stream, cx)
         } else {
             read_once(ctx, conn, stream, io, cx)
@@ -387,6 +434,7 @@ fn on_message(ctx: &ShardCtx, conn: &Rc<ConnShared>, io: &mut ConnIo, message: M
                     discard_queue: false,
                 },
             ),
+            ConnKind::Sse => {}
             ConnKind::Echo => {
                 let frame = match io.deflate_bits {
                     Some(bits) => {
@@ -428,6 +476,12 @@ fn begin_close(ctx: &ShardCtx, conn: &ConnShared, io: &mut ConnIo, req: CloseReq
     }
     if req.discard_queue {
         conn.outbox().borrow_mut().discard_unstarted();
+    }
+    if conn.kind == ConnKind::Sse {
+        // An event stream has no close frame: it ends once its queue is written.
+        io.state = ConnState::CloseReceived;
+        conn.closing_since.set(Some(ctx.now.get()));
+        return;
     }
     conn.push_control(encode_close(req.code, &req.reason));
     io.state = ConnState::Closing;

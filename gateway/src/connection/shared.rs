@@ -26,6 +26,8 @@ pub enum ConnKind {
     Echo,
     /// Raw broadcast (benchmarks): text frames published as they are, no envelope.
     Raw,
+    /// A Server-Sent Events stream: events are written in SSE form.
+    Sse,
 }
 
 /// A subscription as the connection sees it.
@@ -127,6 +129,9 @@ impl ConnShared {
             // A close frame is queued or sent: nothing may follow it (RFC 6455 §5.5.1).
             return false;
         }
+        let Some(frame) = self.wire(frame, None) else {
+            return true;
+        };
         let push = self.outbox.borrow_mut().push(frame);
         self.after_push(push)
     }
@@ -137,6 +142,16 @@ impl ConnShared {
         if self.closing_since.get().is_some() {
             return false;
         }
+        let frame = if self.kind == ConnKind::Sse {
+            // The SSE id of a message is its position: `<room>|<epoch>:<offset>`.
+            let id = format!("{}|{}:{}", msg.room, msg.epoch, msg.offset);
+            match self.wire(frame, Some(&id)) {
+                Some(f) => f,
+                None => return true,
+            }
+        } else {
+            frame
+        };
         let (push, actions) = {
             let mut outbox = self.outbox.borrow_mut();
             let push = outbox.push_room(frame, msg.clone());
@@ -154,6 +169,9 @@ impl ConnShared {
         if self.closing_since.get().is_some() {
             return false;
         }
+        let Some(frame) = self.wire(frame, None) else {
+            return true;
+        };
         let push = self.outbox.borrow_mut().push_live(frame);
         if push == Push::Dropped {
             crate::metrics::slow_consumer_actions(PolicyActions {
@@ -189,9 +207,29 @@ impl ConnShared {
         if self.closing_since.get().is_some() {
             return;
         }
+        let Some(frame) = self.wire(frame, None) else {
+            return;
+        };
+        self.push_bytes(frame);
+    }
+
+    /// Queues bytes exactly as they are, ignoring the mark (SSE heartbeats and `retry:`).
+    pub fn push_bytes(&self, frame: Bytes) {
+        if self.closing_since.get().is_some() {
+            return;
+        }
         if self.outbox.borrow_mut().push_control(frame) == Push::QueuedFirst {
             self.wake();
         }
+    }
+
+    /// A WebSocket frame in this connection's wire form: unchanged, or for an event stream
+    /// its SSE event (`None` for frames with no SSE form, such as pings and closes).
+    fn wire(&self, frame: Bytes, id: Option<&str>) -> Option<Bytes> {
+        if self.kind != ConnKind::Sse {
+            return Some(frame);
+        }
+        proto_codec::sse::event_from_ws_frame(&frame, id).map(Bytes::from)
     }
 
     /// The outbound queue, for the connection's writer.

@@ -1,3 +1,4 @@
 //! HTTP endpoints outside the WebSocket path.
 
 pub mod admin;
+pub mod public;

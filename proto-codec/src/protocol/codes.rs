@@ -40,7 +40,22 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// The wire name (`snake_case`).
+    /// The HTTP status of this code on the HTTP endpoints (docs/protocol.md §11).
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::UnknownOp | ErrorCode::BadRoom => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden | ErrorCode::NotEnabled => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::NotSubscribed | ErrorCode::AlreadySubscribed => 409,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::RateLimited | ErrorCode::LimitExceeded => 429,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// The code as it appears on the wire (`bad_request`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
