@@ -1,11 +1,12 @@
 //! The embedded broker: room offsets and history in memory on each room's home shard.
 //!
 //! It answers every request at once. A room's epoch is random when its log is created; a node
-//! restart (or a log dropped after its history expired with no one interested) starts a new epoch,
-//! so clients resuming from an older epoch are told `recovered: false`.
+//! restart (or a log dropped after its history expired with no one interested for
+//! [`EMPTY_ROOM_RETENTION`]) starts a new epoch, so clients resuming from an older epoch are told
+//! `recovered: false`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -14,12 +15,19 @@ use crate::{
     RoomName, Stored, Token,
 };
 
+/// How long a room with no stored message and no subscriber keeps its epoch and offset, so a
+/// client that comes back to it soon (a reconnect, the next long poll) resumes cleanly instead of
+/// being told `recovered: false`.
+pub const EMPTY_ROOM_RETENTION: Duration = Duration::from_secs(60);
+
 #[derive(Debug)]
 struct RoomLog {
     epoch: Epoch,
     last_offset: u64,
     history: VecDeque<Stored>,
     policy: HistoryPolicy,
+    /// Since when the room has had neither history nor interest.
+    idle_since: Option<Instant>,
 }
 
 impl RoomLog {
@@ -29,6 +37,7 @@ impl RoomLog {
             last_offset: 0,
             history: VecDeque::new(),
             policy,
+            idle_since: None,
         }
     }
 
@@ -194,7 +203,12 @@ impl Broker for EmbeddedBroker {
         let interested = &self.interested;
         self.rooms.retain(|room, log| {
             log.expire(now);
-            !log.history.is_empty() || interested.contains(room)
+            if !log.history.is_empty() || interested.contains(room) {
+                log.idle_since = None;
+                return true;
+            }
+            let since = *log.idle_since.get_or_insert(now);
+            now.saturating_duration_since(since) < EMPTY_ROOM_RETENTION
         });
     }
 
@@ -294,7 +308,24 @@ mod tests {
         assert_eq!(b.room_count(), 1, "kept while interested");
         b.set_interest(&r, false);
         b.expire(later);
-        assert_eq!(b.room_count(), 0);
+        assert_eq!(
+            b.room_count(),
+            1,
+            "an empty room keeps its epoch for a while"
+        );
+        let rec = recover(
+            &mut b,
+            &r,
+            Some((&a.epoch, 2)),
+            later + Duration::from_secs(30),
+        );
+        assert!(
+            rec.recovered,
+            "a client at the latest offset resumes cleanly"
+        );
+        b.expire(later + Duration::from_secs(30));
+        b.expire(later + EMPTY_ROOM_RETENTION + Duration::from_secs(1));
+        assert_eq!(b.room_count(), 0, "forgotten after the retention");
     }
 
     #[test]

@@ -93,6 +93,8 @@ pub struct WebSocketConfig {
     pub raw_endpoint: bool,
     /// Allowed `Origin` values (empty = any).
     pub allowed_origins: Vec<String>,
+    /// How long `GET /poll` holds a request with nothing to answer.
+    pub long_poll_hold_ms: u64,
 }
 
 /// The policy of one namespace (or of the default namespace, `[rooms]`).
@@ -341,6 +343,7 @@ impl Default for WebSocketConfig {
             echo_endpoint: false,
             raw_endpoint: false,
             allowed_origins: Vec::new(),
+            long_poll_hold_ms: 25_000,
         }
     }
 }

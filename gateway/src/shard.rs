@@ -938,6 +938,11 @@ impl ShardCtx {
                     continue;
                 }
             }
+            if conn.kind == ConnKind::Poll {
+                // A long poll ends by itself within its hold.
+                self.check_token_expiry(conn, unix_now);
+                continue;
+            }
             if conn.kind == ConnKind::Sse {
                 // An event stream cannot answer pings: a comment keeps proxies from timing it
                 // out, and a dead peer shows up as a write error.

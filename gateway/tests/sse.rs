@@ -32,6 +32,7 @@ fn server() -> Server {
 strict_namespaces = true
 [websocket]
 heartbeat_interval_ms = 500
+long_poll_hold_ms = 1500
 allowed_origins = ["https://app.example"]
 [rooms]
 anonymous = "publish"
@@ -270,4 +271,76 @@ fn sse_and_publish_refusals() {
         r.contains("Access-Control-Allow-Origin: https://app.example"),
         "{r}"
     );
+}
+
+#[test]
+fn long_poll_with_curl() {
+    let server = server();
+    let base = format!("http://{}", server.public);
+    let poll = |q: &str| -> (Value, String) {
+        let (_, out) = curl(&["-i", &format!("{base}/poll?{q}")]);
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (serde_json::from_str(&body).unwrap_or(Value::Null), out)
+    };
+    // Without since: the room's position at once.
+    let (first, raw) = poll("room=feed.lp");
+    assert!(raw.contains("Cache-Control: no-store"), "{raw}");
+    assert_eq!(first[0]["ev"], "subscribed", "{raw}");
+    let epoch = first[0]["epoch"].as_str().expect("epoch").to_string();
+    let since = |o: u64| format!("room=feed.lp&since=feed.lp%7C{epoch}%3A{o}");
+    // Nothing new: held, then answered with a message published meanwhile.
+    let publisher = {
+        let server_public = server.public;
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            let url = format!("http://{server_public}/publish");
+            Command::new("curl")
+                .args([
+                    "-s",
+                    "-X",
+                    "POST",
+                    "--data-binary",
+                    r#"{"room":"feed.lp","data":"live"}"#,
+                    &url,
+                ])
+                .output()
+                .expect("curl");
+        })
+    };
+    let started = std::time::Instant::now();
+    let (held, raw) = poll(&since(0));
+    publisher.join().expect("publisher");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "answered before the publish"
+    );
+    assert_eq!(held.as_array().map(Vec::len), Some(1), "{raw}");
+    assert_eq!(held[0]["ev"], "msg");
+    assert_eq!(
+        (held[0]["offset"].clone(), held[0]["data"].clone()),
+        (json!(1), json!("live"))
+    );
+    // Recoverable: the messages after since at once, without a subscribed event.
+    publish(&server, r#"{"room":"feed.lp","data":"two"}"#, &[]);
+    publish(&server, r#"{"room":"feed.lp","data":"three"}"#, &[]);
+    let (after, raw) = poll(&since(1));
+    let offsets: Vec<u64> = after
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| {
+            assert_eq!(e["ev"], "msg", "{raw}");
+            e["offset"].as_u64().unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(offsets, [2, 3]);
+    // Nothing for the whole hold: an empty array.
+    let started = std::time::Instant::now();
+    let (empty, raw) = poll(&since(3));
+    assert_eq!(empty, json!([]), "{raw}");
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    // Refusals are error events in JSON.
+    let (err, raw) = poll("room=priv.x");
+    assert!(raw.starts_with("HTTP/1.1 401"), "{raw}");
+    assert_eq!(err["code"], "unauthorized");
 }

@@ -84,17 +84,7 @@ impl SseEvent<'_> {
 /// that is not an unmasked, unfragmented text frame of a JSON object with `ev` first (control
 /// frames have no SSE form).
 pub fn event_from_ws_frame(frame: &[u8], id: Option<&str>) -> Option<Vec<u8>> {
-    let (&b0, rest) = frame.split_first()?;
-    let (&b1, rest) = rest.split_first()?;
-    // FIN + text, no RSV bits, no mask.
-    if b0 != 0x81 || b1 & 0x80 != 0 {
-        return None;
-    }
-    let payload = match b1 & 0x7f {
-        126 => rest.get(2..)?,
-        127 => rest.get(8..)?,
-        _ => rest,
-    };
+    let payload = text_payload(frame)?;
     let name = payload.strip_prefix(b"{\"ev\":\"")?;
     let end = name.iter().position(|b| *b == b'"')?;
     let event = std::str::from_utf8(&name[..end]).ok()?;
@@ -107,6 +97,22 @@ pub fn event_from_ws_frame(frame: &[u8], id: Option<&str>) -> Option<Vec<u8>> {
         }
         .encode(),
     )
+}
+
+/// The payload of an unmasked, unfragmented, uncompressed server text frame; `None` for any
+/// other frame.
+pub fn text_payload(frame: &[u8]) -> Option<&[u8]> {
+    let (&b0, rest) = frame.split_first()?;
+    let (&b1, rest) = rest.split_first()?;
+    // FIN + text, no RSV bits, no mask.
+    if b0 != 0x81 || b1 & 0x80 != 0 {
+        return None;
+    }
+    match b1 & 0x7f {
+        126 => rest.get(2..),
+        127 => rest.get(8..),
+        _ => Some(rest),
+    }
 }
 
 /// A comment line, used as a heartbeat that keeps proxies from timing the stream out.

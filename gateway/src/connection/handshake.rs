@@ -42,6 +42,13 @@ pub enum Mode {
     WebSocket,
     /// An event stream (`GET /sse`) of these rooms.
     Stream(Vec<StreamRoom>),
+    /// A long poll (`GET /poll`) of these rooms.
+    Poll {
+        /// The rooms and their resume positions.
+        rooms: Vec<StreamRoom>,
+        /// The origin to echo for CORS.
+        cors: Option<String>,
+    },
     /// An HTTP publish (`POST /publish`) with its body.
     Publish {
         /// The request body.
@@ -176,11 +183,10 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
             return refuse(429, gate.admission.label(), reason, &[("Retry-After", "1")])
         }
     }
-    if matches!(req.path, "/sse" | "/publish") {
-        let decision = if req.path == "/sse" {
-            public::stream_request(&req, gate)
-        } else {
-            public::publish_request(&req, gate)
+    if matches!(req.path, "/sse" | "/poll" | "/publish") {
+        let decision = match req.path {
+            "/publish" => public::publish_request(&req, gate),
+            path => public::stream_request(&req, gate, path == "/poll"),
         };
         return Some(Decision::Http {
             decision,
@@ -241,7 +247,7 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
             }
         },
         // Test and benchmark endpoints, off by default (docs/security.md).
-        ConnKind::Echo | ConnKind::Raw | ConnKind::Sse => Principal::anonymous(),
+        ConnKind::Echo | ConnKind::Raw | ConnKind::Sse | ConnKind::Poll => Principal::anonymous(),
     };
     let negotiated = if config.websocket.compression {
         negotiate(
@@ -253,7 +259,7 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
     };
     let protocol = match kind {
         ConnKind::App => select_protocol(&upgrade.protocols, &[SUBPROTOCOL]),
-        ConnKind::Echo | ConnKind::Raw | ConnKind::Sse => None,
+        ConnKind::Echo | ConnKind::Raw | ConnKind::Sse | ConnKind::Poll => None,
     };
     let mut response = Vec::with_capacity(256);
     write_upgrade_response(
@@ -394,6 +400,16 @@ where
                 Vec::new(),
             ))
         }
+        HttpDecision::Poll {
+            rooms,
+            principal,
+            cors,
+        } => Ok(upgraded(
+            ConnKind::Poll,
+            principal,
+            Mode::Poll { rooms, cors },
+            Vec::new(),
+        )),
         HttpDecision::Publish {
             content_length,
             principal,

@@ -148,17 +148,26 @@ where
     drop(ticket);
 }
 
-/// A plain HTTP request of the public listener that needs the shard: `POST /publish`.
-async fn answer_http<S>(ctx: &ShardCtx, stream: &mut S, upgraded: handshake::Upgraded)
+/// A plain HTTP request of the public listener that needs the shard: `POST /publish` and
+/// `GET /poll`.
+async fn answer_http<S>(ctx: &Rc<ShardCtx>, stream: &mut S, upgraded: handshake::Upgraded)
 where
     S: AsyncWrite + Unpin,
 {
-    if let handshake::Mode::Publish { body, cors } = upgraded.mode {
-        let response = http::publish(ctx, &upgraded.principal, &body, cors).await;
-        let _ = stream.write_all(&response).await;
-        let _ = stream.flush().await;
-        let _ = stream.shutdown().await;
-    }
+    let response = match upgraded.mode {
+        handshake::Mode::Publish { body, cors } => {
+            http::publish(ctx, &upgraded.principal, &body, cors).await
+        }
+        handshake::Mode::Poll { rooms, cors } => {
+            http::long_poll(ctx, upgraded.principal, rooms, cors).await
+        }
+        handshake::Mode::WebSocket | handshake::Mode::Stream(_) | handshake::Mode::Answered => {
+            return
+        }
+    };
+    let _ = stream.write_all(&response).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
 }
 
 /// Registers an upgraded WebSocket or event stream: `hello`, its first subscriptions, and the
@@ -434,7 +443,7 @@ fn on_message(ctx: &ShardCtx, conn: &Rc<ConnShared>, io: &mut ConnIo, message: M
                     discard_queue: false,
                 },
             ),
-            ConnKind::Sse => {}
+            ConnKind::Sse | ConnKind::Poll => {}
             ConnKind::Echo => {
                 let frame = match io.deflate_bits {
                     Some(bits) => {

@@ -357,6 +357,14 @@ impl Outbox {
         self.aged = 0;
     }
 
+    /// Takes every queued frame (a long poll's answer).
+    pub fn take_all(&mut self) -> Vec<Bytes> {
+        self.queued_bytes = 0;
+        self.front_written = 0;
+        self.aged = 0;
+        self.entries.drain(..).map(|e| e.frame).collect()
+    }
+
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

@@ -28,6 +28,8 @@ pub enum ConnKind {
     Raw,
     /// A Server-Sent Events stream: events are written in SSE form.
     Sse,
+    /// A long-poll request: events are collected, then answered as one JSON array.
+    Poll,
 }
 
 /// A subscription as the connection sees it.
@@ -226,10 +228,19 @@ impl ConnShared {
     /// A WebSocket frame in this connection's wire form: unchanged, or for an event stream
     /// its SSE event (`None` for frames with no SSE form, such as pings and closes).
     fn wire(&self, frame: Bytes, id: Option<&str>) -> Option<Bytes> {
-        if self.kind != ConnKind::Sse {
-            return Some(frame);
+        match self.kind {
+            ConnKind::Sse => proto_codec::sse::event_from_ws_frame(&frame, id).map(Bytes::from),
+            // A long poll answers the messages after a recovered `since`, not its `subscribed`
+            // (docs/protocol.md §20); only text frames are collected.
+            ConnKind::Poll => {
+                let payload = proto_codec::sse::text_payload(&frame)?;
+                const RECOVERED: &[u8] = br#""recovered":true"#;
+                let recovered_subscribed = payload.starts_with(br#"{"ev":"subscribed""#)
+                    && payload.windows(RECOVERED.len()).any(|w| w == RECOVERED);
+                (!recovered_subscribed).then_some(frame)
+            }
+            _ => Some(frame),
         }
-        proto_codec::sse::event_from_ws_frame(&frame, id).map(Bytes::from)
     }
 
     /// The outbound queue, for the connection's writer.

@@ -26,6 +26,15 @@ pub enum HttpDecision {
         /// Who connected.
         principal: Principal,
     },
+    /// Hold a long poll: subscribe to `rooms`, answer what arrives (or `[]` after the hold).
+    Poll {
+        /// The rooms, in request order.
+        rooms: Vec<StreamRoom>,
+        /// Who connected.
+        principal: Principal,
+        /// The `Origin` to echo in `Access-Control-Allow-Origin`.
+        cors: Option<String>,
+    },
     /// Read a body of `content_length` bytes, then publish it.
     Publish {
         /// The body's length.
@@ -93,9 +102,13 @@ fn origin<'a>(req: &Request<'a>, gate: &Gate<'_>) -> Result<Option<&'a str>, ()>
     }
 }
 
-/// `GET /sse?room=…&since=…`: every check of docs/protocol.md §18.1, all before the stream
-/// starts (either every room is subscribed, or the request is refused).
-pub fn stream_request(req: &Request<'_>, gate: &Gate<'_>) -> HttpDecision {
+/// `GET /sse?room=…&since=…` (or `GET /poll`, with `poll`): every check of
+/// docs/protocol.md §18.1, all before anything is subscribed (either every room is, or the
+/// request is refused). A long poll's refusals are `error` events in JSON (§20).
+pub fn stream_request(req: &Request<'_>, gate: &Gate<'_>, poll: bool) -> HttpDecision {
+    if poll {
+        return poll_request(req, gate);
+    }
     if req.method != "GET" {
         return reply(
             405,
@@ -131,6 +144,53 @@ pub fn stream_request(req: &Request<'_>, gate: &Gate<'_>) -> HttpDecision {
         response,
         rooms,
         principal,
+    }
+}
+
+fn poll_request(req: &Request<'_>, gate: &Gate<'_>) -> HttpDecision {
+    if req.method != "GET" {
+        return reply(
+            405,
+            "bad_request",
+            "method must be GET",
+            &[("Allow", "GET")],
+        );
+    }
+    let Ok(cors) = origin(req, gate) else {
+        return reply(403, "origin", "origin not allowed", &[]);
+    };
+    let json_reply = |code: ErrorCode, label, reason: &str| HttpDecision::Reply {
+        status: code.http_status(),
+        label,
+        response: error_json(code, reason, cors),
+    };
+    let principal = match gate.auth.authenticate(req) {
+        Ok(p) => p,
+        Err(e) => {
+            let code = if e.status() == 403 {
+                ErrorCode::Forbidden
+            } else {
+                ErrorCode::Unauthorized
+            };
+            return json_reply(code, e.label(), &e.to_string());
+        }
+    };
+    match stream_rooms(req, gate, &principal) {
+        Ok(rooms) => HttpDecision::Poll {
+            rooms,
+            principal,
+            cors: cors.map(str::to_string),
+        },
+        Err((status, reason)) => {
+            let code = match status {
+                401 => ErrorCode::Unauthorized,
+                403 => ErrorCode::Forbidden,
+                404 => ErrorCode::NotFound,
+                429 => ErrorCode::LimitExceeded,
+                _ => ErrorCode::BadRequest,
+            };
+            json_reply(code, "bad_stream", &reason)
+        }
     }
 }
 
