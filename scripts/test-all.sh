@@ -38,7 +38,7 @@ step "cargo test (every crate; the gateway on io_uring)"
 RINGCAST_IO_DRIVER=io-uring cargo test --workspace 2>&1 | tee -a "$log"
 
 step "gateway integration tests on epoll"
-RINGCAST_IO_DRIVER=epoll cargo test -p gateway --test gateway --test interop --test security --test tls --test delivery --test sse 2>&1 | tee -a "$log"
+RINGCAST_IO_DRIVER=epoll cargo test -p gateway --test gateway --test interop --test security --test tls --test delivery --test sse --test api 2>&1 | tee -a "$log"
 
 step "benchmark harness smoke test (every target: no loss, no duplicates, no errors)"
 benches/compare.sh --short 2>&1 | tee -a "$log"

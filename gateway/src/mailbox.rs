@@ -139,8 +139,45 @@ pub enum ShardMsg {
         /// The frame.
         frame: Bytes,
     },
+    /// A server API query (from the admin thread).
+    Admin(AdminQuery),
     /// Begin graceful shutdown.
     Shutdown,
+}
+
+/// A server API query to a shard; the answer goes back on the oneshot.
+#[derive(Debug)]
+pub enum AdminQuery {
+    /// To a room's home shard: its presence members.
+    Presence {
+        /// The room.
+        room: RoomName,
+        /// The members.
+        reply: tokio::sync::oneshot::Sender<Vec<Member>>,
+    },
+    /// To a room's home shard: stored messages, as a `history` event's JSON.
+    History {
+        /// The room.
+        room: RoomName,
+        /// Return messages after this position.
+        since: Option<(String, u64)>,
+        /// At most this many.
+        limit: usize,
+        /// The JSON, or why not.
+        reply: tokio::sync::oneshot::Sender<Result<String, ErrorCode>>,
+    },
+    /// To every shard: the rooms it is home to, with their subscribers on the node.
+    Rooms {
+        /// The rooms.
+        reply: tokio::sync::oneshot::Sender<Vec<(RoomName, u64)>>,
+    },
+    /// To every shard: close the connections of a user (4003); answers how many.
+    Disconnect {
+        /// The token `sub`.
+        user: String,
+        /// How many were closed.
+        reply: tokio::sync::oneshot::Sender<usize>,
+    },
 }
 
 /// A subscribe request, as the room's home shard gets it.

@@ -224,6 +224,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let admin = http::admin::Admin {
         config: config.clone(),
         namespaces: policy.namespaces.clone(),
+        node: node.clone(),
+        driver: driver.name(),
+        started: std::time::Instant::now(),
         mailboxes: mailboxes.clone(),
         global: global.clone(),
         prometheus,

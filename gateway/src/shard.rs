@@ -27,7 +27,8 @@ use crate::connection::outbox::RoomMsg;
 use crate::connection::shared::{CloseRequest, ConnKind, ConnShared, SubState};
 use crate::connection::Transport;
 use crate::mailbox::{
-    home_shard, ConnId, DeliverMeta, Mailboxes, PublishOrigin, ShardId, ShardMsg, SubscribeReq,
+    home_shard, AdminQuery, ConnId, DeliverMeta, Mailboxes, PublishOrigin, ShardId, ShardMsg,
+    SubscribeReq,
 };
 use crate::metrics::ShardMetrics;
 use crate::namespaces::Namespaces;
@@ -524,6 +525,7 @@ impl ShardCtx {
                     c.push(frame);
                 }
             }
+            ShardMsg::Admin(query) => self.admin_query(query),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
     }
@@ -586,6 +588,46 @@ impl ShardCtx {
         }
     }
 
+    fn admin_query(&self, query: AdminQuery) {
+        match query {
+            AdminQuery::Presence { room, reply } => {
+                let _ = reply.send(self.presence.borrow().members(&room));
+            }
+            AdminQuery::History {
+                room,
+                since,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.history_json(&room, None, since, limit));
+            }
+            AdminQuery::Rooms { reply } => {
+                let rooms = self
+                    .home
+                    .borrow()
+                    .iter()
+                    .filter(|(room, _)| !room.starts_with(RAW_ROOM_PREFIX))
+                    .map(|(room, interest)| (room.clone(), u64::from(interest.total())))
+                    .collect();
+                let _ = reply.send(rooms);
+            }
+            AdminQuery::Disconnect { user, reply } => {
+                let mut closed = 0;
+                for conn in self.conns.borrow().values() {
+                    if conn.principal.borrow().user.as_deref() == Some(user.as_str()) {
+                        conn.request_close(CloseRequest {
+                            code: proto_codec::protocol::codes::close::FORBIDDEN,
+                            reason: "disconnected by the server".into(),
+                            discard_queue: false,
+                        });
+                        closed += 1;
+                    }
+                }
+                let _ = reply.send(closed);
+            }
+        }
+    }
+
     fn home_history(
         &self,
         room: RoomName,
@@ -594,13 +636,34 @@ impl ShardCtx {
         since: Option<(String, u64)>,
         limit: usize,
     ) {
+        let frame = match self.history_json(&room, id, since, limit) {
+            Ok(json) => encode_frame(OpCode::Text, false, json.as_bytes()),
+            Err(code) => error_frame(id, code, "history not available now; retry"),
+        };
+        self.route(
+            from.0,
+            ShardMsg::ToConn {
+                conn: from.1,
+                frame,
+            },
+        );
+    }
+
+    /// A room's stored messages as a `history` event's JSON (home side).
+    fn history_json(
+        &self,
+        room: &RoomName,
+        id: Option<u64>,
+        since: Option<(String, u64)>,
+        limit: usize,
+    ) -> Result<String, ErrorCode> {
         let token = self.token();
         let since_ref = since.as_ref().map(|(e, o)| (e.as_str(), *o));
         let result =
             self.broker
                 .borrow_mut()
-                .history(&room, since_ref, limit, token, self.now.get());
-        let frame = match result {
+                .history(room, since_ref, limit, token, self.now.get());
+        match result {
             Ok(Completion::Ready(rec)) => {
                 // Stored data is valid JSON (checked when it was published).
                 let messages = rec
@@ -615,7 +678,7 @@ impl ShardCtx {
                             })
                     })
                     .collect();
-                ServerEvent::History {
+                Ok(ServerEvent::History {
                     id,
                     room: room.as_ref().into(),
                     epoch: rec.epoch.as_ref().into(),
@@ -623,22 +686,10 @@ impl ShardCtx {
                     recovered: rec.recovered,
                     messages,
                 }
-                .to_frame()
+                .to_json())
             }
-            Ok(Completion::Pending) => error_frame(
-                id,
-                ErrorCode::Unavailable,
-                "history not available now; retry",
-            ),
-            Err(e) => error_frame(id, ErrorCode::Unavailable, &e.to_string()),
-        };
-        self.route(
-            from.0,
-            ShardMsg::ToConn {
-                conn: from.1,
-                frame,
-            },
-        );
+            Ok(Completion::Pending) | Err(_) => Err(ErrorCode::Unavailable),
+        }
     }
 
     fn home_subscribe(&self, req: SubscribeReq) {

@@ -1,21 +1,17 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics` and the server API
-//! (`POST /api/publish`). It runs on its own thread with its own small runtime, off the shards'
-//! hot path; a publish is handed to the room's home shard through its mailbox.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` and the server API (`/api/*`, in
+//! [`super::api`]). It runs on its own thread with its own small runtime, off the shards' hot
+//! path; API requests reach the shards through their mailboxes.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use proto_codec::http::{parse_request, write_error_response, write_response, Request};
-use proto_codec::protocol::{validate_room, ErrorCode};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Config;
-use crate::mailbox::{home_shard, Mailboxes, PublishOrigin, ShardMsg};
+use crate::mailbox::Mailboxes;
 use crate::shard::Global;
 
 /// The largest request body the API accepts.
@@ -34,6 +30,12 @@ pub struct Admin {
     pub global: Arc<Global>,
     /// The Prometheus recorder's handle.
     pub prometheus: PrometheusHandle,
+    /// The node's name.
+    pub node: Arc<str>,
+    /// The I/O driver the shards run.
+    pub driver: &'static str,
+    /// When the node started.
+    pub started: std::time::Instant,
 }
 
 /// Serves the admin listener forever (on the calling thread).
@@ -144,17 +146,6 @@ where
     }
 }
 
-fn json_response(status: u16, body: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    write_response(&mut out, status, "application/json", &[], body.as_bytes());
-    out
-}
-
-fn error_json(status: u16, code: ErrorCode, reason: &str) -> Vec<u8> {
-    let body = serde_json::json!({ "error": code.as_str(), "reason": reason }).to_string();
-    json_response(status, &body)
-}
-
 async fn handle(admin: &Admin, req: &Request<'_>, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     match (req.method, req.path) {
@@ -178,96 +169,13 @@ async fn handle(admin: &Admin, req: &Request<'_>, body: &[u8]) -> Vec<u8> {
                 text.as_bytes(),
             )
         }
-        ("POST", "/api/publish") => return api_publish(admin, req, body).await,
+        (_, path) if path.starts_with("/api/") => {
+            return super::api::handle(admin, req, body).await
+        }
         (_, "/healthz" | "/readyz" | "/metrics") => {
             write_error_response(&mut out, 405, "use GET", &[("Allow", "GET")])
-        }
-        (_, "/api/publish") => {
-            write_error_response(&mut out, 405, "use POST", &[("Allow", "POST")])
         }
         _ => write_error_response(&mut out, 404, "no such endpoint", &[]),
     }
     out
-}
-
-#[derive(Deserialize)]
-struct PublishBody<'a> {
-    room: String,
-    #[serde(borrow)]
-    data: &'a RawValue,
-}
-
-/// Whether the request carries the API key (compared in constant time).
-fn authorized(config: &Config, req: &Request<'_>) -> bool {
-    let Some(given) = req
-        .header_str("authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let want = config.api.key.as_bytes();
-    let given = given.trim().as_bytes();
-    given.len() == want.len()
-        && given
-            .iter()
-            .zip(want)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
-async fn api_publish(admin: &Admin, req: &Request<'_>, body: &[u8]) -> Vec<u8> {
-    if admin.config.api.key.is_empty() {
-        return error_json(
-            404,
-            ErrorCode::NotEnabled,
-            "the server API is off: set api.key",
-        );
-    }
-    if !authorized(&admin.config, req) {
-        return error_json(401, ErrorCode::Unauthorized, "missing or wrong API key");
-    }
-    if admin.global.shutting_down.load(Ordering::SeqCst) {
-        return error_json(503, ErrorCode::Unavailable, "shutting down");
-    }
-    let parsed: PublishBody<'_> = match serde_json::from_slice(body) {
-        Ok(p) => p,
-        Err(e) => return error_json(400, ErrorCode::BadRequest, &e.to_string()),
-    };
-    if let Err(e) = validate_room(&parsed.room) {
-        return error_json(400, ErrorCode::BadRoom, &e.to_string());
-    }
-    // The server API may publish in every configured namespace (including `publish =
-    // "server"` ones); it is held to the namespace's size limit.
-    let ns = match admin.namespaces.of(&parsed.room) {
-        Ok(ns) => ns,
-        Err((code, reason)) => return error_json(404, code, &reason),
-    };
-    let data = parsed.data.get().as_bytes();
-    if data.len() > ns.policy.max_data_bytes {
-        return error_json(413, ErrorCode::TooLarge, "data is over the size limit");
-    }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let home = home_shard(&parsed.room, admin.mailboxes.len());
-    admin.mailboxes.send(
-        home,
-        ShardMsg::Publish {
-            room: parsed.room.as_str().into(),
-            data: Bytes::copy_from_slice(data),
-            origin: PublishOrigin::Api(tx),
-        },
-    );
-    match monoio::time::timeout(Duration::from_secs(5), rx).await {
-        Ok(Ok(Ok((epoch, offset)))) => {
-            let body =
-                serde_json::json!({ "room": parsed.room, "epoch": &*epoch, "offset": offset })
-                    .to_string();
-            json_response(200, &body)
-        }
-        Ok(Ok(Err(code))) => error_json(503, code, "publish failed; retry"),
-        Ok(Err(_)) | Err(_) => error_json(
-            503,
-            ErrorCode::Unavailable,
-            "no answer from the room's shard; retry",
-        ),
-    }
 }

@@ -1,4 +1,5 @@
 //! HTTP endpoints outside the WebSocket path.
 
 pub mod admin;
+pub mod api;
 pub mod public;

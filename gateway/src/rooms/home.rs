@@ -18,7 +18,8 @@ pub struct Interest {
 }
 
 impl Interest {
-    fn total(&self) -> u32 {
+    /// Subscribers on every shard of the node.
+    pub fn total(&self) -> u32 {
         self.per_shard.iter().sum()
     }
 }
@@ -93,6 +94,11 @@ impl HomeRooms {
     /// The room's interest, if anyone is subscribed.
     pub fn get(&self, room: &str) -> Option<&Interest> {
         self.rooms.get(room)
+    }
+
+    /// Every room with subscribers, and how many.
+    pub fn iter(&self) -> impl Iterator<Item = (&RoomName, &Interest)> {
+        self.rooms.iter()
     }
 }
 

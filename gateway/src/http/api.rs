@@ -1,0 +1,377 @@
+//! The server API on the admin listener (docs/api.md): publish (one or a batch), a room's
+//! presence and history, the room list with subscriber counts, disconnecting a user, and node
+//! information. Every endpoint needs the API key; answers are JSON, errors are `error` events
+//! with the code's HTTP status.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proto_codec::http::{write_response, Request};
+use proto_codec::protocol::{validate_room, ErrorCode, ServerEvent};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use super::admin::Admin;
+use crate::config::Config;
+use crate::mailbox::{home_shard, AdminQuery, PublishOrigin, ShardMsg};
+
+/// How long the API waits for shards to answer.
+const SHARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most messages one batch may carry.
+pub const MAX_BATCH: usize = 1000;
+
+fn json_response(status: u16, body: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_response(
+        &mut out,
+        status,
+        "application/json",
+        &[],
+        body.to_string().as_bytes(),
+    );
+    out
+}
+
+/// An `error` event with the code's status.
+fn error(code: ErrorCode, reason: &str) -> Vec<u8> {
+    let event = ServerEvent::Error {
+        id: None,
+        code,
+        reason: reason.into(),
+    };
+    let mut out = Vec::new();
+    write_response(
+        &mut out,
+        code.http_status(),
+        "application/json",
+        &[],
+        event.to_json().as_bytes(),
+    );
+    out
+}
+
+/// Whether the request carries the API key (compared in constant time).
+fn authorized(config: &Config, req: &Request<'_>) -> bool {
+    let Some(given) = req
+        .header_str("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let want = config.api.key.as_bytes();
+    let given = given.trim().as_bytes();
+    given.len() == want.len()
+        && given
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Routes one `/api/*` request.
+pub async fn handle(admin: &Admin, req: &Request<'_>, body: &[u8]) -> Vec<u8> {
+    if admin.config.api.key.is_empty() {
+        return error(ErrorCode::NotFound, "the server API is off: set api.key");
+    }
+    if !authorized(&admin.config, req) {
+        return error(ErrorCode::Unauthorized, "missing or wrong API key");
+    }
+    let method_not_allowed = |allow: &str| {
+        let mut out = Vec::new();
+        proto_codec::http::write_error_response(
+            &mut out,
+            405,
+            &format!("use {allow}"),
+            &[("Allow", allow)],
+        );
+        out
+    };
+    match (req.method, req.path) {
+        ("POST", "/api/publish") => publish_one(admin, body).await,
+        ("POST", "/api/publish/batch") => publish_batch(admin, body).await,
+        ("GET", "/api/presence") => presence(admin, req).await,
+        ("GET", "/api/history") => history(admin, req).await,
+        ("GET", "/api/rooms") => rooms(admin).await,
+        ("POST", "/api/disconnect") => disconnect(admin, body).await,
+        ("GET", "/api/node") => node(admin),
+        (_, "/api/publish" | "/api/publish/batch" | "/api/disconnect") => {
+            method_not_allowed("POST")
+        }
+        (_, "/api/presence" | "/api/history" | "/api/rooms" | "/api/node") => {
+            method_not_allowed("GET")
+        }
+        _ => error(ErrorCode::NotFound, "no such API endpoint"),
+    }
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    room: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct BatchBody<'a> {
+    #[serde(borrow)]
+    messages: Vec<PublishBody<'a>>,
+}
+
+/// The room is valid and in a configured namespace, and `data` fits its limit.
+fn check_publish(admin: &Admin, p: &PublishBody<'_>) -> Result<(), (ErrorCode, String)> {
+    validate_room(&p.room).map_err(|e| (ErrorCode::BadRoom, e.to_string()))?;
+    if p.data.get() == "null" {
+        return Err((ErrorCode::BadRequest, "data must not be null".into()));
+    }
+    // The server API may publish in every configured namespace (including `publish =
+    // "server"` ones); it is held to the namespace's size limit.
+    let ns = admin.namespaces.of(&p.room)?;
+    if p.data.get().len() > ns.policy.max_data_bytes {
+        return Err((ErrorCode::TooLarge, "data is over the size limit".into()));
+    }
+    Ok(())
+}
+
+/// Hands a checked publish to the room's home shard; the receiver gets the position.
+fn send_publish(
+    admin: &Admin,
+    p: &PublishBody<'_>,
+) -> oneshot::Receiver<Result<(broker_bridge::Epoch, u64), ErrorCode>> {
+    let (tx, rx) = oneshot::channel();
+    admin.mailboxes.send(
+        home_shard(&p.room, admin.mailboxes.len()),
+        ShardMsg::Publish {
+            room: p.room.as_str().into(),
+            data: Bytes::copy_from_slice(p.data.get().as_bytes()),
+            origin: PublishOrigin::Api(tx),
+        },
+    );
+    rx
+}
+
+async fn position(
+    room: &str,
+    rx: oneshot::Receiver<Result<(broker_bridge::Epoch, u64), ErrorCode>>,
+) -> Result<Value, (ErrorCode, String)> {
+    match monoio::time::timeout(SHARD_TIMEOUT, rx).await {
+        Ok(Ok(Ok((epoch, offset)))) => {
+            Ok(json!({ "room": room, "epoch": &*epoch, "offset": offset }))
+        }
+        Ok(Ok(Err(code))) => Err((code, "publish failed; retry".into())),
+        Ok(Err(_)) | Err(_) => Err((
+            ErrorCode::Unavailable,
+            "no answer from the room's shard; retry".into(),
+        )),
+    }
+}
+
+fn draining(admin: &Admin) -> bool {
+    admin.global.shutting_down.load(Ordering::SeqCst)
+}
+
+async fn publish_one(admin: &Admin, body: &[u8]) -> Vec<u8> {
+    if draining(admin) {
+        return error(ErrorCode::Unavailable, "shutting down");
+    }
+    let p: PublishBody<'_> = match serde_json::from_slice(body) {
+        Ok(p) => p,
+        Err(e) => return error(ErrorCode::BadRequest, &e.to_string()),
+    };
+    if let Err((code, reason)) = check_publish(admin, &p) {
+        return error(code, &reason);
+    }
+    let rx = send_publish(admin, &p);
+    match position(&p.room, rx).await {
+        Ok(v) => json_response(200, &v),
+        Err((code, reason)) => error(code, &reason),
+    }
+}
+
+/// Publishes every message of a batch; each gets its own result, in order (a bad message does
+/// not stop the others). Messages to one room keep their batch order.
+async fn publish_batch(admin: &Admin, body: &[u8]) -> Vec<u8> {
+    if draining(admin) {
+        return error(ErrorCode::Unavailable, "shutting down");
+    }
+    let batch: BatchBody<'_> = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => return error(ErrorCode::BadRequest, &e.to_string()),
+    };
+    if batch.messages.len() > MAX_BATCH {
+        return error(
+            ErrorCode::TooLarge,
+            &format!("at most {MAX_BATCH} messages per batch"),
+        );
+    }
+    // Send everything first (one mailbox push each), then collect.
+    let pending: Vec<_> = batch
+        .messages
+        .iter()
+        .map(|p| check_publish(admin, p).map(|()| send_publish(admin, p)))
+        .collect();
+    let mut results = Vec::with_capacity(pending.len());
+    for (p, sent) in batch.messages.iter().zip(pending) {
+        let result = match sent {
+            Ok(rx) => position(&p.room, rx).await,
+            Err(e) => Err(e),
+        };
+        results.push(match result {
+            Ok(v) => v,
+            Err((code, reason)) => json!({"ev": "error", "code": code.as_str(), "reason": reason}),
+        });
+    }
+    json_response(200, &json!({ "results": results }))
+}
+
+/// The `room` query parameter, checked: valid and in a configured namespace.
+fn room_param(
+    admin: &Admin,
+    req: &Request<'_>,
+) -> Result<(String, crate::namespaces::Namespace), Vec<u8>> {
+    let Some(room) = req.query_param("room") else {
+        return Err(error(
+            ErrorCode::BadRequest,
+            "the room parameter is required",
+        ));
+    };
+    if let Err(e) = validate_room(&room) {
+        return Err(error(ErrorCode::BadRoom, &e.to_string()));
+    }
+    let ns = admin
+        .namespaces
+        .of(&room)
+        .map_err(|(code, reason)| error(code, &reason))?
+        .clone();
+    Ok((room.into_owned(), ns))
+}
+
+async fn ask<T>(
+    admin: &Admin,
+    shard: usize,
+    query: impl FnOnce(oneshot::Sender<T>) -> AdminQuery,
+) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    admin.mailboxes.send(shard, ShardMsg::Admin(query(tx)));
+    monoio::time::timeout(SHARD_TIMEOUT, rx).await.ok()?.ok()
+}
+
+async fn presence(admin: &Admin, req: &Request<'_>) -> Vec<u8> {
+    let (room, ns) = match room_param(admin, req) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if !ns.policy.presence {
+        return error(ErrorCode::NotEnabled, "presence is off in this namespace");
+    }
+    let home = home_shard(&room, admin.mailboxes.len());
+    let room_name: broker_bridge::RoomName = room.as_str().into();
+    match ask(admin, home, |reply| AdminQuery::Presence {
+        room: room_name,
+        reply,
+    })
+    .await
+    {
+        Some(members) => json_response(
+            200,
+            &json!({ "room": room, "count": members.len(), "members": members }),
+        ),
+        None => error(ErrorCode::Unavailable, "no answer from the room's shard"),
+    }
+}
+
+async fn history(admin: &Admin, req: &Request<'_>) -> Vec<u8> {
+    let (room, ns) = match room_param(admin, req) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let max = ns.policy.history_size;
+    if max == 0 {
+        return error(ErrorCode::NotEnabled, "no history in this namespace");
+    }
+    let since = match req.query_param("since") {
+        None => None,
+        Some(s) => match proto_codec::sse::parse_position_id(&s) {
+            Some((epoch, offset)) => Some((epoch.to_string(), offset)),
+            None => return error(ErrorCode::BadRequest, "since must be <epoch>:<offset>"),
+        },
+    };
+    let limit = match req.query_param("limit").map(|l| l.parse::<usize>()) {
+        None => max,
+        Some(Ok(l)) => l.min(max),
+        Some(Err(_)) => return error(ErrorCode::BadRequest, "limit must be a number"),
+    };
+    let home = home_shard(&room, admin.mailboxes.len());
+    let room_name: broker_bridge::RoomName = room.as_str().into();
+    match ask(admin, home, |reply| AdminQuery::History {
+        room: room_name,
+        since,
+        limit,
+        reply,
+    })
+    .await
+    {
+        Some(Ok(json)) => {
+            let mut out = Vec::new();
+            write_response(&mut out, 200, "application/json", &[], json.as_bytes());
+            out
+        }
+        Some(Err(code)) => error(code, "history not available now; retry"),
+        None => error(ErrorCode::Unavailable, "no answer from the room's shard"),
+    }
+}
+
+async fn rooms(admin: &Admin) -> Vec<u8> {
+    let mut all: Vec<(String, u64)> = Vec::new();
+    for shard in 0..admin.mailboxes.len() {
+        match ask(admin, shard, |reply| AdminQuery::Rooms { reply }).await {
+            Some(list) => all.extend(list.into_iter().map(|(r, n)| (r.to_string(), n))),
+            None => return error(ErrorCode::Unavailable, "a shard did not answer"),
+        }
+    }
+    all.sort();
+    let rooms: Vec<Value> = all
+        .iter()
+        .map(|(room, n)| json!({ "room": room, "subscribers": n }))
+        .collect();
+    json_response(200, &json!({ "count": rooms.len(), "rooms": rooms }))
+}
+
+#[derive(Deserialize)]
+struct DisconnectBody {
+    user: String,
+}
+
+async fn disconnect(admin: &Admin, body: &[u8]) -> Vec<u8> {
+    let d: DisconnectBody = match serde_json::from_slice(body) {
+        Ok(d) => d,
+        Err(e) => return error(ErrorCode::BadRequest, &e.to_string()),
+    };
+    let mut closed = 0usize;
+    for shard in 0..admin.mailboxes.len() {
+        let user = d.user.clone();
+        match ask(admin, shard, |reply| AdminQuery::Disconnect { user, reply }).await {
+            Some(n) => closed += n,
+            None => return error(ErrorCode::Unavailable, "a shard did not answer"),
+        }
+    }
+    json_response(200, &json!({ "user": d.user, "closed": closed }))
+}
+
+fn node(admin: &Admin) -> Vec<u8> {
+    json_response(
+        200,
+        &json!({
+            "node": &*admin.node,
+            "version": env!("CARGO_PKG_VERSION"),
+            "shards": admin.mailboxes.len(),
+            "driver": admin.driver,
+            "connections": admin.global.connections.load(Ordering::SeqCst),
+            "uptime_s": admin.started.elapsed().as_secs(),
+            "ready": admin.global.ready.load(Ordering::SeqCst),
+            "draining": draining(admin),
+        }),
+    )
+}
