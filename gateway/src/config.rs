@@ -137,6 +137,8 @@ pub struct NamespacePolicy {
     pub publish_burst: u32,
     /// What a connection without a token may do here.
     pub anonymous: Access,
+    /// The p99 publish→write latency this namespace should meet (`GET /api/slo`).
+    pub latency_target_ms: u64,
 }
 
 /// Who may publish in a namespace.
@@ -367,6 +369,7 @@ impl Default for NamespacePolicy {
             publish_rate: 0,
             publish_burst: 0,
             anonymous: Access::None,
+            latency_target_ms: 10,
         }
     }
 }

@@ -16,4 +16,5 @@ pub mod ratelimit;
 pub mod rooms;
 pub mod runtime;
 pub mod shard;
+pub mod slo;
 pub mod tls;

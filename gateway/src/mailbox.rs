@@ -148,6 +148,11 @@ pub enum ShardMsg {
 /// A server API query to a shard; the answer goes back on the oneshot.
 #[derive(Debug)]
 pub enum AdminQuery {
+    /// To every shard: its publish→write latency histograms over the window, per namespace.
+    Slo {
+        /// One histogram per namespace index.
+        reply: tokio::sync::oneshot::Sender<Vec<crate::slo::LatencyHist>>,
+    },
     /// To a room's home shard: its presence members.
     Presence {
         /// The room.

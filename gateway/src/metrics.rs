@@ -83,8 +83,8 @@ pub fn describe() {
     describe_histogram!(
         "ringcast_publish_to_write_seconds",
         Unit::Seconds,
-        "From publish (offset assigned) to the write of the frame to a subscriber's socket; \
-         sampled per write batch (its oldest message)."
+        "From publish (offset assigned) to the write of the frame to a subscriber's socket, by \
+         namespace; sampled per write batch (its oldest message). Every write is in GET /api/slo."
     );
 }
 
@@ -120,14 +120,14 @@ pub struct ShardMetrics {
     /// Rooms homed here.
     pub rooms: Gauge,
     /// Publish to write latency.
-    pub publish_to_write: Histogram,
+    pub publish_to_write: Vec<Histogram>,
     /// Size of a connection task's future.
     pub connection_task_bytes: Gauge,
 }
 
 impl ShardMetrics {
     /// Handles for shard `shard`.
-    pub fn new(shard: usize) -> ShardMetrics {
+    pub fn new(shard: usize, namespaces: &crate::namespaces::Namespaces) -> ShardMetrics {
         let s = shard.to_string();
         ShardMetrics {
             connections: gauge!("ringcast_connections"),
@@ -144,7 +144,12 @@ impl ShardMetrics {
             mailbox_depth: gauge!("ringcast_mailbox_depth", "shard" => s.clone()),
             outbound_queued: gauge!("ringcast_outbound_queued_bytes", "shard" => s.clone()),
             rooms: gauge!("ringcast_rooms", "shard" => s),
-            publish_to_write: histogram!("ringcast_publish_to_write_seconds"),
+            publish_to_write: (0..namespaces.len())
+                .map(|i| {
+                    let name = namespaces.by_index(i).name.to_string();
+                    histogram!("ringcast_publish_to_write_seconds", "namespace" => name)
+                })
+                .collect(),
             connection_task_bytes: gauge!("ringcast_connection_task_bytes"),
         }
     }

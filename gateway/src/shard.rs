@@ -36,6 +36,7 @@ use crate::rooms::home::{HomeRooms, InterestChange};
 use crate::rooms::local::LocalRooms;
 use crate::rooms::presence::Presence;
 use crate::runtime::{self, ResolvedDriver};
+use crate::slo::SloRecorder;
 use crate::tls::Tls;
 
 /// How long a closing connection waits for the peer's close frame before dropping the socket.
@@ -112,6 +113,8 @@ pub struct ShardCtx {
     pub read_buf: RefCell<Vec<u8>>,
     /// A coarse clock, updated on every mailbox batch and sweep.
     pub now: Cell<Instant>,
+    /// Publish→write latency of every written room frame, per namespace (`GET /api/slo`).
+    pub slo: RefCell<SloRecorder>,
     /// Token verification.
     pub auth: Arc<Authenticator>,
     /// Namespace policies.
@@ -145,6 +148,8 @@ impl ShardCtx {
         policy: Policy,
     ) -> ShardCtx {
         let shards = mailboxes.len();
+        let metrics = ShardMetrics::new(id, &policy.namespaces);
+        let slo = RefCell::new(SloRecorder::new(policy.namespaces.len(), Instant::now()));
         ShardCtx {
             auth: policy.auth,
             namespaces: policy.namespaces,
@@ -156,7 +161,8 @@ impl ShardCtx {
             mailboxes,
             node,
             global,
-            metrics: ShardMetrics::new(id),
+            metrics,
+            slo,
             read_buf: RefCell::new(vec![0; READ_BUFFER_BYTES]),
             now: Cell::new(Instant::now()),
             conns: RefCell::new(HashMap::new()),
@@ -547,6 +553,7 @@ impl ShardCtx {
             policy: policy.slow_consumer,
             key: meta.key,
             max_age: (policy.max_age_ms > 0).then(|| Duration::from_millis(policy.max_age_ms)),
+            namespace: meta.namespace,
         });
         let n = self
             .local
@@ -590,6 +597,9 @@ impl ShardCtx {
 
     fn admin_query(&self, query: AdminQuery) {
         match query {
+            AdminQuery::Slo { reply } => {
+                let _ = reply.send(self.slo.borrow_mut().snapshot(Instant::now()));
+            }
             AdminQuery::Presence { room, reply } => {
                 let _ = reply.send(self.presence.borrow().members(&room));
             }

@@ -228,6 +228,18 @@ async fn server_api_with_curl() {
     alice.send(json!({"op": "ping", "id": 5})).await;
     assert_eq!(alice.recv().await["ev"], "pong");
 
+    // SLO: every written room frame counted per namespace, against its target.
+    let (s, slo) = api(&server, "GET", "/api/slo", None, k);
+    assert_eq!((s, slo["window_s"].clone()), (200, json!(60)), "{slo}");
+    let feed = slo["namespaces"]
+        .as_array()
+        .and_then(|l| l.iter().find(|n| n["namespace"] == "feed").cloned())
+        .expect("feed");
+    assert_eq!(feed["writes"], 3, "{slo}");
+    assert_eq!(feed["target_p99_ms"], 10);
+    assert!(feed["p99_ms"].as_f64().is_some_and(|p| p >= 0.0), "{feed}");
+    assert!(feed["meets_target"].is_boolean());
+
     // Wrong methods and unknown endpoints.
     let (s, _) = api(&server, "GET", "/api/publish", None, k);
     assert_eq!(s, 405);

@@ -37,8 +37,12 @@ use self::state::ConnState;
 use crate::admission::AdmitTicket;
 use crate::shard::ShardCtx;
 
-/// Reads handled per wake before yielding to other connections.
-const READS_PER_WAKE: usize = 16;
+/// Input bytes one connection may process per turn before yielding to the others: a client
+/// flooding ops fans out at most this much work per turn (fair egress).
+const READ_BUDGET: usize = 64 * 1024;
+/// Output bytes one connection may write per turn before yielding: a subscriber with a deep
+/// queue cannot hold the shard while others wait (fair egress).
+const WRITE_BUDGET: usize = 64 * 1024;
 
 /// Per-connection I/O state owned by the connection's task.
 struct ConnIo {
@@ -239,7 +243,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     conn.set_waker(cx.waker());
-    let mut reads = 0;
+    let mut read_budget = READ_BUDGET;
+    let mut write_budget = WRITE_BUDGET;
     loop {
         if conn.force_end.get() {
             return Poll::Ready(Ok(()));
@@ -247,8 +252,13 @@ where
         if let Some(req) = conn.take_close_request() {
             begin_close(ctx, conn, io, req);
         }
-        let write_blocked = match flush(ctx, conn, stream, cx) {
-            Poll::Ready(Ok(())) => false,
+        let write_blocked = match flush(ctx, conn, stream, cx, &mut write_budget) {
+            Poll::Ready(Ok(true)) => false,
+            Poll::Ready(Ok(false)) => {
+                // Turn over: let the other connections of the shard run, then go on.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => true,
         };
@@ -269,9 +279,9 @@ where
         };
         match read {
             Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
-            Poll::Ready(Ok(_)) => {
-                reads += 1;
-                if reads >= READS_PER_WAKE {
+            Poll::Ready(Ok(n)) => {
+                read_budget = read_budget.saturating_sub(n);
+                if read_budget == 0 {
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
@@ -302,12 +312,15 @@ where
 }
 
 /// Writes queued frames until the queue is empty or the socket is full.
+/// `Ready(Ok(true))`: the queue is empty; `Ready(Ok(false))`: this turn's write budget is
+/// spent with frames left.
 fn flush<S>(
     ctx: &ShardCtx,
     conn: &ConnShared,
     stream: &mut S,
     cx: &mut Context<'_>,
-) -> Poll<io::Result<()>>
+    budget: &mut usize,
+) -> Poll<io::Result<bool>>
 where
     S: AsyncWrite + Unpin,
 {
@@ -321,7 +334,10 @@ where
         }
         if outbox.is_empty() {
             // A no-op on plain TCP; TLS writes out the records it still holds.
-            return Pin::new(&mut *stream).poll_flush(cx);
+            return Pin::new(&mut *stream).poll_flush(cx).map_ok(|()| true);
+        }
+        if *budget == 0 {
+            return Poll::Ready(Ok(false));
         }
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let (n, oldest) = outbox.slices(&mut slices);
@@ -331,17 +347,22 @@ where
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         };
-        let frames = outbox.advance(written);
+        let frames = match oldest {
+            Some((at, ns)) => {
+                // One clock read per write batch (not the coarse shard clock: this is a
+                // latency). Every room frame written goes into its namespace's SLO window.
+                let now = std::time::Instant::now();
+                if let Some(h) = ctx.metrics.publish_to_write.get(ns) {
+                    h.record(now.saturating_duration_since(at).as_secs_f64());
+                }
+                let mut slo = ctx.slo.borrow_mut();
+                outbox.advance_with(written, |m| slo.record(m.namespace, m.published_at, now))
+            }
+            None => outbox.advance(written),
+        };
+        *budget = budget.saturating_sub(written);
         ctx.metrics.bytes_out.increment(written as u64);
         ctx.metrics.frames_out.increment(frames as u64);
-        if let Some(at) = oldest {
-            // One clock read per write batch (not the coarse shard clock: this is a latency).
-            ctx.metrics.publish_to_write.record(
-                std::time::Instant::now()
-                    .saturating_duration_since(at)
-                    .as_secs_f64(),
-            );
-        }
     }
 }
 

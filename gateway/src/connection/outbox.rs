@@ -53,6 +53,8 @@ pub struct RoomMsg {
     pub key: Option<u64>,
     /// Dropped when older than this when its turn to be written comes.
     pub max_age: Option<Duration>,
+    /// Its namespace's index (latency SLOs).
+    pub namespace: usize,
 }
 
 /// What an entry of the queue is.
@@ -380,12 +382,12 @@ impl Outbox {
         std::mem::take(&mut self.actions)
     }
 
-    /// Fills `slices` with the next frames to write; returns how many, and the oldest publish
-    /// time among them.
+    /// Fills `slices` with the next frames to write; returns how many, and the oldest room
+    /// message among them (its publish time and namespace).
     pub fn slices<'a>(
         &'a self,
         slices: &mut [IoSlice<'a>; MAX_IOVECS],
-    ) -> (usize, Option<Instant>) {
+    ) -> (usize, Option<(Instant, usize)>) {
         let mut n = 0;
         let mut oldest = None;
         for (i, e) in self.entries.iter().take(MAX_IOVECS).enumerate() {
@@ -398,7 +400,7 @@ impl Outbox {
             n += 1;
             if oldest.is_none() {
                 if let Kind::Room(m) = &e.kind {
-                    oldest = Some(m.published_at);
+                    oldest = Some((m.published_at, m.namespace));
                 }
             }
         }
@@ -406,7 +408,12 @@ impl Outbox {
     }
 
     /// Marks `written` bytes as sent; returns how many whole frames left the queue.
-    pub fn advance(&mut self, mut written: usize) -> usize {
+    pub fn advance(&mut self, written: usize) -> usize {
+        self.advance_with(written, |_| {})
+    }
+
+    /// [`Outbox::advance`], calling `on_room` for every room message fully written.
+    pub fn advance_with(&mut self, mut written: usize, mut on_room: impl FnMut(&RoomMsg)) -> usize {
         let mut frames_done = 0;
         while written > 0 {
             let Some(front) = self.entries.front() else {
@@ -416,8 +423,11 @@ impl Outbox {
             if written >= left {
                 written -= left;
                 self.queued_bytes -= front.frame.len();
-                if matches!(&front.kind, Kind::Room(m) if m.max_age.is_some()) {
-                    self.aged -= 1;
+                if let Kind::Room(m) = &front.kind {
+                    if m.max_age.is_some() {
+                        self.aged -= 1;
+                    }
+                    on_room(m);
                 }
                 self.front_written = 0;
                 self.entries.pop_front();

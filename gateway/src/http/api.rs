@@ -97,10 +97,11 @@ pub async fn handle(admin: &Admin, req: &Request<'_>, body: &[u8]) -> Vec<u8> {
         ("GET", "/api/rooms") => rooms(admin).await,
         ("POST", "/api/disconnect") => disconnect(admin, body).await,
         ("GET", "/api/node") => node(admin),
+        ("GET", "/api/slo") => slo(admin).await,
         (_, "/api/publish" | "/api/publish/batch" | "/api/disconnect") => {
             method_not_allowed("POST")
         }
-        (_, "/api/presence" | "/api/history" | "/api/rooms" | "/api/node") => {
+        (_, "/api/presence" | "/api/history" | "/api/rooms" | "/api/node" | "/api/slo") => {
             method_not_allowed("GET")
         }
         _ => error(ErrorCode::NotFound, "no such API endpoint"),
@@ -358,6 +359,50 @@ async fn disconnect(admin: &Admin, body: &[u8]) -> Vec<u8> {
         }
     }
     json_response(200, &json!({ "user": d.user, "closed": closed }))
+}
+
+/// Per namespace: publish→write latency percentiles of every written room frame over the
+/// sliding window, against the namespace's target.
+async fn slo(admin: &Admin) -> Vec<u8> {
+    let mut merged: Vec<crate::slo::LatencyHist> = Vec::new();
+    for shard in 0..admin.mailboxes.len() {
+        let Some(hists) = ask(admin, shard, |reply| AdminQuery::Slo { reply }).await else {
+            return error(ErrorCode::Unavailable, "a shard did not answer");
+        };
+        if merged.is_empty() {
+            merged = hists;
+        } else {
+            for (m, h) in merged.iter_mut().zip(&hists) {
+                m.merge(h);
+            }
+        }
+    }
+    let ms = |us: Option<u64>| us.map(|u| u as f64 / 1000.0);
+    let namespaces: Vec<Value> = merged
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let ns = admin.namespaces.by_index(i);
+            let p99 = h.quantile_us(0.99);
+            let target = ns.policy.latency_target_ms;
+            json!({
+                "namespace": &*ns.name,
+                "target_p99_ms": target,
+                "writes": h.count(),
+                "p50_ms": ms(h.quantile_us(0.5)),
+                "p99_ms": ms(p99),
+                "p999_ms": ms(h.quantile_us(0.999)),
+                "meets_target": p99.map(|p| p <= target * 1000),
+            })
+        })
+        .collect();
+    json_response(
+        200,
+        &json!({
+            "window_s": (crate::slo::SLOT * crate::slo::SLOTS as u32).as_secs(),
+            "namespaces": namespaces,
+        }),
+    )
 }
 
 fn node(admin: &Admin) -> Vec<u8> {

@@ -9,6 +9,7 @@ fn msg(room: &str, offset: u64, key: Option<u64>, policy: SlowConsumer) -> Rc<Ro
         policy,
         key,
         max_age: None,
+        namespace: 0,
     })
 }
 
@@ -210,6 +211,7 @@ fn stale_messages_are_dropped_with_a_gap() {
             policy: SlowConsumer::Disconnect,
             key: None,
             max_age: Some(Duration::from_millis(100)),
+            namespace: 0,
         })
     };
     o.push_room(frame("old1", 10), aged(1, old));
