@@ -356,7 +356,10 @@ impl Outbox {
                 self.queued_bytes -= e.frame.len();
             }
         }
-        self.aged = 0;
+        // The kept (partly written) front frame may be one with a `max_age`.
+        self.aged = usize::from(
+            matches!(self.entries.front(), Some(Entry { kind: Kind::Room(m), .. }) if m.max_age.is_some()),
+        );
     }
 
     /// Takes every queued frame (a long poll's answer).

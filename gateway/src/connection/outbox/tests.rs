@@ -225,3 +225,27 @@ fn stale_messages_are_dropped_with_a_gap() {
     o.advance(n);
     assert_eq!(o.aged, 0);
 }
+
+#[test]
+fn discarding_keeps_the_aged_count_of_a_partly_written_front() {
+    let mut o = Outbox::new(10_000);
+    let aged = Rc::new(RoomMsg {
+        room: "p".into(),
+        epoch: "e".into(),
+        offset: 1,
+        published_at: Instant::now(),
+        policy: SlowConsumer::Disconnect,
+        key: None,
+        max_age: Some(Duration::from_secs(60)),
+        namespace: 0,
+    });
+    o.push_room(frame("a1", 10), aged.clone());
+    o.push_room(frame("a2", 10), aged);
+    o.advance(3);
+    o.discard_unstarted();
+    assert_eq!(o.aged, 1);
+    // Writing the rest of the front frame brings it to zero without underflow.
+    o.advance(7);
+    assert_eq!(o.aged, 0);
+    assert!(o.is_empty());
+}
