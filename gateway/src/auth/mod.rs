@@ -60,6 +60,14 @@ impl AuthError {
         }
     }
 
+    /// The error code of the refusal where it is answered as an `error` event.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            AuthError::Denied => ErrorCode::Forbidden,
+            _ => ErrorCode::Unauthorized,
+        }
+    }
+
     /// A short label for metrics.
     pub fn label(&self) -> &'static str {
         match self {

@@ -44,28 +44,8 @@ pub fn handle(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
                 return;
             };
             let data = data.get().as_bytes();
-            if data.len() > ns.policy.max_data_bytes {
-                return refuse(
-                    ctx,
-                    conn,
-                    id,
-                    ErrorCode::TooLarge,
-                    "data is over the size limit",
-                );
-            }
-            let rate = Rate::new(ns.policy.publish_rate, ns.policy.publish_burst);
-            if !conn
-                .limiter
-                .borrow_mut()
-                .allow(Bucket::Publish(ns.index), rate, now)
-            {
-                return rate_limited(
-                    ctx,
-                    conn,
-                    id,
-                    "publish",
-                    "publish rate of this namespace exceeded; slow down",
-                );
+            if !within_limits(ctx, conn, id, ns, data.len(), Bucket::Publish(ns.index)) {
+                return;
             }
             ctx.publish(
                 &room,
@@ -85,23 +65,8 @@ pub fn handle(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
             let Some(ns) = check(ctx, conn, id, Action::Presence, &room) else {
                 return;
             };
-            if !ns.policy.presence {
-                return refuse(
-                    ctx,
-                    conn,
-                    id,
-                    ErrorCode::NotEnabled,
-                    "presence is off in this namespace",
-                );
-            }
-            if !subscribed(conn, &room) {
-                return refuse(
-                    ctx,
-                    conn,
-                    id,
-                    ErrorCode::NotSubscribed,
-                    "subscribe to the room first",
-                );
+            if !enabled_and_subscribed(ctx, conn, id, &room, ns.policy.presence, "presence") {
+                return;
             }
             ctx.ask_presence(conn, id, &room);
         }
@@ -131,46 +96,11 @@ pub fn handle(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
             let Some(ns) = check(ctx, conn, id, Action::Publish, &room) else {
                 return;
             };
-            if !ns.policy.events {
-                return refuse(
-                    ctx,
-                    conn,
-                    id,
-                    ErrorCode::NotEnabled,
-                    "ephemeral events are off in this namespace",
-                );
+            if !enabled_and_subscribed(ctx, conn, id, &room, ns.policy.events, "ephemeral events") {
+                return;
             }
-            if !subscribed(conn, &room) {
-                return refuse(
-                    ctx,
-                    conn,
-                    id,
-                    ErrorCode::NotSubscribed,
-                    "subscribe to the room first",
-                );
-            }
-            if data.get().len() > ns.policy.max_data_bytes {
-                return refuse(
-                    ctx,
-                    conn,
-                    id,
-                    ErrorCode::TooLarge,
-                    "data is over the size limit",
-                );
-            }
-            let rate = Rate::new(ns.policy.event_rate, ns.policy.event_burst);
-            if !conn
-                .limiter
-                .borrow_mut()
-                .allow(Bucket::Event(ns.index), rate, now)
-            {
-                return rate_limited(
-                    ctx,
-                    conn,
-                    id,
-                    "event",
-                    "event rate of this namespace exceeded; slow down",
-                );
+            if !within_limits(ctx, conn, id, ns, data.get().len(), Bucket::Event(ns.index)) {
+                return;
             }
             let frame = ServerEvent::Event {
                 room: room.as_ref().into(),
@@ -209,9 +139,71 @@ fn check<'c>(
     }
 }
 
-/// Whether the connection's subscription to a room is in force.
-fn subscribed(conn: &ConnShared, room: &str) -> bool {
-    conn.rooms.borrow().get(room) == Some(&super::shared::SubState::Active)
+/// The namespace's size limit and per-connection rate for a publish or an event; answers the
+/// refusal and returns false when one is passed.
+fn within_limits(
+    ctx: &ShardCtx,
+    conn: &ConnShared,
+    id: Option<u64>,
+    ns: &Namespace,
+    len: usize,
+    bucket: Bucket,
+) -> bool {
+    if len > ns.policy.max_data_bytes {
+        refuse(
+            ctx,
+            conn,
+            id,
+            ErrorCode::TooLarge,
+            "data is over the size limit",
+        );
+        return false;
+    }
+    let (rate, scope, reason) = match bucket {
+        Bucket::Publish(_) => (
+            Rate::new(ns.policy.publish_rate, ns.policy.publish_burst),
+            "publish",
+            "publish rate of this namespace exceeded; slow down",
+        ),
+        Bucket::Event(_) => (
+            Rate::new(ns.policy.event_rate, ns.policy.event_burst),
+            "event",
+            "event rate of this namespace exceeded; slow down",
+        ),
+    };
+    if conn.limiter.borrow_mut().allow(bucket, rate, ctx.now.get()) {
+        return true;
+    }
+    rate_limited(ctx, conn, id, scope, reason);
+    false
+}
+
+/// A presence request or an event needs its feature on in the namespace and a subscription in
+/// force; answers the refusal and returns false otherwise.
+fn enabled_and_subscribed(
+    ctx: &ShardCtx,
+    conn: &ConnShared,
+    id: Option<u64>,
+    room: &str,
+    enabled: bool,
+    feature: &str,
+) -> bool {
+    if !enabled {
+        let reason = format!("{feature} is off in this namespace");
+        refuse(ctx, conn, id, ErrorCode::NotEnabled, &reason);
+        return false;
+    }
+    if conn.rooms.borrow().get(room) != Some(&super::shared::SubState::Active) {
+        refuse(
+            ctx,
+            conn,
+            id,
+            ErrorCode::NotSubscribed,
+            "subscribe to the room first",
+        );
+        return false;
+    }
+    true
 }
 
 fn refuse(ctx: &ShardCtx, conn: &ConnShared, id: Option<u64>, code: ErrorCode, reason: &str) {

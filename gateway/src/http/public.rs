@@ -76,6 +76,20 @@ pub fn error_json(code: ErrorCode, reason: &str, cors: Option<&str>) -> Vec<u8> 
     json_response(code.http_status(), event.to_json().as_bytes(), cors)
 }
 
+/// A refusal as an `error` event (long polls and HTTP publish answer in JSON).
+fn json_refusal(
+    code: ErrorCode,
+    label: &'static str,
+    reason: &str,
+    cors: Option<&str>,
+) -> HttpDecision {
+    HttpDecision::Reply {
+        status: code.http_status(),
+        label,
+        response: error_json(code, reason, cors),
+    }
+}
+
 /// A JSON response (with the CORS header for an allowed origin).
 pub fn json_response(status: u16, body: &[u8], cors: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + body.len());
@@ -159,21 +173,10 @@ fn poll_request(req: &Request<'_>, gate: &Gate<'_>) -> HttpDecision {
     let Ok(cors) = origin(req, gate) else {
         return reply(403, "origin", "origin not allowed", &[]);
     };
-    let json_reply = |code: ErrorCode, label, reason: &str| HttpDecision::Reply {
-        status: code.http_status(),
-        label,
-        response: error_json(code, reason, cors),
-    };
+    let json_reply = |code: ErrorCode, label, reason: &str| json_refusal(code, label, reason, cors);
     let principal = match gate.auth.authenticate(req) {
         Ok(p) => p,
-        Err(e) => {
-            let code = if e.status() == 403 {
-                ErrorCode::Forbidden
-            } else {
-                ErrorCode::Unauthorized
-            };
-            return json_reply(code, e.label(), &e.to_string());
-        }
+        Err(e) => return json_refusal(e.error_code(), e.label(), &e.to_string(), cors),
     };
     match stream_rooms(req, gate, &principal) {
         Ok(rooms) => HttpDecision::Poll {
@@ -296,21 +299,10 @@ pub fn publish_request(req: &Request<'_>, gate: &Gate<'_>) -> HttpDecision {
             &[("Allow", "POST, OPTIONS")],
         );
     }
-    let json_reply = |code: ErrorCode, label, reason: &str| HttpDecision::Reply {
-        status: code.http_status(),
-        label,
-        response: error_json(code, reason, cors),
-    };
+    let json_reply = |code: ErrorCode, label, reason: &str| json_refusal(code, label, reason, cors);
     let principal = match gate.auth.authenticate(req) {
         Ok(p) => p,
-        Err(e) => {
-            let code = if e.status() == 403 {
-                ErrorCode::Forbidden
-            } else {
-                ErrorCode::Unauthorized
-            };
-            return json_reply(code, e.label(), &e.to_string());
-        }
+        Err(e) => return json_refusal(e.error_code(), e.label(), &e.to_string(), cors),
     };
     let Some(content_length) = req
         .header_str("content-length")

@@ -241,9 +241,9 @@ pub async fn read_head(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&head).to_string()
 }
 
-/// Sends a raw upgrade request to `path` with extra header lines; returns the stream and head.
-pub async fn raw_upgrade(addr: SocketAddr, path: &str, extra: &str) -> (TcpStream, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+/// Sends an upgrade request to `path` with extra header lines on a connected stream; returns the
+/// response head.
+async fn upgrade_on(stream: &mut TcpStream, addr: SocketAddr, path: &str, extra: &str) -> String {
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
     );
@@ -251,7 +251,13 @@ pub async fn raw_upgrade(addr: SocketAddr, path: &str, extra: &str) -> (TcpStrea
         .write_all(req.as_bytes())
         .await
         .expect("send upgrade");
-    let head = read_head(&mut stream).await;
+    read_head(stream).await
+}
+
+/// Sends a raw upgrade request to `path` with extra header lines; returns the stream and head.
+pub async fn raw_upgrade(addr: SocketAddr, path: &str, extra: &str) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let head = upgrade_on(&mut stream, addr, path, extra).await;
     (stream, head)
 }
 
@@ -268,15 +274,23 @@ pub async fn raw_upgrade_from(
         .bind(SocketAddr::from((from, 0)))
         .expect("bind source address");
     let mut stream = socket.connect(addr).await.expect("connect");
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    );
-    stream
-        .write_all(req.as_bytes())
-        .await
-        .expect("send upgrade");
-    let head = read_head(&mut stream).await;
+    let head = upgrade_on(&mut stream, addr, path, extra).await;
     (stream, head)
+}
+
+/// The app client on an upgraded stream, after its `hello`.
+async fn client_on(stream: TcpStream) -> Client {
+    let mut ws = WebSocket::after_handshake(stream, Role::Client);
+    ws.set_auto_close(false);
+    ws.set_auto_pong(true);
+    let mut client = Client {
+        ws: FragmentCollector::new(ws),
+        hello: Value::Null,
+    };
+    let hello = client.recv().await;
+    assert_eq!(hello["ev"], "hello", "{hello}");
+    client.hello = hello;
+    client
 }
 
 /// Connects to `path` from `from` with extra header lines; the app client after `hello`, or the
@@ -293,17 +307,7 @@ pub async fn try_connect(
         let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut body)).await;
         return Err(format!("{head}{}", String::from_utf8_lossy(&body)));
     }
-    let mut ws = WebSocket::after_handshake(stream, Role::Client);
-    ws.set_auto_close(false);
-    ws.set_auto_pong(true);
-    let mut client = Client {
-        ws: FragmentCollector::new(ws),
-        hello: Value::Null,
-    };
-    let hello = client.recv().await;
-    assert_eq!(hello["ev"], "hello", "{hello}");
-    client.hello = hello;
-    Ok(client)
+    Ok(client_on(stream).await)
 }
 
 /// Connects a client whose socket receive buffer is tiny (`rcvbuf` bytes), so that when it does
@@ -312,24 +316,9 @@ pub async fn connect_slow(addr: SocketAddr, rcvbuf: u32, extra: &str) -> Client 
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
     let mut stream = socket.connect(addr).await.expect("connect");
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    );
-    stream
-        .write_all(req.as_bytes())
-        .await
-        .expect("send upgrade");
-    let head = read_head(&mut stream).await;
+    let head = upgrade_on(&mut stream, addr, "/ws", extra).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    let mut ws = WebSocket::after_handshake(stream, Role::Client);
-    ws.set_auto_close(false);
-    ws.set_auto_pong(true);
-    let mut client = Client {
-        ws: FragmentCollector::new(ws),
-        hello: Value::Null,
-    };
-    client.hello = client.recv().await;
-    client
+    client_on(stream).await
 }
 
 /// Reads `/metrics` and sums the samples of one metric (all label sets).
@@ -352,17 +341,7 @@ pub struct Client {
 pub async fn connect(addr: SocketAddr) -> Client {
     let (stream, head) = raw_upgrade(addr, "/ws", "Sec-WebSocket-Protocol: ringcast.v1\r\n").await;
     assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
-    let mut ws = WebSocket::after_handshake(stream, Role::Client);
-    ws.set_auto_close(false);
-    ws.set_auto_pong(true);
-    let mut client = Client {
-        ws: FragmentCollector::new(ws),
-        hello: Value::Null,
-    };
-    let hello = client.recv().await;
-    assert_eq!(hello["ev"], "hello", "{hello}");
-    client.hello = hello;
-    client
+    client_on(stream).await
 }
 
 /// What a read returned.
