@@ -38,3 +38,12 @@ fn node_ws_client_with_permessage_deflate() {
     let server = Server::start(2, "");
     run_client("node", "pubsub.mjs", server.public);
 }
+
+#[test]
+fn python_websockets_presence_events_and_history() {
+    let server = Server::start(
+        2,
+        "[namespaces.doc]\nanonymous = \"publish\"\npresence = true\njoin_leave = true\n",
+    );
+    run_client("python3", "delivery.py", server.public);
+}
