@@ -83,6 +83,15 @@ pub struct Args {
     /// The highest rate --find-max tries.
     #[arg(long, default_value_t = 100_000.0)]
     pub max_rate: f64,
+    /// Fair egress: also flood another room (`flood.room`; give its namespace a drop-oldest or
+    /// conflate policy) on the same server with this many subscribers (app mode), while the
+    /// rooms above are measured. 0: no flood. Known issue: a flood that keeps every task of a
+    /// shard runnable starves monoio's timers and new connections (docs/architecture.md §9).
+    #[arg(long, default_value_t = 0)]
+    pub flood_subscribers: usize,
+    /// Connections publishing into the flood room as fast as they can write.
+    #[arg(long, default_value_t = 2)]
+    pub flood_publishers: usize,
 }
 
 /// Which protocol the load speaks.
@@ -344,6 +353,8 @@ pub struct Report {
     /// A publisher fell more than a second behind its schedule: the load generator could not
     /// offer this rate, so the run says nothing about the server.
     pub load_fell_behind: bool,
+    /// With `--flood-subscribers`: what the flood room delivered per second meanwhile.
+    pub flood_deliveries_per_sec: Option<f64>,
 }
 
 async fn drive(args: &Args, addr: SocketAddr, server_pid: Option<u32>) -> anyhow::Result<Report> {
@@ -378,6 +389,7 @@ async fn drive(args: &Args, addr: SocketAddr, server_pid: Option<u32>) -> anyhow
             subs.push(j.await??);
         }
     }
+    let flood = start_flood(args, addr).await?;
     let mut pubs = Vec::with_capacity(args.publishers);
     for p in 0..args.publishers {
         pubs.push(match args.mode {
@@ -467,6 +479,10 @@ async fn drive(args: &Args, addr: SocketAddr, server_pid: Option<u32>) -> anyhow
     let client_cpu_end = procstat::cpu_seconds(std::process::id());
     let wall = wall_start.elapsed().as_secs_f64();
     let rss_bytes = server_pid.and_then(procstat::rss_bytes);
+    let flood_deliveries_per_sec = match flood {
+        Some(f) => Some(f.stop(wall).await),
+        None => None,
+    };
     // Let in-flight messages arrive, then stop the readers.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let _ = stop_tx.send(true);
@@ -508,7 +524,88 @@ async fn drive(args: &Args, addr: SocketAddr, server_pid: Option<u32>) -> anyhow
             .map(|(a, b)| (b - a) / wall * 100.0),
         rss_bytes,
         load_fell_behind: behind.load(Ordering::Relaxed),
+        flood_deliveries_per_sec,
     })
+}
+
+/// The flood of `--flood-subscribers`: readers that count frames, writers that never wait.
+struct Flood {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    frames: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    started: u64,
+}
+
+impl Flood {
+    /// Stops the flood; returns the deliveries per second it got over `wall` seconds.
+    async fn stop(self, wall: f64) -> f64 {
+        let got = self.frames.load(Ordering::Relaxed) - self.started;
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            // A writer may be blocked on a full socket: end it.
+            t.abort();
+            let _ = t.await;
+        }
+        got as f64 / wall.max(1e-9)
+    }
+}
+
+async fn start_flood(args: &Args, addr: SocketAddr) -> anyhow::Result<Option<Flood>> {
+    if args.flood_subscribers == 0 {
+        return Ok(None);
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let frames = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.flood_subscribers {
+        let mut ws = connect(addr, "/ws", true).await?;
+        send(
+            &mut ws,
+            r#"{"op":"subscribe","id":1,"room":"flood.room"}"#.to_string(),
+        )
+        .await?;
+        next_text(&mut ws).await?;
+        let (stop, frames) = (stop.clone(), frames.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match ws.read_frame().await {
+                    Ok(_) => {
+                        frames.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    let op = format!(
+        r#"{{"op":"publish","room":"flood.room","data":{{"pad":"{}"}}}}"#,
+        "f".repeat(args.payload)
+    );
+    for _ in 0..args.flood_publishers {
+        let mut ws = connect(addr, "/ws", true).await?;
+        let (stop, op) = (stop.clone(), op.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if send(&mut ws, op.clone()).await.is_err() {
+                    break;
+                }
+                n += 1;
+                if n.is_multiple_of(64) {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    // Let the flood build up before the measured rooms start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = frames.load(Ordering::Relaxed);
+    Ok(Some(Flood {
+        stop,
+        frames,
+        tasks,
+        started,
+    }))
 }
 
 /// Prints the human report (and the JSON line with --json).
@@ -533,6 +630,12 @@ pub fn print_report(args: &Args, r: &Report) {
         "latency, scheduled send -> receive: {}",
         crate::report::percentiles_ms(h)
     );
+    if let Some(f) = r.flood_deliveries_per_sec {
+        println!(
+            "meanwhile the flood room (flood.room, {} subscribers, {} publishers writing as fast as they can) delivered {f:.0} frames/s",
+            args.flood_subscribers, args.flood_publishers
+        );
+    }
     if r.load_fell_behind {
         println!("WARNING: a publisher fell over 1 s behind its schedule: the load generator could not offer this rate");
     }
@@ -557,6 +660,8 @@ pub fn print_report(args: &Args, r: &Report) {
             "server_cpu_percent": r.cpu_percent, "server_rss_bytes": r.rss_bytes,
             "client_cpu_percent": r.client_cpu_percent, "client_threads": args.client_threads,
             "load_fell_behind": r.load_fell_behind,
+            "flood_subscribers": args.flood_subscribers,
+            "flood_deliveries_per_sec": r.flood_deliveries_per_sec,
         });
         println!("{j}");
     }

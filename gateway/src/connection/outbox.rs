@@ -133,6 +133,8 @@ pub struct Outbox {
     high_water: usize,
     /// Queued room messages with a `max_age`.
     aged: usize,
+    /// Queued live frames (so a full queue without any is not scanned for them on every push).
+    live: usize,
     actions: PolicyActions,
 }
 
@@ -145,6 +147,7 @@ impl Outbox {
             front_written: 0,
             high_water,
             aged: 0,
+            live: 0,
             actions: PolicyActions::default(),
         }
     }
@@ -173,6 +176,7 @@ impl Outbox {
             self.actions.live_dropped += 1;
             return Push::Dropped;
         }
+        self.live += 1;
         self.enqueue(frame, Kind::Live)
     }
 
@@ -219,6 +223,9 @@ impl Outbox {
     }
 
     fn drop_live(&mut self) {
+        if self.live == 0 {
+            return;
+        }
         let start = self.first_unstarted();
         let mut i = start;
         while i < self.entries.len() {
@@ -226,6 +233,7 @@ impl Outbox {
                 if let Some(e) = self.entries.remove(i) {
                     self.queued_bytes -= e.frame.len();
                     self.actions.live_dropped += 1;
+                    self.live -= 1;
                 }
             } else {
                 i += 1;
@@ -356,6 +364,13 @@ impl Outbox {
                 self.queued_bytes -= e.frame.len();
             }
         }
+        self.live = usize::from(matches!(
+            self.entries.front(),
+            Some(Entry {
+                kind: Kind::Live,
+                ..
+            })
+        ));
         // The kept (partly written) front frame may be one with a `max_age`.
         self.aged = usize::from(
             matches!(self.entries.front(), Some(Entry { kind: Kind::Room(m), .. }) if m.max_age.is_some()),
@@ -367,6 +382,7 @@ impl Outbox {
         self.queued_bytes = 0;
         self.front_written = 0;
         self.aged = 0;
+        self.live = 0;
         self.entries.drain(..).map(|e| e.frame).collect()
     }
 
@@ -426,11 +442,15 @@ impl Outbox {
             if written >= left {
                 written -= left;
                 self.queued_bytes -= front.frame.len();
-                if let Kind::Room(m) = &front.kind {
-                    if m.max_age.is_some() {
-                        self.aged -= 1;
+                match &front.kind {
+                    Kind::Room(m) => {
+                        if m.max_age.is_some() {
+                            self.aged -= 1;
+                        }
+                        on_room(m);
                     }
-                    on_room(m);
+                    Kind::Live => self.live -= 1,
+                    Kind::Control | Kind::Gap(_) => {}
                 }
                 self.front_written = 0;
                 self.entries.pop_front();

@@ -249,3 +249,27 @@ fn discarding_keeps_the_aged_count_of_a_partly_written_front() {
     assert_eq!(o.aged, 0);
     assert!(o.is_empty());
 }
+
+#[test]
+fn live_count_is_kept_and_a_full_queue_is_not_rescanned() {
+    let mut o = Outbox::new(1000);
+    o.push_live(frame("l1", 100));
+    o.push_room(
+        frame("r1", 100),
+        msg("r", 1, None, SlowConsumer::DropOldest),
+    );
+    assert_eq!(o.live, 1);
+    o.advance(100);
+    assert_eq!(o.live, 0, "a written live frame leaves the count");
+    // Thousands of pushes into a full drop-oldest queue stay fast (no scan per push).
+    let started = Instant::now();
+    for i in 2..20_000u64 {
+        o.push_room(frame("r", 100), msg("r", i, None, SlowConsumer::DropOldest));
+    }
+    assert!(o.queued_bytes() <= 1000 + 200, "{}", o.queued_bytes());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
