@@ -136,6 +136,9 @@ pub struct ShardCtx {
     deflaters: RefCell<Vec<Option<MessageDeflater>>>,
     shutting_down: Cell<bool>,
     accept_wakers: RefCell<[Option<Waker>; 2]>,
+    /// Connections that used up their turn's budget, to be woken after the runtime has parked.
+    deferred: RefCell<Vec<Waker>>,
+    deferred_loop_waker: RefCell<Option<Waker>>,
 }
 
 impl ShardCtx {
@@ -176,7 +179,19 @@ impl ShardCtx {
             deflaters: RefCell::new((8..=15).map(|_| None).collect()),
             shutting_down: Cell::new(false),
             accept_wakers: RefCell::new([None, None]),
+            deferred: RefCell::new(Vec::new()),
+            deferred_loop_waker: RefCell::new(None),
             config,
+        }
+    }
+
+    /// A connection used up its turn: it runs again after the runtime has parked once (which
+    /// is when monoio polls timers, and what lets accepts and timers through under a flood;
+    /// waking itself directly would keep the run queue from ever emptying).
+    pub fn defer(&self, waker: &Waker) {
+        self.deferred.borrow_mut().push(waker.clone());
+        if let Some(w) = self.deferred_loop_waker.borrow_mut().take() {
+            w.wake();
         }
     }
 
@@ -1175,6 +1190,7 @@ pub fn run(setup: ShardSetup) -> std::io::Result<()> {
         ));
         monoio::spawn(mailbox_loop(ctx.clone()));
         monoio::spawn(sweep_loop(ctx.clone()));
+        monoio::spawn(deferred_loop(ctx.clone()));
         let _ = setup.started.send(Ok(ctx.id));
         let loops: Vec<_> = listeners
             .into_iter()
@@ -1252,6 +1268,28 @@ async fn mailbox_loop(ctx: Rc<ShardCtx>) {
             ctx.handle(msg);
         }
         ctx.poll_broker();
+    }
+}
+
+/// Wakes the connections that used up their turn, once per park of the runtime: a timer of the
+/// smallest resolution fires only when monoio parks, which it does only when its run queue is
+/// empty, so every busy connection's next turn comes after timers, accepts and I/O were polled.
+async fn deferred_loop(ctx: Rc<ShardCtx>) {
+    loop {
+        poll_fn(|cx| {
+            if ctx.deferred.borrow().is_empty() {
+                *ctx.deferred_loop_waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        monoio::time::sleep(Duration::from_millis(1)).await;
+        let wakers: Vec<Waker> = ctx.deferred.borrow_mut().drain(..).collect();
+        for w in wakers {
+            w.wake();
+        }
     }
 }
 

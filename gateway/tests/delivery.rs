@@ -363,3 +363,54 @@ async fn drop_oldest_and_max_age_leave_exact_gaps() {
     };
     assert!(expired > 0.0, "max_age dropped nothing");
 }
+
+/// A flood that keeps every connection of a shard busy must not stop the shard from accepting
+/// new connections (it did: connections re-woke themselves, monoio never parked, and the
+/// listener's pending connection waited indefinitely).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_are_accepted_during_a_flood() {
+    let server = Server::start(
+        1,
+        "[namespaces.flood]\nanonymous = \"publish\"\nslow_consumer = \"drop-oldest\"\n",
+    );
+    let addr = server.public;
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let mut c = common::connect(addr).await;
+        c.subscribe(1, "flood.x", None).await;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                c.drain(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    for _ in 0..2 {
+        let mut p = common::connect(addr).await;
+        tasks.push(tokio::spawn(async move {
+            let pad = "f".repeat(200);
+            loop {
+                p.send(json!({"op": "publish", "room": "flood.x", "data": pad}))
+                    .await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let started = std::time::Instant::now();
+    let connected = tokio::time::timeout(
+        Duration::from_secs(5),
+        try_connect(addr, std::net::Ipv4Addr::LOCALHOST, "/ws", ""),
+    )
+    .await;
+    let took = started.elapsed();
+    for t in &tasks {
+        t.abort();
+    }
+    let mut c = match connected {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => panic!("refused during the flood: {e}"),
+        Err(_) => panic!("no handshake within 5 s during the flood"),
+    };
+    c.send(json!({"op": "ping", "id": 1})).await;
+    assert_eq!(next_ev(&mut c, "pong").await["id"], 1);
+    eprintln!("handshake during the flood took {took:?}");
+}

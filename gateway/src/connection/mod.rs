@@ -256,7 +256,7 @@ where
             Poll::Ready(Ok(true)) => false,
             Poll::Ready(Ok(false)) => {
                 // Turn over: let the other connections of the shard run, then go on.
-                cx.waker().wake_by_ref();
+                ctx.defer(cx.waker());
                 return Poll::Pending;
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -282,7 +282,7 @@ where
             Poll::Ready(Ok(n)) => {
                 read_budget = read_budget.saturating_sub(n);
                 if read_budget == 0 {
-                    cx.waker().wake_by_ref();
+                    ctx.defer(cx.waker());
                     return Poll::Pending;
                 }
             }
