@@ -131,29 +131,20 @@ impl ConnShared {
             // A close frame is queued or sent: nothing may follow it (RFC 6455 §5.5.1).
             return false;
         }
-        let Some(frame) = self.wire(frame, None) else {
+        let Some(frame) = self.wire(frame) else {
             return true;
         };
         let push = self.outbox.borrow_mut().push(frame);
         self.after_push(push)
     }
 
-    /// Queues a room message under its namespace's slow-consumer policy. Returns whether it
-    /// was queued.
+    /// Queues a room message, already in this connection's wire form (the delivering shard
+    /// encodes each form once per message: plain, compressed, SSE), under its namespace's
+    /// slow-consumer policy. Returns whether it was queued.
     pub fn push_room(&self, frame: Bytes, msg: &Rc<RoomMsg>) -> bool {
         if self.closing_since.get().is_some() {
             return false;
         }
-        let frame = if self.kind == ConnKind::Sse {
-            // The SSE id of a message is its position: `<room>|<epoch>:<offset>`.
-            let id = format!("{}|{}:{}", msg.room, msg.epoch, msg.offset);
-            match self.wire(frame, Some(&id)) {
-                Some(f) => f,
-                None => return true,
-            }
-        } else {
-            frame
-        };
         let (push, actions) = {
             let mut outbox = self.outbox.borrow_mut();
             let push = outbox.push_room(frame, msg.clone());
@@ -171,7 +162,7 @@ impl ConnShared {
         if self.closing_since.get().is_some() {
             return false;
         }
-        let Some(frame) = self.wire(frame, None) else {
+        let Some(frame) = self.wire(frame) else {
             return true;
         };
         let push = self.outbox.borrow_mut().push_live(frame);
@@ -209,7 +200,7 @@ impl ConnShared {
         if self.closing_since.get().is_some() {
             return;
         }
-        let Some(frame) = self.wire(frame, None) else {
+        let Some(frame) = self.wire(frame) else {
             return;
         };
         self.push_bytes(frame);
@@ -227,9 +218,9 @@ impl ConnShared {
 
     /// A WebSocket frame in this connection's wire form: unchanged, or for an event stream
     /// its SSE event (`None` for frames with no SSE form, such as pings and closes).
-    fn wire(&self, frame: Bytes, id: Option<&str>) -> Option<Bytes> {
+    fn wire(&self, frame: Bytes) -> Option<Bytes> {
         match self.kind {
-            ConnKind::Sse => proto_codec::sse::event_from_ws_frame(&frame, id).map(Bytes::from),
+            ConnKind::Sse => proto_codec::sse::event_from_ws_frame(&frame, None).map(Bytes::from),
             // A long poll answers the messages after a recovered `since`, not its `subscribed`
             // (docs/protocol.md §20); only text frames are collected.
             ConnKind::Poll => {

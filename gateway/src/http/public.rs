@@ -118,11 +118,9 @@ fn origin<'a>(req: &Request<'a>, gate: &Gate<'_>) -> Result<Option<&'a str>, ()>
 
 /// `GET /sse?room=…&since=…` (or `GET /poll`, with `poll`): every check of
 /// docs/protocol.md §18.1, all before anything is subscribed (either every room is, or the
-/// request is refused). A long poll's refusals are `error` events in JSON (§20).
+/// request is refused). Refusals are plain text for an event stream and `error` events in JSON
+/// for a long poll (§20).
 pub fn stream_request(req: &Request<'_>, gate: &Gate<'_>, poll: bool) -> HttpDecision {
-    if poll {
-        return poll_request(req, gate);
-    }
     if req.method != "GET" {
         return reply(
             405,
@@ -134,11 +132,18 @@ pub fn stream_request(req: &Request<'_>, gate: &Gate<'_>, poll: bool) -> HttpDec
     let Ok(cors) = origin(req, gate) else {
         return reply(403, "origin", "origin not allowed", &[]);
     };
+    let refuse = |code: ErrorCode, label, reason: &str, headers: &[(&str, &str)]| {
+        if poll {
+            json_refusal(code, label, reason, cors)
+        } else {
+            reply(code.http_status(), label, reason, headers)
+        }
+    };
     let principal = match gate.auth.authenticate(req) {
         Ok(p) => p,
         Err(e) => {
-            return reply(
-                e.status(),
+            return refuse(
+                e.error_code(),
                 e.label(),
                 &e.to_string(),
                 &[("WWW-Authenticate", "Bearer realm=\"ringcast\"")],
@@ -147,8 +152,15 @@ pub fn stream_request(req: &Request<'_>, gate: &Gate<'_>, poll: bool) -> HttpDec
     };
     let rooms = match stream_rooms(req, gate, &principal) {
         Ok(r) => r,
-        Err((status, reason)) => return reply(status, "bad_stream", &reason, &[]),
+        Err((code, reason)) => return refuse(code, "bad_stream", &reason, &[]),
     };
+    if poll {
+        return HttpDecision::Poll {
+            rooms,
+            principal,
+            cors: cors.map(str::to_string),
+        };
+    }
     let mut response = Vec::with_capacity(256);
     let cors_headers: Vec<(&str, &str)> = cors
         .map(|o| vec![("Access-Control-Allow-Origin", o), ("Vary", "Origin")])
@@ -161,56 +173,20 @@ pub fn stream_request(req: &Request<'_>, gate: &Gate<'_>, poll: bool) -> HttpDec
     }
 }
 
-fn poll_request(req: &Request<'_>, gate: &Gate<'_>) -> HttpDecision {
-    if req.method != "GET" {
-        return reply(
-            405,
-            "bad_request",
-            "method must be GET",
-            &[("Allow", "GET")],
-        );
-    }
-    let Ok(cors) = origin(req, gate) else {
-        return reply(403, "origin", "origin not allowed", &[]);
-    };
-    let json_reply = |code: ErrorCode, label, reason: &str| json_refusal(code, label, reason, cors);
-    let principal = match gate.auth.authenticate(req) {
-        Ok(p) => p,
-        Err(e) => return json_refusal(e.error_code(), e.label(), &e.to_string(), cors),
-    };
-    match stream_rooms(req, gate, &principal) {
-        Ok(rooms) => HttpDecision::Poll {
-            rooms,
-            principal,
-            cors: cors.map(str::to_string),
-        },
-        Err((status, reason)) => {
-            let code = match status {
-                401 => ErrorCode::Unauthorized,
-                403 => ErrorCode::Forbidden,
-                404 => ErrorCode::NotFound,
-                429 => ErrorCode::LimitExceeded,
-                _ => ErrorCode::BadRequest,
-            };
-            json_reply(code, "bad_stream", &reason)
-        }
-    }
-}
-
 /// The rooms of a stream request with their resume positions, checked.
 pub fn stream_rooms(
     req: &Request<'_>,
     gate: &Gate<'_>,
     principal: &Principal,
-) -> Result<Vec<StreamRoom>, (u16, String)> {
-    let bad = |reason: String| Err((400, reason));
+) -> Result<Vec<StreamRoom>, (ErrorCode, String)> {
+    let bad = |reason: String| Err((ErrorCode::BadRequest, reason));
     let mut rooms: Vec<StreamRoom> = Vec::new();
     for value in req.query_params("room") {
         let Some(room) = value else {
             return bad("a room parameter is not valid percent-encoding".into());
         };
         if let Err(e) = validate_room(&room) {
-            return bad(format!("room `{room}`: {e}"));
+            return Err((ErrorCode::BadRoom, format!("room `{room}`: {e}")));
         }
         if rooms.iter().any(|(r, _)| *r == room) {
             return bad(format!("room `{room}` is listed twice"));
@@ -221,7 +197,7 @@ pub fn stream_rooms(
         return bad("at least one room parameter is required".into());
     }
     if rooms.len() > gate.config.limits.max_rooms_per_connection {
-        return Err((429, "too many rooms".into()));
+        return Err((ErrorCode::LimitExceeded, "too many rooms".into()));
     }
     let position = |value: &str| -> Option<(String, String, u64)> {
         let (room, pos) = value.split_once('|')?;
@@ -251,13 +227,8 @@ pub fn stream_rooms(
         }
     }
     for (room, since) in &mut rooms {
-        let ns = gate
-            .namespaces
-            .of(room)
-            .map_err(|(code, reason)| (code.http_status(), reason))?;
-        principal
-            .authorize(Action::Subscribe, room, ns)
-            .map_err(|(code, reason)| (code.http_status(), reason))?;
+        let ns = gate.namespaces.of(room)?;
+        principal.authorize(Action::Subscribe, room, ns)?;
         if !ns.policy.recovery {
             *since = None;
         }

@@ -8,8 +8,14 @@ use broker_bridge::RoomName;
 use bytes::Bytes;
 
 use crate::connection::outbox::RoomMsg;
-use crate::connection::shared::ConnShared;
+use crate::connection::shared::{ConnKind, ConnShared};
 use crate::mailbox::ConnId;
+
+/// A room message as an SSE event, its id the position `<room>|<epoch>:<offset>`.
+fn sse_form(frame: &Bytes, msg: &RoomMsg) -> Option<Bytes> {
+    let id = format!("{}|{}:{}", msg.room, msg.epoch, msg.offset);
+    proto_codec::sse::event_from_ws_frame(frame, Some(&id)).map(Bytes::from)
+}
 
 /// Subscribers of one room on this shard.
 #[derive(Debug, Default)]
@@ -60,9 +66,17 @@ impl LocalRooms {
             return 0;
         };
         let mut delivered = 0;
+        // The SSE form, encoded once for every event stream on this shard (none without one).
+        let mut sse: Option<Option<Bytes>> = None;
         for conn in &r.subscribers {
             let f = match deflated {
                 Some(d) if conn.takes_shared_deflate => d,
+                _ if conn.kind == ConnKind::Sse => {
+                    match sse.get_or_insert_with(|| sse_form(frame, msg)) {
+                        Some(f) => f,
+                        None => continue,
+                    }
+                }
                 _ => frame,
             };
             if conn.push_room(f.clone(), msg) {
