@@ -23,9 +23,12 @@ command -v taskset >/dev/null || { apt-get update -qq && apt-get install -y -qq 
 for tool in openssl curl; do
     command -v "$tool" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$tool"; }
 done
+# The Redis bridge tests start real redis-server processes (standalone and a 3-primary cluster).
+command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+command -v redis-cli >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-tools; }
 cargo --version; cargo fmt --version; cargo clippy --version
 python3 -c 'import websockets; print("websockets", websockets.__version__)'
-node --version; command -v kosoku
+node --version; command -v kosoku; redis-server --version
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -53,7 +53,7 @@ impl RoomLog {
 }
 
 /// A fresh random epoch: 16 hex digits.
-fn new_epoch() -> Epoch {
+pub(crate) fn new_epoch() -> Epoch {
     format!("{:016x}", fastrand::u64(..)).into()
 }
 
@@ -110,6 +110,7 @@ impl Broker for EmbeddedBroker {
         &mut self,
         room: &RoomName,
         since: Option<(&str, u64)>,
+        _policy: HistoryPolicy,
         _token: Token,
         now: Instant,
     ) -> Result<Completion<Recovery>, BrokerError> {
@@ -164,6 +165,7 @@ impl Broker for EmbeddedBroker {
         room: &RoomName,
         since: Option<(&str, u64)>,
         limit: usize,
+        policy: HistoryPolicy,
         token: Token,
         now: Instant,
     ) -> Result<Completion<Recovery>, BrokerError> {
@@ -177,7 +179,7 @@ impl Broker for EmbeddedBroker {
                 messages: Vec::new(),
             }));
         }
-        let Completion::Ready(mut rec) = self.recover(room, since, token, now)? else {
+        let Completion::Ready(mut rec) = self.recover(room, since, policy, token, now)? else {
             return Ok(Completion::Pending);
         };
         if since.is_some() {
@@ -247,7 +249,7 @@ mod tests {
         since: Option<(&str, u64)>,
         now: Instant,
     ) -> Recovery {
-        match b.recover(r, since, 0, now).unwrap() {
+        match b.recover(r, since, POLICY, 0, now).unwrap() {
             Completion::Ready(r) => r,
             Completion::Pending => panic!("embedded is never pending"),
         }

@@ -3,11 +3,12 @@
 //! Each shard owns one broker handle for the rooms it is home to. A publish asks the broker for
 //! the room's next offset; delivery starts when the broker answers. The embedded broker
 //! ([`embedded::EmbeddedBroker`]) answers at once from memory on the home shard. A networked
-//! broker (Redis, in its own issue) answers later through [`Broker::poll_events`], after its echo
+//! broker ([`redis::RedisBroker`]) answers later through [`Broker::poll_events`], after its echo
 //! comes back, so every node delivers in the order the broker chose. The trait is shaped for both:
 //! every call may complete now ([`Completion::Ready`]) or later (as a [`BrokerEvent`]).
 
 pub mod embedded;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,7 +92,19 @@ pub enum BrokerEvent {
         /// The message.
         message: Appended,
     },
-    /// A pending recovery completed.
+    /// A publish was stored (networked broker); delivery follows from the broker's echo as
+    /// [`BrokerEvent::Appended`].
+    Acked {
+        /// The publish's token.
+        token: Token,
+        /// The room.
+        room: RoomName,
+        /// The room's epoch.
+        epoch: Epoch,
+        /// The message's offset.
+        offset: u64,
+    },
+    /// A pending recovery or history read completed.
     Recovered {
         /// The request's token.
         token: Token,
@@ -100,12 +113,43 @@ pub enum BrokerEvent {
         /// The result.
         recovery: Recovery,
     },
-    /// A pending publish failed; the publisher gets `unavailable` and may retry.
-    PublishFailed {
-        /// The publish's token.
+    /// A pending request (publish, recovery, history, presence) failed; the asker gets
+    /// `unavailable` and may retry.
+    Failed {
+        /// The request's token.
         token: Token,
         /// Why.
         reason: String,
+    },
+    /// A pending presence query completed: every member across the nodes, as the JSON each
+    /// node stored with [`Broker::presence_set`].
+    Members {
+        /// The query's token.
+        token: Token,
+        /// The room.
+        room: RoomName,
+        /// The members' JSON.
+        members: Vec<Bytes>,
+    },
+    /// A live (never stored) event from another node: an ephemeral event, a join or a leave, as
+    /// the JSON text of its frame.
+    Live {
+        /// The room.
+        room: RoomName,
+        /// The event's JSON.
+        payload: Bytes,
+    },
+    /// Messages `from..=to` of a room can no longer be delivered on this node (the broker's
+    /// stream lost them while this node was not listening); subscribers get a `gap` notice.
+    Gap {
+        /// The room.
+        room: RoomName,
+        /// The room's epoch.
+        epoch: Epoch,
+        /// First offset missed.
+        from: u64,
+        /// Last offset missed.
+        to: u64,
     },
 }
 
@@ -135,6 +179,7 @@ pub trait Broker {
         &mut self,
         room: &RoomName,
         since: Option<(&str, u64)>,
+        policy: HistoryPolicy,
         token: Token,
         now: Instant,
     ) -> Result<Completion<Recovery>, BrokerError>;
@@ -147,9 +192,30 @@ pub trait Broker {
         room: &RoomName,
         since: Option<(&str, u64)>,
         limit: usize,
+        policy: HistoryPolicy,
         token: Token,
         now: Instant,
     ) -> Result<Completion<Recovery>, BrokerError>;
+
+    /// A member of a room on this node joined (`Some(member JSON)`) or left (`None`). A networked
+    /// broker shares it with the other nodes; a node-local broker holds no presence (the home
+    /// shard's own list is complete).
+    fn presence_set(&mut self, _room: &RoomName, _client: &str, _member: Option<Bytes>) {}
+
+    /// Every member of a room across the nodes: `Ready(None)` when the broker holds no presence
+    /// (the home shard's own list is complete), else the members' JSON now or later as
+    /// [`BrokerEvent::Members`].
+    fn members(
+        &mut self,
+        _room: &RoomName,
+        _token: Token,
+    ) -> Result<Completion<Option<Vec<Bytes>>>, BrokerError> {
+        Ok(Completion::Ready(None))
+    }
+
+    /// Sends a live event (its frame's JSON) to the room's subscribers on the other nodes; a
+    /// node-local broker has none.
+    fn publish_live(&mut self, _room: &RoomName, _payload: Bytes) {}
 
     /// This node has (or no longer has) local interest in a room; a networked broker subscribes
     /// upstream only while it has.

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +63,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Graceful shutdown settings.
     pub shutdown: ShutdownConfig,
+    /// Where rooms' order and history live: in this process, or in Redis shared by many nodes.
+    pub broker: BrokerConfig,
 }
 
 /// WebSocket connection settings.
@@ -298,6 +301,91 @@ pub struct ApiConfig {
     pub key: String,
 }
 
+/// Which broker holds rooms' order and history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BrokerKind {
+    /// In this process; one node (the default: no dependency).
+    Embedded,
+    /// One Redis primary (plain URL) shared by every node.
+    Redis,
+    /// A Redis Cluster (`url` lists seed nodes, comma-separated): sharded pub/sub.
+    RedisCluster,
+}
+
+/// The broker (docs/scaling.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `embedded`, `redis` or `redis-cluster`.
+    pub kind: BrokerKind,
+    /// Redis URL (`redis://[user:password@]host:port[/db]`); for a cluster, seed nodes separated
+    /// by commas.
+    pub url: String,
+    /// Prefix of every Redis key and channel (nodes of one deployment share it).
+    pub prefix: String,
+    /// How long a room's epoch and last offset outlive its last publish.
+    pub room_retention_s: u64,
+    /// A node's presence entries expire this long after its last refresh (every third of it).
+    pub presence_ttl_ms: u64,
+    /// How often each node publishes its canary probe.
+    pub canary_interval_ms: u64,
+    /// A probe not back within this turns `/readyz` red and forces a reconnect.
+    pub canary_timeout_ms: u64,
+    /// Reconnect backoff floor (exponential, full jitter).
+    pub reconnect_min_ms: u64,
+    /// Reconnect backoff ceiling.
+    pub reconnect_max_ms: u64,
+    /// Connecting to Redis gives up after this.
+    pub connect_timeout_ms: u64,
+    /// A Redis command not answered within this fails and the link is rebuilt.
+    pub response_timeout_ms: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> BrokerConfig {
+        BrokerConfig {
+            kind: BrokerKind::Embedded,
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "ringcast".into(),
+            room_retention_s: 86_400,
+            presence_ttl_ms: 15_000,
+            canary_interval_ms: 2_000,
+            canary_timeout_ms: 3_000,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 5_000,
+            connect_timeout_ms: 2_000,
+            response_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// The Redis bridge's settings (for `redis` and `redis-cluster`).
+    pub fn redis_settings(&self) -> broker_bridge::redis::RedisSettings {
+        let ms = Duration::from_millis;
+        broker_bridge::redis::RedisSettings {
+            urls: self
+                .url
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_string)
+                .collect(),
+            cluster: self.kind == BrokerKind::RedisCluster,
+            prefix: self.prefix.clone(),
+            room_retention: Duration::from_secs(self.room_retention_s),
+            presence_ttl: ms(self.presence_ttl_ms),
+            canary_interval: ms(self.canary_interval_ms),
+            canary_timeout: ms(self.canary_timeout_ms),
+            reconnect_min: ms(self.reconnect_min_ms),
+            reconnect_max: ms(self.reconnect_max_ms),
+            connect_timeout: ms(self.connect_timeout_ms),
+            response_timeout: ms(self.response_timeout_ms),
+        }
+    }
+}
+
 /// Graceful shutdown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -327,6 +415,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             api: ApiConfig::default(),
             shutdown: ShutdownConfig::default(),
+            broker: BrokerConfig::default(),
         }
     }
 }
@@ -503,6 +592,50 @@ impl Config {
             key,
             reason: reason.to_string(),
         };
+        let b = &self.broker;
+        if b.kind != BrokerKind::Embedded {
+            let urls = b.redis_settings().urls;
+            if urls.is_empty() {
+                return Err(invalid("broker.url", "a Redis broker needs a URL"));
+            }
+            if let Some(bad) = urls.iter().find(|u| !u.starts_with("redis://")) {
+                return Err(ConfigError::Invalid {
+                    key: "broker.url",
+                    reason: format!("`{}` is not a redis:// URL", redact_url_password(bad)),
+                });
+            }
+            if b.kind == BrokerKind::Redis && urls.len() > 1 {
+                return Err(invalid(
+                    "broker.url",
+                    "several URLs are cluster seed nodes: set kind = \"redis-cluster\"",
+                ));
+            }
+            if b.prefix.is_empty() || b.prefix.contains(['{', '}']) {
+                return Err(invalid(
+                    "broker.prefix",
+                    "must be non-empty, without `{` or `}`",
+                ));
+            }
+            for (key, v) in [
+                ("broker.presence_ttl_ms", b.presence_ttl_ms),
+                ("broker.canary_interval_ms", b.canary_interval_ms),
+                ("broker.canary_timeout_ms", b.canary_timeout_ms),
+                ("broker.reconnect_min_ms", b.reconnect_min_ms),
+                ("broker.connect_timeout_ms", b.connect_timeout_ms),
+                ("broker.response_timeout_ms", b.response_timeout_ms),
+                ("broker.room_retention_s", b.room_retention_s),
+            ] {
+                if v == 0 {
+                    return Err(invalid(key, "must be above 0"));
+                }
+            }
+            if b.reconnect_max_ms < b.reconnect_min_ms {
+                return Err(invalid(
+                    "broker.reconnect_max_ms",
+                    "must be at least broker.reconnect_min_ms",
+                ));
+            }
+        }
         let ws = &self.websocket;
         if ws.max_message_bytes < 128 {
             return Err(invalid(
@@ -629,6 +762,13 @@ impl Config {
         if !c.api.key.is_empty() {
             c.api.key = "<redacted>".into();
         }
+        c.broker.url = c
+            .broker
+            .url
+            .split(',')
+            .map(redact_url_password)
+            .collect::<Vec<_>>()
+            .join(",");
         c
     }
 
@@ -681,6 +821,21 @@ fn inherit_namespace_policies(table: &mut toml::Table) {
 }
 
 /// Applies `RINGCAST_*` variables to the TOML table. Returns whether any applied.
+/// A URL with its password (`user:password@`) replaced.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:<redacted>@{host}")
+        }
+        Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
+        None => url.to_string(),
+    }
+}
+
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,

@@ -141,6 +141,8 @@ pub enum ShardMsg {
     },
     /// A server API query (from the admin thread).
     Admin(AdminQuery),
+    /// The broker bridge has events for this shard (polled after every mailbox batch).
+    BrokerReady,
     /// Begin graceful shutdown.
     Shutdown,
 }
@@ -157,8 +159,8 @@ pub enum AdminQuery {
     Presence {
         /// The room.
         room: RoomName,
-        /// The members.
-        reply: tokio::sync::oneshot::Sender<Vec<Member>>,
+        /// The members, or why not (a networked broker may be unreachable).
+        reply: tokio::sync::oneshot::Sender<Result<Vec<Member>, ErrorCode>>,
     },
     /// To a room's home shard: stored messages, as a `history` event's JSON.
     History {

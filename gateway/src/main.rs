@@ -7,9 +7,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use gateway::admission::Admission;
 use gateway::auth::Authenticator;
-use gateway::config::{Config, IoDriver};
+use gateway::config::{BrokerKind, Config, IoDriver};
 use gateway::connection::Transport;
-use gateway::mailbox::Mailboxes;
+use gateway::mailbox::{Mailboxes, ShardMsg};
 use gateway::namespaces::Namespaces;
 use gateway::shard::{self, Global, Policy, ShardSetup};
 use gateway::tls::Tls;
@@ -142,6 +142,39 @@ fn build_policy(config: &Config) -> anyhow::Result<Policy> {
     })
 }
 
+/// One broker handle per shard: embedded logs, or handles on the Redis bridge thread (which
+/// pokes a shard through its mailbox when it has events for it).
+#[allow(clippy::type_complexity)]
+fn start_brokers(
+    config: &Config,
+    shards: usize,
+    mailboxes: &Mailboxes,
+) -> anyhow::Result<(
+    Vec<Box<dyn broker_bridge::Broker + Send>>,
+    Option<Arc<broker_bridge::redis::BridgeHealth>>,
+)> {
+    if config.broker.kind == BrokerKind::Embedded {
+        let brokers = (0..shards)
+            .map(|_| {
+                Box::new(broker_bridge::embedded::EmbeddedBroker::new())
+                    as Box<dyn broker_bridge::Broker + Send>
+            })
+            .collect();
+        return Ok((brokers, None));
+    }
+    broker_bridge::redis::describe_metrics();
+    let poke = mailboxes.clone();
+    let notify = Arc::new(move |shard: usize| poke.send(shard, ShardMsg::BrokerReady));
+    let (handles, health) =
+        broker_bridge::redis::start(config.broker.redis_settings(), shards, notify)
+            .context("starting the Redis broker bridge")?;
+    let brokers = handles
+        .into_iter()
+        .map(|h| Box::new(h) as Box<dyn broker_bridge::Broker + Send>)
+        .collect();
+    Ok((brokers, Some(health)))
+}
+
 fn serve(config: Config) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -190,11 +223,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let node: Arc<str> = config.node_name().into();
     let config = Arc::new(config);
     let mailboxes = Mailboxes::new(shards);
+    let (brokers, bridge) = start_brokers(&config, shards, &mailboxes)?;
     let global = Arc::new(Global::default());
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let mut threads = Vec::with_capacity(shards);
-    for (id, listeners) in per_shard.into_iter().enumerate() {
+    for ((id, listeners), broker) in per_shard.into_iter().enumerate().zip(brokers) {
         let setup = ShardSetup {
+            broker,
             id,
             listeners,
             policy: policy.clone(),
@@ -230,6 +265,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         mailboxes: mailboxes.clone(),
         global: global.clone(),
         prometheus,
+        bridge,
     };
     std::thread::Builder::new()
         .name("ringcast-admin".into())

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use broker_bridge::embedded::EmbeddedBroker;
-use broker_bridge::{Appended, Broker, BrokerEvent, Completion, HistoryPolicy, RoomName};
+use broker_bridge::{Appended, Broker, BrokerEvent, Completion, HistoryPolicy, Recovery, RoomName};
 use bytes::Bytes;
 use proto_codec::protocol::{room_message_frame, ErrorCode, HistoryItem, Member, ServerEvent};
 use proto_codec::ws::{encode_frame, CloseCode, MessageDeflater, OpCode};
@@ -80,6 +79,8 @@ pub struct ShardSetup {
     pub global: Arc<Global>,
     /// Tells the main thread the shard is serving, or why it could not start.
     pub started: std::sync::mpsc::Sender<Result<ShardId, String>>,
+    /// This shard's handle on the broker (the rooms it is home to).
+    pub broker: Box<dyn Broker + Send>,
 }
 
 /// Security and policy state shared by every shard (and the admin thread).
@@ -130,8 +131,9 @@ pub struct ShardCtx {
     local: RefCell<LocalRooms>,
     home: RefCell<HomeRooms>,
     presence: RefCell<Presence>,
-    broker: RefCell<Box<dyn Broker>>,
-    pending_publishes: RefCell<HashMap<u64, PublishOrigin>>,
+    broker: RefCell<Box<dyn Broker + Send>>,
+    /// Requests the broker answers later, by token.
+    pending: RefCell<HashMap<u64, Pending>>,
     next_token: Cell<u64>,
     deflaters: RefCell<Vec<Option<MessageDeflater>>>,
     shutting_down: Cell<bool>,
@@ -149,6 +151,7 @@ impl ShardCtx {
         node: Arc<str>,
         global: Arc<Global>,
         policy: Policy,
+        broker: Box<dyn Broker + Send>,
     ) -> ShardCtx {
         let shards = mailboxes.len();
         let metrics = ShardMetrics::new(id, &policy.namespaces);
@@ -173,8 +176,8 @@ impl ShardCtx {
             local: RefCell::new(LocalRooms::default()),
             home: RefCell::new(HomeRooms::new(shards)),
             presence: RefCell::new(Presence::default()),
-            broker: RefCell::new(Box::new(EmbeddedBroker::new())),
-            pending_publishes: RefCell::new(HashMap::new()),
+            broker: RefCell::new(broker),
+            pending: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
             deflaters: RefCell::new((8..=15).map(|_| None).collect()),
             shutting_down: Cell::new(false),
@@ -480,13 +483,16 @@ impl ShardCtx {
             } => {
                 let left = self.presence.borrow_mut().remove(&room, (origin, conn));
                 if let Some(member) = left {
+                    self.broker
+                        .borrow_mut()
+                        .presence_set(&room, &member.client, None);
                     if self.join_leave(&room) {
                         let frame = ServerEvent::Leave {
                             room: room.as_ref().into(),
                             member,
                         }
                         .to_frame();
-                        self.fan_out_live(&room, frame, Some((origin, conn)));
+                        self.broadcast_live(&room, frame, Some((origin, conn)));
                     }
                 }
                 let change = self.home.borrow_mut().remove(&room, origin, deflate);
@@ -502,22 +508,9 @@ impl ShardCtx {
                 let except = except.filter(|(s, _)| *s == self.id).map(|(_, c)| c);
                 self.local.borrow().deliver_live(&room, &frame, except);
             }
-            ShardMsg::Event { room, frame, from } => self.fan_out_live(&room, frame, Some(from)),
+            ShardMsg::Event { room, frame, from } => self.broadcast_live(&room, frame, Some(from)),
             ShardMsg::Presence { room, from, id } => {
-                let members = self.presence.borrow().members(&room);
-                let frame = ServerEvent::Presence {
-                    id,
-                    room: room.as_ref().into(),
-                    members,
-                }
-                .to_frame();
-                self.route(
-                    from.0,
-                    ShardMsg::ToConn {
-                        conn: from.1,
-                        frame,
-                    },
-                );
+                self.home_members(room, Answer::Conn { to: from, id });
             }
             ShardMsg::History {
                 room,
@@ -525,7 +518,8 @@ impl ShardCtx {
                 id,
                 since,
                 limit,
-            } => self.home_history(room, from, id, since, limit),
+            } => self.home_history(room, Answer::Conn { to: from, id }, since, limit),
+            ShardMsg::BrokerReady => {}
             ShardMsg::Publish { room, data, origin } => self.home_publish(room, data, origin),
             ShardMsg::Subscribed {
                 room,
@@ -610,22 +604,26 @@ impl ShardCtx {
         }
     }
 
+    /// Sends a live frame to the room's subscribers on this node and, through the broker, on
+    /// every other node (home side).
+    fn broadcast_live(&self, room: &RoomName, frame: Bytes, except: Option<(ShardId, ConnId)>) {
+        let payload = frame.slice(frame_header_len(&frame)..);
+        self.broker.borrow_mut().publish_live(room, payload);
+        self.fan_out_live(room, frame, except);
+    }
+
     fn admin_query(&self, query: AdminQuery) {
         match query {
             AdminQuery::Slo { reply } => {
                 let _ = reply.send(self.slo.borrow_mut().snapshot(Instant::now()));
             }
-            AdminQuery::Presence { room, reply } => {
-                let _ = reply.send(self.presence.borrow().members(&room));
-            }
+            AdminQuery::Presence { room, reply } => self.home_members(room, Answer::Api(reply)),
             AdminQuery::History {
                 room,
                 since,
                 limit,
                 reply,
-            } => {
-                let _ = reply.send(self.history_json(&room, None, since, limit));
-            }
+            } => self.home_history(room, Answer::Api(reply), since, limit),
             AdminQuery::Rooms { reply } => {
                 let rooms = self
                     .home
@@ -653,67 +651,139 @@ impl ShardCtx {
         }
     }
 
+    /// A room's history policy (raw-broadcast rooms keep none).
+    fn history_policy(&self, room: &str) -> HistoryPolicy {
+        match self.namespaces.of(room) {
+            Ok(ns) if !room.starts_with(RAW_ROOM_PREFIX) => ns.history,
+            _ => HistoryPolicy {
+                size: 0,
+                ttl: Duration::ZERO,
+            },
+        }
+    }
+
+    /// Reads a room's stored messages for a `history` op or the API (home side).
     fn home_history(
         &self,
         room: RoomName,
-        from: (ShardId, ConnId),
-        id: Option<u64>,
+        answer: Answer<Result<String, ErrorCode>>,
         since: Option<(String, u64)>,
         limit: usize,
     ) {
-        let frame = match self.history_json(&room, id, since, limit) {
-            Ok(json) => encode_frame(OpCode::Text, false, json.as_bytes()),
-            Err(code) => error_frame(id, code, "history not available now; retry"),
-        };
-        self.route(
-            from.0,
-            ShardMsg::ToConn {
-                conn: from.1,
-                frame,
-            },
-        );
-    }
-
-    /// A room's stored messages as a `history` event's JSON (home side).
-    fn history_json(
-        &self,
-        room: &RoomName,
-        id: Option<u64>,
-        since: Option<(String, u64)>,
-        limit: usize,
-    ) -> Result<String, ErrorCode> {
         let token = self.token();
         let since_ref = since.as_ref().map(|(e, o)| (e.as_str(), *o));
-        let result =
-            self.broker
-                .borrow_mut()
-                .history(room, since_ref, limit, token, self.now.get());
+        let policy = self.history_policy(&room);
+        let result = self.broker.borrow_mut().history(
+            &room,
+            since_ref,
+            limit,
+            policy,
+            token,
+            self.now.get(),
+        );
         match result {
-            Ok(Completion::Ready(rec)) => {
-                // Stored data is valid JSON (checked when it was published).
-                let messages = rec
-                    .messages
-                    .iter()
-                    .filter_map(|m| {
-                        serde_json::from_slice::<&serde_json::value::RawValue>(&m.data)
-                            .ok()
-                            .map(|data| HistoryItem {
-                                offset: m.offset,
-                                data,
-                            })
-                    })
-                    .collect();
-                Ok(ServerEvent::History {
-                    id,
-                    room: room.as_ref().into(),
-                    epoch: rec.epoch.as_ref().into(),
-                    offset: rec.latest,
-                    recovered: rec.recovered,
-                    messages,
-                }
-                .to_json())
+            Ok(Completion::Ready(rec)) => self.answer_history(&room, answer, Ok(rec)),
+            Ok(Completion::Pending) => {
+                self.pending
+                    .borrow_mut()
+                    .insert(token, Pending::History { room, answer });
             }
-            Ok(Completion::Pending) | Err(_) => Err(ErrorCode::Unavailable),
+            Err(_) => self.answer_history(&room, answer, Err(ErrorCode::Unavailable)),
+        }
+    }
+
+    /// Answers a history read: a `history` event to a connection, its JSON to the API.
+    fn answer_history(
+        &self,
+        room: &RoomName,
+        answer: Answer<Result<String, ErrorCode>>,
+        result: Result<Recovery, ErrorCode>,
+    ) {
+        let id = match &answer {
+            Answer::Conn { id, .. } => *id,
+            Answer::Api(_) => None,
+        };
+        let json = result.map(|rec| {
+            // Stored data is valid JSON (checked when it was published).
+            let messages = rec
+                .messages
+                .iter()
+                .filter_map(|m| {
+                    serde_json::from_slice::<&serde_json::value::RawValue>(&m.data)
+                        .ok()
+                        .map(|data| HistoryItem {
+                            offset: m.offset,
+                            data,
+                        })
+                })
+                .collect();
+            ServerEvent::History {
+                id,
+                room: room.as_ref().into(),
+                epoch: rec.epoch.as_ref().into(),
+                offset: rec.latest,
+                recovered: rec.recovered,
+                messages,
+            }
+            .to_json()
+        });
+        match answer {
+            Answer::Conn { to, id } => {
+                let frame = match json {
+                    Ok(json) => encode_frame(OpCode::Text, false, json.as_bytes()),
+                    Err(code) => error_frame(id, code, "history not available now; retry"),
+                };
+                self.route(to.0, ShardMsg::ToConn { conn: to.1, frame });
+            }
+            Answer::Api(reply) => {
+                let _ = reply.send(json);
+            }
+        }
+    }
+
+    /// Finds a room's members: this node's own list, or every node's through the broker.
+    fn home_members(&self, room: RoomName, answer: Answer<Result<Vec<Member>, ErrorCode>>) {
+        let token = self.token();
+        let result = self.broker.borrow_mut().members(&room, token);
+        match result {
+            Ok(Completion::Ready(None)) => {
+                let members = self.presence.borrow().members(&room);
+                self.answer_members(&room, answer, Ok(members));
+            }
+            Ok(Completion::Ready(Some(json))) => {
+                self.answer_members(&room, answer, Ok(parse_members(&json)));
+            }
+            Ok(Completion::Pending) => {
+                self.pending
+                    .borrow_mut()
+                    .insert(token, Pending::Members { room, answer });
+            }
+            Err(_) => self.answer_members(&room, answer, Err(ErrorCode::Unavailable)),
+        }
+    }
+
+    fn answer_members(
+        &self,
+        room: &RoomName,
+        answer: Answer<Result<Vec<Member>, ErrorCode>>,
+        result: Result<Vec<Member>, ErrorCode>,
+    ) {
+        match answer {
+            Answer::Conn { to, id } => {
+                let frame = match result {
+                    Ok(members) => ServerEvent::Presence {
+                        id,
+                        room: room.as_ref().into(),
+                        members,
+                    }
+                    .to_frame(),
+                    Err(code) => error_frame(id, code, "presence not available now; retry"),
+                };
+                self.route(to.0, ShardMsg::ToConn { conn: to.1, frame });
+            }
+            Answer::Api(reply) => {
+                let _ = reply.send(result);
+            }
         }
     }
 
@@ -736,7 +806,14 @@ impl ShardCtx {
                     member: member.clone(),
                 }
                 .to_frame();
-                self.fan_out_live(&room, frame, Some((origin, conn)));
+                self.broadcast_live(&room, frame, Some((origin, conn)));
+            }
+            if let Ok(json) = serde_json::to_vec(&member) {
+                self.broker.borrow_mut().presence_set(
+                    &room,
+                    &member.client,
+                    Some(Bytes::from(json)),
+                );
             }
             self.presence
                 .borrow_mut()
@@ -747,12 +824,43 @@ impl ShardCtx {
         }
         let token = self.token();
         let since_ref = since.as_ref().map(|(e, o)| (e.as_str(), *o));
-        let result = self
-            .broker
-            .borrow_mut()
-            .recover(&room, since_ref, token, self.now.get());
+        let policy = self.history_policy(&room);
+        let result =
+            self.broker
+                .borrow_mut()
+                .recover(&room, since_ref, policy, token, self.now.get());
+        let sub = PendingSubscribe {
+            room,
+            origin,
+            conn,
+            id,
+            seq,
+        };
+        match result {
+            Ok(Completion::Ready(rec)) => self.answer_subscribe(sub, Ok(rec)),
+            // A networked broker answers at the room's position in its order (merged with the
+            // live messages around it): see broker_bridge::redis::sequencer.
+            Ok(Completion::Pending) => {
+                self.pending
+                    .borrow_mut()
+                    .insert(token, Pending::Subscribe(sub));
+            }
+            Err(e) => self.answer_subscribe(sub, Err(e.to_string())),
+        }
+    }
+
+    /// Sends a subscription's outcome to the subscriber's shard: the `subscribed` event and the
+    /// replayed messages, or the error.
+    fn answer_subscribe(&self, sub: PendingSubscribe, result: Result<Recovery, String>) {
+        let PendingSubscribe {
+            room,
+            origin,
+            conn,
+            id,
+            seq,
+        } = sub;
         let (ok, frames) = match result {
-            Ok(Completion::Ready(rec)) => {
+            Ok(rec) => {
                 let mut frames = Vec::with_capacity(1 + rec.messages.len());
                 frames.push(
                     ServerEvent::Subscribed {
@@ -769,19 +877,9 @@ impl ShardCtx {
                 }
                 (true, frames)
             }
-            // The embedded broker always answers at once; a networked broker's pending recovery
-            // is merged with live traffic in its own issue. Until then, refuse rather than guess.
-            Ok(Completion::Pending) => (
+            Err(reason) => (
                 false,
-                vec![error_frame(
-                    id,
-                    ErrorCode::Unavailable,
-                    "recovery not available now; retry",
-                )],
-            ),
-            Err(e) => (
-                false,
-                vec![error_frame(id, ErrorCode::Unavailable, &e.to_string())],
+                vec![error_frame(id, ErrorCode::Unavailable, &reason)],
             ),
         };
         self.route(
@@ -839,15 +937,9 @@ impl ShardCtx {
 
     fn home_publish(&self, room: RoomName, data: Bytes, origin: PublishOrigin) {
         let token = self.token();
-        // Raw broadcast keeps no history. Every other room was checked against its namespace
-        // before it was routed here (a room of an unknown namespace never gets this far).
-        let policy = match self.namespaces.of(&room) {
-            Ok(ns) if !room.starts_with(RAW_ROOM_PREFIX) => ns.history,
-            _ => HistoryPolicy {
-                size: 0,
-                ttl: Duration::ZERO,
-            },
-        };
+        // Every room was checked against its namespace before it was routed here (a room of an
+        // unknown namespace never gets this far).
+        let policy = self.history_policy(&room);
         let result = self
             .broker
             .borrow_mut()
@@ -855,31 +947,106 @@ impl ShardCtx {
         match result {
             Ok(Completion::Ready(appended)) => self.fan_out(appended, Some(origin)),
             Ok(Completion::Pending) => {
-                self.pending_publishes.borrow_mut().insert(token, origin);
+                self.pending
+                    .borrow_mut()
+                    .insert(token, Pending::Publish(origin));
             }
             Err(e) => self.answer_publish(origin, Err((ErrorCode::Unavailable, e.to_string()))),
         }
     }
 
-    /// Moves completed broker work forward (a networked broker's echoes).
+    /// Moves completed broker work forward (a networked broker's answers and echoes).
     fn poll_broker(&self) {
         let mut events = Vec::new();
         self.broker.borrow_mut().poll_events(&mut events);
         for ev in events {
             match ev {
                 BrokerEvent::Appended { token, message } => {
-                    let origin = token.and_then(|t| self.pending_publishes.borrow_mut().remove(&t));
+                    let origin = token
+                        .and_then(|t| self.pending.borrow_mut().remove(&t))
+                        .and_then(|p| match p {
+                            Pending::Publish(origin) => Some(origin),
+                            _ => None,
+                        });
                     self.fan_out(message, origin);
                 }
-                BrokerEvent::PublishFailed { token, reason } => {
-                    let origin = self.pending_publishes.borrow_mut().remove(&token);
-                    if let Some(o) = origin {
-                        self.answer_publish(o, Err((ErrorCode::Unavailable, reason)));
+                BrokerEvent::Acked {
+                    token,
+                    room,
+                    epoch,
+                    offset,
+                } => {
+                    if let Some(Pending::Publish(origin)) = self.take_pending(token) {
+                        self.answer_publish(
+                            origin,
+                            Ok(Appended {
+                                room,
+                                epoch,
+                                offset,
+                                data: Bytes::new(),
+                                at: self.now.get(),
+                            }),
+                        );
                     }
                 }
-                BrokerEvent::Recovered { .. } => {}
+                BrokerEvent::Recovered {
+                    token,
+                    room: _,
+                    recovery,
+                } => match self.take_pending(token) {
+                    Some(Pending::Subscribe(sub)) => self.answer_subscribe(sub, Ok(recovery)),
+                    Some(Pending::History { room, answer }) => {
+                        self.answer_history(&room, answer, Ok(recovery));
+                    }
+                    _ => {}
+                },
+                BrokerEvent::Members {
+                    token,
+                    room: _,
+                    members,
+                } => {
+                    if let Some(Pending::Members { room, answer }) = self.take_pending(token) {
+                        self.answer_members(&room, answer, Ok(parse_members(&members)));
+                    }
+                }
+                BrokerEvent::Failed { token, reason } => match self.take_pending(token) {
+                    Some(Pending::Publish(origin)) => {
+                        self.answer_publish(origin, Err((ErrorCode::Unavailable, reason)));
+                    }
+                    Some(Pending::Subscribe(sub)) => self.answer_subscribe(sub, Err(reason)),
+                    Some(Pending::History { room, answer }) => {
+                        self.answer_history(&room, answer, Err(ErrorCode::Unavailable));
+                    }
+                    Some(Pending::Members { room, answer }) => {
+                        self.answer_members(&room, answer, Err(ErrorCode::Unavailable));
+                    }
+                    None => {}
+                },
+                BrokerEvent::Live { room, payload } => {
+                    let frame = encode_frame(OpCode::Text, false, &payload);
+                    self.fan_out_live(&room, frame, None);
+                }
+                BrokerEvent::Gap {
+                    room,
+                    epoch,
+                    from,
+                    to,
+                } => {
+                    let frame = ServerEvent::Gap {
+                        room: room.as_ref().into(),
+                        epoch: epoch.as_ref().into(),
+                        from,
+                        to,
+                    }
+                    .to_frame();
+                    self.fan_out_live(&room, frame, None);
+                }
             }
         }
+    }
+
+    fn take_pending(&self, token: u64) -> Option<Pending> {
+        self.pending.borrow_mut().remove(&token)
     }
 
     /// Encodes a message once and sends it to every shard with subscribers.
@@ -1113,6 +1280,45 @@ impl ShardCtx {
     }
 }
 
+/// A request the broker answers later.
+enum Pending {
+    Publish(PublishOrigin),
+    Subscribe(PendingSubscribe),
+    History {
+        room: RoomName,
+        answer: Answer<Result<String, ErrorCode>>,
+    },
+    Members {
+        room: RoomName,
+        answer: Answer<Result<Vec<Member>, ErrorCode>>,
+    },
+}
+
+/// A subscription waiting for its recovery.
+struct PendingSubscribe {
+    room: RoomName,
+    origin: ShardId,
+    conn: ConnId,
+    id: Option<u64>,
+    seq: u64,
+}
+
+/// Where a query's answer goes: an event to a connection, or a value to the API.
+enum Answer<T> {
+    Conn {
+        to: (ShardId, ConnId),
+        id: Option<u64>,
+    },
+    Api(tokio::sync::oneshot::Sender<T>),
+}
+
+/// Members as stored by the broker (JSON); entries that do not parse are skipped.
+fn parse_members(json: &[Bytes]) -> Vec<Member> {
+    json.iter()
+        .filter_map(|m| serde_json::from_slice(m).ok())
+        .collect()
+}
+
 /// The prefix of raw-broadcast rooms: `~` never appears in an app room name, so the two never
 /// meet.
 pub const RAW_ROOM_PREFIX: &str = "~raw/";
@@ -1187,6 +1393,7 @@ pub fn run(setup: ShardSetup) -> std::io::Result<()> {
             setup.node,
             setup.global,
             setup.policy,
+            setup.broker,
         ));
         monoio::spawn(mailbox_loop(ctx.clone()));
         monoio::spawn(sweep_loop(ctx.clone()));

@@ -36,6 +36,8 @@ pub struct Admin {
     pub driver: &'static str,
     /// When the node started.
     pub started: std::time::Instant,
+    /// The Redis bridge's health (`None` with the embedded broker).
+    pub bridge: Option<Arc<broker_bridge::redis::BridgeHealth>>,
 }
 
 /// Serves the admin listener forever (on the calling thread).
@@ -153,6 +155,14 @@ async fn handle(admin: &Admin, req: &Request<'_>, body: &[u8]) -> Vec<u8> {
         ("GET", "/readyz") => {
             if admin.global.shutting_down.load(Ordering::SeqCst) {
                 write_response(&mut out, 503, "text/plain", &[], b"shutting down\n")
+            } else if let Some(problem) = admin.bridge.as_ref().and_then(|b| b.problem()) {
+                write_response(
+                    &mut out,
+                    503,
+                    "text/plain",
+                    &[],
+                    format!("{problem}\n").as_bytes(),
+                )
             } else if admin.global.ready.load(Ordering::SeqCst) {
                 write_response(&mut out, 200, "text/plain", &[], b"ready\n")
             } else {

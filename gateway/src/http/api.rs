@@ -275,10 +275,11 @@ async fn presence(admin: &Admin, req: &Request<'_>) -> Vec<u8> {
     })
     .await
     {
-        Some(members) => json_response(
+        Some(Ok(members)) => json_response(
             200,
             &json!({ "room": room, "count": members.len(), "members": members }),
         ),
+        Some(Err(code)) => error(code, "presence not available now; retry"),
         None => error(ErrorCode::Unavailable, "no answer from the room's shard"),
     }
 }

@@ -464,3 +464,153 @@ impl Client {
         }
     }
 }
+
+/// A `redis-server` process on loopback with its own directory (AOF with `appendfsync always`,
+/// so an acknowledged write survives `kill -9`), killed on drop.
+pub struct Redis {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Redis {
+    /// Starts a standalone Redis.
+    pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// Starts Redis with extra `--key value` arguments.
+    pub fn start_with(extra: &[&str]) -> Redis {
+        let dir = std::env::temp_dir().join(format!(
+            "ringcast-redis-{}-{}",
+            std::process::id(),
+            fastrand_id()
+        ));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut r = Redis {
+            child: None,
+            port: free_port(),
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server is installed (scripts/test-all.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.cli(&["PING"]).trim() == "PONG" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not answer on port {}", self.port);
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli` against it and returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli is installed");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory (its AOF reloads).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Sends a signal (SIGSTOP/SIGCONT to hang it).
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child with a valid signal; no memory effects.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Server {
+    /// Starts a node on a Redis broker (anonymous publish allowed, as [`Server::start`]), with
+    /// its own node name.
+    pub fn start_on_redis(
+        shards: usize,
+        name: &str,
+        broker_toml: &str,
+        extra_toml: &str,
+    ) -> Server {
+        Server::launch(
+            shards,
+            &format!("[broker]\n{broker_toml}\n{extra_toml}"),
+            &[
+                ("RINGCAST_ROOMS__ANONYMOUS", "publish"),
+                ("RINGCAST_NODE_NAME", name),
+            ],
+        )
+    }
+
+    /// Waits until `/readyz` answers `want` (200 or 503), up to `timeout`.
+    pub fn wait_ready(&self, want: u16, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if http(self.admin, "GET", "/readyz", &[], "").0 == want {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}

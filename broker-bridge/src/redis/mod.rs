@@ -1,0 +1,405 @@
+//! The Redis broker: many nodes share rooms, one order per room, history in Redis streams.
+//!
+//! One bridge thread per node runs a tokio current-thread runtime with the `redis` crate; each
+//! shard holds a [`RedisBroker`] handle that sends it commands over a lock-free queue and gets
+//! events back on its own queue (the bridge pokes the shard through the `notify` callback the
+//! node gives it). A publish is one Lua script on Redis (next offset, stream entry, echo on the
+//! room's channel), so the stream id is the room's offset on every node; every node, the
+//! publishing one included, delivers from the echo, put in order by the [`sequencer`].
+//!
+//! What the bridge guarantees and how it is tested is in `docs/scaling.md`.
+
+mod bridge;
+pub mod scripts;
+pub mod sequencer;
+pub mod wire;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_queue::SegQueue;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::{
+    Appended, Broker, BrokerError, BrokerEvent, Completion, Epoch, HistoryPolicy, Recovery,
+    RoomName, Token,
+};
+
+/// How the bridge reaches Redis and paces itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// The Redis URL (`redis://[user:pass@]host:port[/db]`), or with `cluster` the seed nodes.
+    pub urls: Vec<String>,
+    /// Redis Cluster: sharded pub/sub (SSUBSCRIBE/SPUBLISH) and hash-tagged keys.
+    pub cluster: bool,
+    /// Prefix of every key and channel.
+    pub prefix: String,
+    /// How long a room's epoch and last offset outlive its last publish.
+    pub room_retention: Duration,
+    /// A presence entry expires this long after its node last refreshed it (refreshed every
+    /// third of it), so a dead node's members disappear within it.
+    pub presence_ttl: Duration,
+    /// How often the canary probe is published.
+    pub canary_interval: Duration,
+    /// A probe not back within this marks the subscription broken (`/readyz` fails) and forces a
+    /// reconnect with gap recovery.
+    pub canary_timeout: Duration,
+    /// Reconnect backoff: exponential from `reconnect_min` to `reconnect_max`, full jitter.
+    pub reconnect_min: Duration,
+    /// See `reconnect_min`.
+    pub reconnect_max: Duration,
+    /// Connecting gives up after this.
+    pub connect_timeout: Duration,
+    /// A command not answered within this fails (a hung Redis counts as down).
+    pub response_timeout: Duration,
+}
+
+impl Default for RedisSettings {
+    fn default() -> RedisSettings {
+        RedisSettings {
+            urls: vec!["redis://127.0.0.1:6379".into()],
+            cluster: false,
+            prefix: "ringcast".into(),
+            room_retention: Duration::from_secs(86_400),
+            presence_ttl: Duration::from_secs(15),
+            canary_interval: Duration::from_secs(2),
+            canary_timeout: Duration::from_secs(3),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why the bridge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// A URL does not parse.
+    #[error("invalid redis URL {url:?}: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// No URL was given.
+    #[error("no redis URL configured")]
+    NoUrl,
+    /// The thread could not be spawned.
+    #[error("spawning the bridge thread: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+/// The bridge's health, shared with the admin listener.
+#[derive(Debug, Default)]
+pub struct BridgeHealth {
+    connected: AtomicBool,
+    canary_ok: AtomicBool,
+    reconnects: AtomicU64,
+}
+
+impl BridgeHealth {
+    /// Connected, and the last canary probe came back: `/readyz` is green.
+    pub fn is_ready(&self) -> bool {
+        self.connected.load(Ordering::SeqCst) && self.canary_ok.load(Ordering::SeqCst)
+    }
+
+    /// Connected to Redis.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// The last canary probe came back in time.
+    pub fn canary_ok(&self) -> bool {
+        self.canary_ok.load(Ordering::SeqCst)
+    }
+
+    /// Times the link was lost and rebuilt.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::SeqCst)
+    }
+
+    /// Why `/readyz` is red, if it is.
+    pub fn problem(&self) -> Option<&'static str> {
+        if !self.is_connected() {
+            Some("broker disconnected")
+        } else if !self.canary_ok() {
+            Some("broker subscription not delivering (canary)")
+        } else {
+            None
+        }
+    }
+}
+
+/// Events from the bridge to one shard.
+#[derive(Debug, Default)]
+struct ShardQueue {
+    events: SegQueue<BrokerEvent>,
+    /// The shard was poked and has not drained since.
+    poked: AtomicBool,
+}
+
+/// A request from a shard to the bridge.
+#[derive(Debug)]
+enum Command {
+    Publish {
+        shard: usize,
+        token: Token,
+        room: RoomName,
+        data: Bytes,
+        policy: HistoryPolicy,
+    },
+    Recover {
+        shard: usize,
+        token: Token,
+        room: RoomName,
+        since: Option<(Epoch, u64)>,
+        policy: HistoryPolicy,
+    },
+    History {
+        shard: usize,
+        token: Token,
+        room: RoomName,
+        since: Option<(Epoch, u64)>,
+        limit: usize,
+        policy: HistoryPolicy,
+    },
+    Interest {
+        shard: usize,
+        room: RoomName,
+        on: bool,
+    },
+    PresenceSet {
+        room: RoomName,
+        client: String,
+        member: Option<Bytes>,
+    },
+    Members {
+        shard: usize,
+        token: Token,
+        room: RoomName,
+    },
+    Live {
+        room: RoomName,
+        payload: Bytes,
+    },
+}
+
+/// Starts the bridge thread and returns one handle per shard, plus its health.
+///
+/// `notify(shard)` must make that shard call [`Broker::poll_events`] soon (its mailbox wake);
+/// it is called at most once between two polls.
+pub fn start(
+    settings: RedisSettings,
+    shards: usize,
+    notify: Arc<dyn Fn(usize) + Send + Sync>,
+) -> Result<(Vec<RedisBroker>, Arc<BridgeHealth>), BridgeError> {
+    let target = bridge::Target::parse(&settings)?;
+    let health = Arc::new(BridgeHealth::default());
+    let queues: Vec<Arc<ShardQueue>> = (0..shards).map(|_| Arc::default()).collect();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    {
+        let queues = queues.clone();
+        let health = health.clone();
+        std::thread::Builder::new()
+            .name("ringcast-bridge".into())
+            .spawn(move || bridge::run(settings, target, rx, queues, notify, health))?;
+    }
+    let handles = queues
+        .into_iter()
+        .enumerate()
+        .map(|(shard, queue)| RedisBroker {
+            shard,
+            tx: tx.clone(),
+            queue,
+            health: health.clone(),
+            interest: 0,
+        })
+        .collect();
+    Ok((handles, health))
+}
+
+/// Describes the bridge's metrics (call once after installing the recorder).
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "ringcast_bridge_connected",
+        "1 while the Redis bridge is connected"
+    );
+    metrics::describe_gauge!(
+        "ringcast_bridge_canary_ok",
+        "1 while the bridge's canary probe comes back through its subscription"
+    );
+    metrics::describe_counter!(
+        "ringcast_bridge_reconnects_total",
+        "Times the Redis link was lost and rebuilt"
+    );
+    metrics::describe_histogram!(
+        "ringcast_bridge_lag_seconds",
+        metrics::Unit::Seconds,
+        "Time from Redis storing a message to the bridge receiving its echo"
+    );
+    metrics::describe_counter!(
+        "ringcast_bridge_gap_fills_total",
+        "Reads of a room's stream to fill a hole in its echo or resync after a reconnect"
+    );
+    metrics::describe_counter!(
+        "ringcast_bridge_lost_total",
+        "Messages the stream no longer held when a room resynced (sent as gap notices)"
+    );
+    metrics::describe_gauge!(
+        "ringcast_bridge_rooms",
+        "Rooms this node is subscribed to upstream"
+    );
+}
+
+/// A shard's handle on the Redis bridge.
+#[derive(Debug)]
+pub struct RedisBroker {
+    shard: usize,
+    tx: UnboundedSender<Command>,
+    queue: Arc<ShardQueue>,
+    health: Arc<BridgeHealth>,
+    interest: usize,
+}
+
+impl RedisBroker {
+    fn send(&self, cmd: Command) -> Result<(), BrokerError> {
+        self.tx
+            .send(cmd)
+            .map_err(|_| BrokerError::Unavailable("the broker bridge stopped".into()))
+    }
+
+    fn check_connected(&self) -> Result<(), BrokerError> {
+        if self.health.is_connected() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable("redis disconnected".into()))
+        }
+    }
+}
+
+impl Broker for RedisBroker {
+    fn publish(
+        &mut self,
+        room: &RoomName,
+        data: Bytes,
+        policy: HistoryPolicy,
+        token: Token,
+        _now: Instant,
+    ) -> Result<Completion<Appended>, BrokerError> {
+        // While Redis is down a publish is refused at once, never queued into the void.
+        self.check_connected()?;
+        self.send(Command::Publish {
+            shard: self.shard,
+            token,
+            room: room.clone(),
+            data,
+            policy,
+        })?;
+        Ok(Completion::Pending)
+    }
+
+    fn recover(
+        &mut self,
+        room: &RoomName,
+        since: Option<(&str, u64)>,
+        policy: HistoryPolicy,
+        token: Token,
+        _now: Instant,
+    ) -> Result<Completion<Recovery>, BrokerError> {
+        self.check_connected()?;
+        self.send(Command::Recover {
+            shard: self.shard,
+            token,
+            room: room.clone(),
+            since: since.map(|(e, o)| (e.into(), o)),
+            policy,
+        })?;
+        Ok(Completion::Pending)
+    }
+
+    fn history(
+        &mut self,
+        room: &RoomName,
+        since: Option<(&str, u64)>,
+        limit: usize,
+        policy: HistoryPolicy,
+        token: Token,
+        _now: Instant,
+    ) -> Result<Completion<Recovery>, BrokerError> {
+        self.check_connected()?;
+        self.send(Command::History {
+            shard: self.shard,
+            token,
+            room: room.clone(),
+            since: since.map(|(e, o)| (e.into(), o)),
+            limit,
+            policy,
+        })?;
+        Ok(Completion::Pending)
+    }
+
+    fn set_interest(&mut self, room: &RoomName, interested: bool) {
+        if interested {
+            self.interest += 1;
+        } else {
+            self.interest = self.interest.saturating_sub(1);
+        }
+        // The bridge keeps the room's order even while Redis is down (it resubscribes later).
+        let _ = self.send(Command::Interest {
+            shard: self.shard,
+            room: room.clone(),
+            on: interested,
+        });
+    }
+
+    fn poll_events(&mut self, out: &mut Vec<BrokerEvent>) {
+        // Cleared before draining: an event pushed after the drain pokes the shard again.
+        self.queue.poked.store(false, Ordering::SeqCst);
+        while let Some(ev) = self.queue.events.pop() {
+            out.push(ev);
+        }
+    }
+
+    fn expire(&mut self, _now: Instant) {
+        // Redis expires streams, meta and presence itself.
+    }
+
+    fn room_count(&self) -> usize {
+        self.interest
+    }
+
+    fn presence_set(&mut self, room: &RoomName, client: &str, member: Option<Bytes>) {
+        let _ = self.send(Command::PresenceSet {
+            room: room.clone(),
+            client: client.to_string(),
+            member,
+        });
+    }
+
+    fn members(
+        &mut self,
+        room: &RoomName,
+        token: Token,
+    ) -> Result<Completion<Option<Vec<Bytes>>>, BrokerError> {
+        self.check_connected()?;
+        self.send(Command::Members {
+            shard: self.shard,
+            token,
+            room: room.clone(),
+        })?;
+        Ok(Completion::Pending)
+    }
+
+    fn publish_live(&mut self, room: &RoomName, payload: Bytes) {
+        if self.health.is_connected() {
+            let _ = self.send(Command::Live {
+                room: room.clone(),
+                payload,
+            });
+        }
+    }
+}
