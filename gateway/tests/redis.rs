@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{connect, metric, Client, Redis, Server};
+use common::{connect, metric, Client, FreezingProxy, Redis, RedisCluster, Server};
 use serde_json::{json, Value};
 
 /// The `[broker]` keys of a test node; `reconnect` is the backoff floor and ceiling in ms.
@@ -89,16 +89,20 @@ async fn publish_all(c: &mut Client, room: &str, p: &str, n: u64, pause: Duratio
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_deliver_every_message_in_one_order() {
     let redis = Redis::start();
-    let (a, b) = (node(&redis, "node-a"), node(&redis, "node-b"));
+    let (a, b, c) = (
+        node(&redis, "node-a"),
+        node(&redis, "node-b"),
+        node(&redis, "node-c"),
+    );
     let mut subs = Vec::new();
-    for server in [&a, &b, &a, &b] {
+    for server in [&a, &b, &c, &a, &b, &c] {
         let mut c = connect(server.public).await;
         let ev = c.subscribe(1, "chat.order", None).await;
         assert_eq!(ev["offset"], 0);
         subs.push(c);
     }
     let mut tasks = Vec::new();
-    for (i, server) in [&a, &a, &b].into_iter().enumerate() {
+    for (i, server) in [&a, &b, &c].into_iter().enumerate() {
         let mut c = connect(server.public).await;
         tasks.push(tokio::spawn(async move {
             publish_all(&mut c, "chat.order", &format!("p{i}"), 100, Duration::ZERO).await
@@ -333,4 +337,187 @@ async fn a_killed_subscription_connection_is_rebuilt_without_loss() {
         "nothing lost, nothing twice"
     );
     assert!(metric(b.admin, "ringcast_bridge_reconnects_total") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_cluster_shards_rooms_and_keeps_their_order() {
+    let cluster = RedisCluster::start();
+    let broker = format!(
+        "kind = \"redis-cluster\"\nurl = \"{}\"\nprefix = \"c{}\"\nreconnect_min_ms = 50\nreconnect_max_ms = 500",
+        cluster.urls(),
+        std::process::id()
+    );
+    let a = Server::start_on_redis(2, "node-a", &broker, ROOMS);
+    let b = Server::start_on_redis(2, "node-b", &broker, ROOMS);
+    for s in [&a, &b] {
+        assert!(
+            s.wait_ready(200, Duration::from_secs(15)),
+            "ready on the cluster"
+        );
+    }
+    // Rooms spread over the cluster's slots (and so over its three primaries).
+    let rooms: Vec<String> = (0..6).map(|i| format!("chat.c{i}")).collect();
+    let mut sub = connect(b.public).await;
+    for (i, r) in rooms.iter().enumerate() {
+        sub.subscribe(i as u64 + 1, r, None).await;
+    }
+    let mut publisher = connect(a.public).await;
+    for r in &rooms {
+        publish_all(&mut publisher, r, "p", 20, Duration::ZERO).await;
+    }
+    let got = sub.drain(Duration::from_millis(700)).await;
+    for r in &rooms {
+        let offsets: Vec<u64> = messages(&got, r).iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, (1..=20).collect::<Vec<_>>(), "room {r}");
+    }
+    let slots: std::collections::BTreeSet<String> = rooms
+        .iter()
+        .map(|r| {
+            cluster.nodes[0].cli(&[
+                "CLUSTER",
+                "KEYSLOT",
+                &format!("c{}:{{{r}}}:s", std::process::id()),
+            ])
+        })
+        .collect();
+    assert!(slots.len() > 1, "the rooms live on several slots");
+    let pattern = format!("c{}:*", std::process::id());
+    let sharded: usize = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            n.cli(&["PUBSUB", "SHARDCHANNELS", &pattern])
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .count()
+        })
+        .sum();
+    let plain: usize = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            n.cli(&["PUBSUB", "CHANNELS", &pattern])
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .count()
+        })
+        .sum();
+    assert!(
+        sharded >= rooms.len(),
+        "sharded pub/sub: {sharded} shard channels"
+    );
+    assert_eq!(plain, 0, "no cluster-wide pub/sub");
+    // Recovery reads the room's stream on its shard.
+    let mut back = connect(b.public).await;
+    let ev = back
+        .subscribe(
+            1,
+            &rooms[3],
+            Some((got_epoch(&got, &rooms[3]).as_str(), 15)),
+        )
+        .await;
+    assert_eq!(ev["recovered"], true, "{ev}");
+    let replay = messages(&back.drain(Duration::from_millis(300)).await, &rooms[3]);
+    assert_eq!(
+        replay.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        [16, 17, 18, 19, 20]
+    );
+}
+
+fn got_epoch(events: &[Value], room: &str) -> String {
+    events
+        .iter()
+        .find(|e| e["ev"] == "msg" && e["room"] == room)
+        .and_then(|e| e["epoch"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_of_a_killed_node_resume_on_another() {
+    let redis = Redis::start();
+    let (a, mut b) = (node(&redis, "node-a"), node(&redis, "node-b"));
+    let mut sub = connect(b.public).await;
+    let ev = sub.subscribe(1, "chat.failover", None).await;
+    let epoch = ev["epoch"].as_str().expect("epoch").to_string();
+    let mut publisher = connect(a.public).await;
+    publish_all(&mut publisher, "chat.failover", "p", 10, Duration::ZERO).await;
+    let got = messages(
+        &sub.drain(Duration::from_millis(400)).await,
+        "chat.failover",
+    );
+    let last = got.last().map_or(0, |(o, _)| *o);
+    assert_eq!(last, 10);
+    b.signal(libc::SIGKILL);
+    let _ = b.wait_exit(Duration::from_secs(5));
+    // Published while the client had no node.
+    publish_all(&mut publisher, "chat.failover", "p", 6, Duration::ZERO).await;
+    let mut moved = connect(a.public).await;
+    let ev = moved
+        .subscribe(1, "chat.failover", Some((&epoch, last)))
+        .await;
+    assert_eq!(ev["recovered"], true, "{ev}");
+    let replay = messages(
+        &moved.drain(Duration::from_millis(400)).await,
+        "chat.failover",
+    );
+    assert_eq!(
+        replay.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        (11..=16).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_canary_catches_a_subscription_that_silently_stopped() {
+    let redis = Redis::start();
+    let proxy = FreezingProxy::start(redis.port);
+    let a = node(&redis, "node-a");
+    let through_proxy = broker(&redis, (50, 500))
+        .replace(&redis.url(), &format!("redis://127.0.0.1:{}", proxy.port));
+    let b = Server::start_on_redis(2, "node-b", &through_proxy, ROOMS);
+    assert!(b.wait_ready(200, Duration::from_secs(10)));
+    let mut sub = connect(b.public).await;
+    sub.subscribe(1, "chat.canary", None).await;
+    let mut publisher = connect(a.public).await;
+    let task = tokio::spawn(async move {
+        publish_all(
+            &mut publisher,
+            "chat.canary",
+            "p",
+            150,
+            Duration::from_millis(10),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The subscription's TCP connection stays up but delivers nothing: only the canary sees it.
+    proxy.freeze_subscriptions();
+    let (status, body) = loop_until_red(&b).await;
+    assert_eq!(status, 503, "readyz turned red: {body}");
+    assert!(body.contains("canary"), "{body}");
+    assert!(
+        b.wait_ready(200, Duration::from_secs(10)),
+        "and green after the reconnect"
+    );
+    task.await.expect("publisher");
+    let got = messages(&sub.drain(Duration::from_millis(1000)).await, "chat.canary");
+    let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        offsets,
+        (1..=150).collect::<Vec<_>>(),
+        "what the frozen subscription missed was read from the stream"
+    );
+    assert!(metric(b.admin, "ringcast_bridge_reconnects_total") >= 1.0);
+}
+
+/// Polls `/readyz` until it is not 200 (up to 5 s); returns the last answer.
+async fn loop_until_red(s: &Server) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = common::http(s.admin, "GET", "/readyz", &[], "");
+        if status != 200 || Instant::now() > deadline {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }

@@ -625,6 +625,7 @@ impl Bridge {
                     if payload == format!("c{}", self.canary.seq).as_bytes() {
                         self.canary.back = true;
                         self.health.canary_ok.store(true, Ordering::SeqCst);
+                        self.health.canary_failed.store(false, Ordering::SeqCst);
                         metrics::gauge!("ringcast_bridge_canary_ok").set(1.0);
                     }
                     return;
@@ -781,6 +782,8 @@ impl Bridge {
         tracing::warn!(%reason, "redis link lost; reconnecting");
         self.gen += 1;
         self.health.connected.store(false, Ordering::SeqCst);
+        // The next link is ready only once its own probe came back.
+        self.health.canary_ok.store(false, Ordering::SeqCst);
         self.health.reconnects.fetch_add(1, Ordering::SeqCst);
         metrics::gauge!("ringcast_bridge_connected").set(0.0);
         metrics::counter!("ringcast_bridge_reconnects_total").increment(1);
@@ -880,6 +883,7 @@ impl Bridge {
             if !self.canary.back {
                 if waited > self.settings.canary_timeout {
                     self.health.canary_ok.store(false, Ordering::SeqCst);
+                    self.health.canary_failed.store(true, Ordering::SeqCst);
                     metrics::gauge!("ringcast_bridge_canary_ok").set(0.0);
                     self.link_down("the canary probe did not come back through the subscription");
                 }

@@ -98,6 +98,9 @@ pub enum BridgeError {
 pub struct BridgeHealth {
     connected: AtomicBool,
     canary_ok: AtomicBool,
+    /// The last link was dropped because its canary did not come back (cleared by the next
+    /// probe that does).
+    canary_failed: AtomicBool,
     reconnects: AtomicU64,
 }
 
@@ -124,10 +127,12 @@ impl BridgeHealth {
 
     /// Why `/readyz` is red, if it is.
     pub fn problem(&self) -> Option<&'static str> {
-        if !self.is_connected() {
+        if self.canary_failed.load(Ordering::SeqCst) {
+            Some("broker subscription stopped delivering (canary); reconnecting")
+        } else if !self.is_connected() {
             Some("broker disconnected")
         } else if !self.canary_ok() {
-            Some("broker subscription not delivering (canary)")
+            Some("broker subscription not confirmed yet (canary)")
         } else {
             None
         }

@@ -491,6 +491,10 @@ impl Redis {
 
     /// Starts Redis with extra `--key value` arguments.
     pub fn start_with(extra: &[&str]) -> Redis {
+        Redis::start_on(free_port(), extra)
+    }
+
+    fn start_on(port: u16, extra: &[&str]) -> Redis {
         let dir = std::env::temp_dir().join(format!(
             "ringcast-redis-{}-{}",
             std::process::id(),
@@ -499,7 +503,7 @@ impl Redis {
         std::fs::create_dir_all(&dir).expect("redis dir");
         let mut r = Redis {
             child: None,
-            port: free_port(),
+            port,
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
@@ -576,6 +580,79 @@ impl Redis {
     }
 }
 
+/// A Redis Cluster of three primaries on loopback (no replicas).
+pub struct RedisCluster {
+    /// The primaries.
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers and joins them (`redis-cli --cluster create`).
+    pub fn start() -> RedisCluster {
+        let mut nodes = Vec::new();
+        while nodes.len() < 3 {
+            // The cluster bus listens on port + 10000: both must be free.
+            let port = 20_000 + (fastrand_port() % 9_000) as u16;
+            let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+            if free(port) && free(port + 10_000) {
+                nodes.push(Redis::start_on(
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
+                ));
+            }
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if nodes
+                .iter()
+                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            {
+                return RedisCluster { nodes };
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the cluster did not reach cluster_state:ok");
+    }
+
+    /// Seed URLs, comma-separated.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(Redis::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn fastrand_port() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    nanos ^ (std::process::id() << 8) ^ (fastrand_id() as u32).wrapping_mul(2_654_435_761)
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill9();
@@ -612,5 +689,91 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         false
+    }
+}
+
+/// A TCP proxy in front of Redis that can silently stop delivering to the subscription
+/// connections it carries (the connection stays open, nothing arrives): the failure the bridge's
+/// canary exists for.
+pub struct FreezingProxy {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    frozen_below: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FreezingProxy {
+    /// Proxies 127.0.0.1:`port` to the upstream port.
+    pub fn start(upstream: u16) -> FreezingProxy {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy listener");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let frozen_below = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (fb, acc) = (frozen_below.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let index = acc.fetch_add(1, Ordering::SeqCst);
+                let subscriber = Arc::new(AtomicBool::new(false));
+                let (mut c_read, mut s_write) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let sub = subscriber.clone();
+                std::thread::spawn(move || {
+                    use std::io::Read;
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = c_read.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if buf[..n]
+                            .windows(9)
+                            .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+                        {
+                            sub.store(true, Ordering::SeqCst);
+                        }
+                        if s_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_write.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut s_read, mut c_write) = (server, client);
+                let fb = fb.clone();
+                std::thread::spawn(move || {
+                    use std::io::Read;
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = s_read.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let frozen =
+                            subscriber.load(Ordering::SeqCst) && index < fb.load(Ordering::SeqCst);
+                        if !frozen && c_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_write.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        FreezingProxy {
+            port,
+            frozen_below,
+            accepted,
+        }
+    }
+
+    /// From now on, subscription connections opened so far get nothing more from Redis.
+    pub fn freeze_subscriptions(&self) {
+        use std::sync::atomic::Ordering;
+        self.frozen_below
+            .store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 }
