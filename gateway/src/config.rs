@@ -311,6 +311,9 @@ pub enum BrokerKind {
     Redis,
     /// A Redis Cluster (`url` lists seed nodes, comma-separated): sharded pub/sub.
     RedisCluster,
+    /// One primary found through Redis Sentinel (`url` lists sentinels, comma-separated;
+    /// `sentinel_service` names the primary).
+    RedisSentinel,
 }
 
 /// The broker (docs/scaling.md).
@@ -324,6 +327,8 @@ pub struct BrokerConfig {
     pub url: String,
     /// Prefix of every Redis key and channel (nodes of one deployment share it).
     pub prefix: String,
+    /// With `kind = "redis-sentinel"`: the monitored primary's name.
+    pub sentinel_service: String,
     /// How long a room's epoch and last offset outlive its last publish.
     pub room_retention_s: u64,
     /// A node's presence entries expire this long after its last refresh (every third of it).
@@ -348,6 +353,7 @@ impl Default for BrokerConfig {
             kind: BrokerKind::Embedded,
             url: "redis://127.0.0.1:6379".into(),
             prefix: "ringcast".into(),
+            sentinel_service: "mymaster".into(),
             room_retention_s: 86_400,
             presence_ttl_ms: 15_000,
             canary_interval_ms: 2_000,
@@ -373,6 +379,8 @@ impl BrokerConfig {
                 .map(str::to_string)
                 .collect(),
             cluster: self.kind == BrokerKind::RedisCluster,
+            sentinel_service: (self.kind == BrokerKind::RedisSentinel)
+                .then(|| self.sentinel_service.clone()),
             prefix: self.prefix.clone(),
             room_retention: Duration::from_secs(self.room_retention_s),
             presence_ttl: ms(self.presence_ttl_ms),
@@ -603,6 +611,12 @@ impl Config {
                     key: "broker.url",
                     reason: format!("`{}` is not a redis:// URL", redact_url_password(bad)),
                 });
+            }
+            if b.kind == BrokerKind::RedisSentinel && b.sentinel_service.is_empty() {
+                return Err(invalid(
+                    "broker.sentinel_service",
+                    "redis-sentinel needs the monitored primary's name",
+                ));
             }
             if b.kind == BrokerKind::Redis && urls.len() > 1 {
                 return Err(invalid(

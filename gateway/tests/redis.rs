@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{connect, metric, Client, FreezingProxy, Redis, RedisCluster, Server};
+use common::{connect, metric, Client, FreezingProxy, Redis, RedisCluster, RedisSentinel, Server};
 use serde_json::{json, Value};
 
 /// The `[broker]` keys of a test node; `reconnect` is the backoff floor and ceiling in ms.
@@ -520,4 +520,119 @@ async fn loop_until_red(s: &Server) -> (u16, String) {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_room_that_lost_acknowledged_messages_starts_a_new_epoch() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis, "node-a"), node(&redis, "node-b"));
+    let mut sub = connect(b.public).await;
+    let ev = sub.subscribe(1, "chat.lost", None).await;
+    let old_epoch = ev["epoch"].as_str().expect("epoch").to_string();
+    let mut publisher = connect(a.public).await;
+    publish_all(&mut publisher, "chat.lost", "p", 10, Duration::ZERO).await;
+    assert_eq!(
+        messages(&sub.drain(Duration::from_millis(400)).await, "chat.lost").len(),
+        10
+    );
+    // What a failover to a replica that missed the last writes looks like: offsets 6..=10 gone.
+    let meta = format!("t{}:{{chat.lost}}:m", std::process::id());
+    redis.cli(&["HSET", &meta, "s", "5"]);
+    // Every node resyncs (its subscription connection is killed) and finds the room behind it.
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(a.wait_ready(200, Duration::from_secs(5)) && b.wait_ready(200, Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish_all(&mut publisher, "chat.lost", "p", 2, Duration::ZERO).await;
+    let got = sub.drain(Duration::from_millis(500)).await;
+    let fresh: Vec<(String, u64)> = got
+        .iter()
+        .filter(|e| e["ev"] == "msg")
+        .map(|e| {
+            (
+                e["epoch"].as_str().unwrap_or("").to_string(),
+                e["offset"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(fresh.len(), 2, "{got:?}");
+    assert!(
+        fresh.iter().all(|(e, _)| *e != old_epoch),
+        "a new epoch: {fresh:?}"
+    );
+    assert_eq!(fresh.iter().map(|(_, o)| *o).collect::<Vec<_>>(), [1, 2]);
+    // Offsets of the old epoch are never handed out again: resuming from it is not recovered.
+    let mut back = connect(a.public).await;
+    let ev = back.subscribe(1, "chat.lost", Some((&old_epoch, 10))).await;
+    assert_eq!(ev["recovered"], false, "{ev}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sentinel_failover_moves_the_node_to_the_new_primary() {
+    let s = RedisSentinel::start();
+    let broker = format!(
+        "kind = \"redis-sentinel\"\nurl = \"{}\"\nsentinel_service = \"mymaster\"\nprefix = \"s{}\"\ncanary_interval_ms = 300\ncanary_timeout_ms = 1000\nreconnect_min_ms = 50\nreconnect_max_ms = 500",
+        s.sentinel.url(),
+        std::process::id()
+    );
+    let a = Server::start_on_redis(2, "node-a", &broker, ROOMS);
+    let b = Server::start_on_redis(2, "node-b", &broker, ROOMS);
+    for n in [&a, &b] {
+        assert!(
+            n.wait_ready(200, Duration::from_secs(10)),
+            "ready through the sentinel"
+        );
+    }
+    let mut sub = connect(b.public).await;
+    sub.subscribe(1, "chat.failover", None).await;
+    let mut publisher = connect(a.public).await;
+    publish_all(&mut publisher, "chat.failover", "p", 20, Duration::ZERO).await;
+    // Let the replica catch up, then fail over.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let off = |r: &Redis| {
+            r.cli(&["INFO", "replication"])
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("master_repl_offset:")
+                        .map(|v| v.trim().to_string())
+                })
+                .unwrap_or_default()
+        };
+        if off(&s.primary) == off(&s.replica) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let old = s.primary_port();
+    s.sentinel.cli(&["SENTINEL", "FAILOVER", "mymaster"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.primary_port() == old && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        s.primary_port(),
+        s.replica.port.to_string(),
+        "the replica was promoted"
+    );
+    // Publishing goes on (retrying `unavailable` while the node moves to the new primary).
+    publish_all(
+        &mut publisher,
+        "chat.failover",
+        "p",
+        20,
+        Duration::from_millis(20),
+    )
+    .await;
+    let got = messages(
+        &sub.drain(Duration::from_millis(1000)).await,
+        "chat.failover",
+    );
+    let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        offsets,
+        (1..=40).collect::<Vec<_>>(),
+        "nothing lost across the failover"
+    );
+    let role = s.replica.cli(&["ROLE"]);
+    assert!(role.starts_with("master"), "{role}");
 }

@@ -33,9 +33,12 @@ use crate::{BrokerEvent, Epoch, HistoryPolicy, RoomName, Token};
 const TICK: Duration = Duration::from_millis(100);
 
 /// Where Redis is.
+#[derive(Clone)]
 pub(super) enum Target {
     Single(Client),
     Cluster(Vec<ConnectionInfo>),
+    /// Sentinels and the service name; the primary is looked up on every connect.
+    Sentinel(Vec<ConnectionInfo>, String),
 }
 
 impl Target {
@@ -61,6 +64,9 @@ impl Target {
         }
         if settings.cluster {
             return Ok(Target::Cluster(infos));
+        }
+        if let Some(service) = &settings.sentinel_service {
+            return Ok(Target::Sentinel(infos, service.clone()));
         }
         let info = infos.swap_remove(0);
         let client = Client::open(info).map_err(|e| BridgeError::Url {
@@ -328,7 +334,8 @@ impl Bridge {
                     id,
                     from,
                     limit,
-                } => self.spawn_read(room, id, from, limit),
+                    floor,
+                } => self.spawn_read(room, id, from, limit, floor),
                 Action::Emit { shard, event } => self.outlet.emit(shard, event),
             }
         }
@@ -542,6 +549,7 @@ impl Bridge {
                 .arg("0")
                 .arg(new_epoch().as_ref())
                 .arg(1)
+                .arg(0)
                 .invoke_async(&mut conn)
                 .await;
             let parsed = r
@@ -559,7 +567,7 @@ impl Bridge {
         });
     }
 
-    fn spawn_read(&mut self, room: RoomName, id: u64, from: Option<u64>, limit: usize) {
+    fn spawn_read(&mut self, room: RoomName, id: u64, from: Option<u64>, limit: usize, floor: u64) {
         let Some(link) = &self.link else {
             return;
         };
@@ -585,6 +593,7 @@ impl Bridge {
                 .arg("1")
                 .arg(new_epoch().as_ref())
                 .arg(meta_ttl)
+                .arg(floor)
                 .invoke_async(&mut conn)
                 .await;
             let result =
@@ -621,7 +630,7 @@ impl Bridge {
                 let Ok(channel) = std::str::from_utf8(&channel) else {
                     return;
                 };
-                if channel == wire::canary_channel(&self.settings.prefix, &self.instance) {
+                if channel == wire::canary_names(&self.settings.prefix, &self.instance).0 {
                     if payload == format!("c{}", self.canary.seq).as_bytes() {
                         self.canary.back = true;
                         self.health.canary_ok.store(true, Ordering::SeqCst);
@@ -827,7 +836,7 @@ impl Bridge {
         }
         let mut channels: Vec<String> = sub_rooms.iter().map(|r| self.keys(r).channel).collect();
         if canary {
-            channels.push(wire::canary_channel(&self.settings.prefix, &self.instance));
+            channels.push(wire::canary_names(&self.settings.prefix, &self.instance).0);
         }
         let mut conn = sub;
         let done = self.done_tx.clone();
@@ -850,10 +859,7 @@ impl Bridge {
             if !self.connecting && now >= self.next_connect {
                 self.connecting = true;
                 let gen = self.gen;
-                let target = match &self.target {
-                    Target::Single(c) => Target::Single(c.clone()),
-                    Target::Cluster(i) => Target::Cluster(i.clone()),
-                };
+                let target = self.target.clone();
                 let settings = self.settings.clone();
                 let push = self.push_tx.clone();
                 let done = self.done_tx.clone();
@@ -897,16 +903,26 @@ impl Bridge {
         self.canary.back = false;
         self.canary.sent_at = Some(now);
         let mut conn = link.cmd.clone();
-        let channel = wire::canary_channel(&self.settings.prefix, &self.instance);
+        let (channel, key) = wire::canary_names(&self.settings.prefix, &self.instance);
         let probe = format!("c{}", self.canary.seq);
         let cmd = self.publish_cmd();
+        let scripts = self.scripts.clone();
+        let done = self.done_tx.clone();
+        let gen = self.gen;
         tokio::spawn(async move {
-            // A failed probe shows up as a probe that did not come back.
-            let _: RedisResult<Value> = redis::cmd(cmd)
+            // A probe that fails to go out shows up as one that did not come back, except for a
+            // link error (a demoted primary answers READONLY), which moves the link at once.
+            let r: RedisResult<Value> = scripts
+                .canary
+                .key(key)
                 .arg(channel)
                 .arg(probe)
-                .query_async(&mut conn)
+                .arg(cmd)
+                .invoke_async(&mut conn)
                 .await;
+            if let Err(e) = r {
+                report_link_error(&done, gen, &e);
+            }
         });
     }
 
@@ -996,6 +1012,9 @@ async fn publisher_task(
             };
             match results {
                 Ok(results) => {
+                    if let Some(e) = results.iter().find_map(|r| r.as_ref().err()) {
+                        report_link_error(&done, gen, e);
+                    }
                     for (p, r) in reqs.into_iter().zip(results) {
                         let event = match r
                             .map_err(|e| e.to_string())
@@ -1031,19 +1050,29 @@ async fn connect(
 ) -> RedisResult<(Conn, Conn)> {
     let sender = move |info: PushInfo| push.send((gen, info));
     let (mut cmd, sub) = match target {
-        Target::Single(client) => {
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(settings.connect_timeout))
-                .set_response_timeout(Some(settings.response_timeout));
-            let cmd = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            let sub = client
-                .get_multiplexed_async_connection_with_config(
-                    &config.set_response_timeout(None).set_push_sender(sender),
-                )
-                .await?;
-            (Conn::Single(cmd), Conn::Single(sub))
+        Target::Single(client) => connect_single(client, settings, sender).await?,
+        Target::Sentinel(sentinels, service) => {
+            // The primary's connections use the sentinels' credentials and RESP3.
+            let node = sentinels.first().map(|s| {
+                redis::sentinel::SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(s.redis_settings().clone())
+            });
+            let mut sentinel = redis::sentinel::SentinelClient::build(
+                sentinels.clone(),
+                service.clone(),
+                node,
+                redis::sentinel::SentinelServerType::Master,
+            )?;
+            let client =
+                tokio::time::timeout(settings.connect_timeout, sentinel.async_get_client())
+                    .await
+                    .map_err(|_| {
+                        redis::RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "asking the sentinels for the primary timed out",
+                        ))
+                    })??;
+            connect_single(&client, settings, sender).await?
         }
         Target::Cluster(nodes) => {
             let builder = || {
@@ -1068,6 +1097,7 @@ async fn connect(
         scripts::READ,
         scripts::PRESENCE_SET,
         scripts::PRESENCE_GET,
+        scripts::CANARY,
     ] {
         let _: Value = redis::cmd("SCRIPT")
             .arg("LOAD")
@@ -1076,6 +1106,26 @@ async fn connect(
             .await?;
     }
     Ok((cmd, sub))
+}
+
+/// A command connection and a subscription connection to one Redis.
+async fn connect_single(
+    client: &Client,
+    settings: &RedisSettings,
+    sender: impl redis::aio::AsyncPushSender,
+) -> RedisResult<(Conn, Conn)> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(settings.connect_timeout))
+        .set_response_timeout(Some(settings.response_timeout));
+    let cmd = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let sub = client
+        .get_multiplexed_async_connection_with_config(
+            &config.set_response_timeout(None).set_push_sender(sender),
+        )
+        .await?;
+    Ok((Conn::Single(cmd), Conn::Single(sub)))
 }
 
 /// Exponential backoff with full jitter: uniform in [min, min(max, min·2^attempt)].
@@ -1089,9 +1139,18 @@ fn backoff(settings: &RedisSettings, attempt: u32) -> Duration {
     Duration::from_millis(fastrand::u64(min..=cap))
 }
 
+/// Whether an error means the link must be rebuilt: the connection failed or timed out, or the
+/// server cannot take writes now (a demoted primary after a failover, a primary still loading).
+fn is_link_error(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        || matches!(e.code(), Some("READONLY" | "LOADING" | "MASTERDOWN"))
+}
+
 fn report_link_error(done: &UnboundedSender<Done>, gen: u64, e: &redis::RedisError) {
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
-    {
+    if is_link_error(e) {
         let _ = done.send(Done::LinkError {
             gen,
             reason: e.to_string(),

@@ -34,6 +34,8 @@ pub struct RedisSettings {
     pub urls: Vec<String>,
     /// Redis Cluster: sharded pub/sub (SSUBSCRIBE/SPUBLISH) and hash-tagged keys.
     pub cluster: bool,
+    /// Redis Sentinel: `urls` are sentinels, asked for this service's primary on every connect.
+    pub sentinel_service: Option<String>,
     /// Prefix of every key and channel.
     pub prefix: String,
     /// How long a room's epoch and last offset outlive its last publish.
@@ -61,6 +63,7 @@ impl Default for RedisSettings {
         RedisSettings {
             urls: vec!["redis://127.0.0.1:6379".into()],
             cluster: false,
+            sentinel_service: None,
             prefix: "ringcast".into(),
             room_retention: Duration::from_secs(86_400),
             presence_ttl: Duration::from_secs(15),

@@ -40,7 +40,12 @@ return {e, s, ms}
 /// Redis' time, and entries: after an offset (`after`), or the newest N (`last`).
 ///
 /// KEYS: meta, stream. ARGV: mode (`after`, `last` or `none`), offset or count, limit, create
-/// (`1`/`0`), epoch candidate, meta TTL ms. Returns `{epoch or nil, offset, ms, entries}`.
+/// (`1`/`0`), epoch candidate, meta TTL ms, floor. Returns `{epoch or nil, offset, ms, entries}`.
+///
+/// `floor` is the last offset a node already delivered in this epoch. A room whose last offset is
+/// below it lost acknowledged messages (a failover to a replica that had not received them): its
+/// offsets would be handed out twice, so it starts a new epoch (clients resuming from the old one
+/// are told `recovered: false`).
 pub const READ: &str = r"
 local e = redis.call('HGET', KEYS[1], 'e')
 local s = 0
@@ -55,6 +60,12 @@ if not e then
   end
 else
   s = tonumber(redis.call('HGET', KEYS[1], 's'))
+  if tonumber(ARGV[7]) > s then
+    e = ARGV[5]
+    s = 0
+    redis.call('HSET', KEYS[1], 'e', e, 's', 0)
+    redis.call('DEL', KEYS[2])
+  end
   if ARGV[4] == '1' and redis.call('PTTL', KEYS[1]) < tonumber(ARGV[6]) then
     redis.call('PEXPIRE', KEYS[1], ARGV[6])
   end
@@ -109,6 +120,16 @@ end
 return out
 ";
 
+/// Canary probe: a write (so a demoted primary refuses it with READONLY and the link moves on)
+/// and the probe on the node's canary channel.
+///
+/// KEYS: canary key. ARGV: channel, probe, the publish command.
+pub const CANARY: &str = r"
+redis.call('SET', KEYS[1], ARGV[2], 'PX', 60000)
+redis.call(ARGV[3], ARGV[1], ARGV[2])
+return 1
+";
+
 /// The scripts, hashed once.
 pub struct Scripts {
     /// [`PUBLISH`].
@@ -119,6 +140,8 @@ pub struct Scripts {
     pub presence_set: Script,
     /// [`PRESENCE_GET`].
     pub presence_get: Script,
+    /// [`CANARY`].
+    pub canary: Script,
 }
 
 impl Scripts {
@@ -129,6 +152,7 @@ impl Scripts {
             read: Script::new(READ),
             presence_set: Script::new(PRESENCE_SET),
             presence_get: Script::new(PRESENCE_GET),
+            canary: Script::new(CANARY),
         }
     }
 }

@@ -81,6 +81,9 @@ pub enum Action {
         from: Option<u64>,
         /// At most this many entries.
         limit: usize,
+        /// The room's last offset delivered in its epoch (0 before any): a room found below it
+        /// lost messages and starts a new epoch.
+        floor: u64,
     },
     /// Hand an event to a shard.
     Emit {
@@ -393,6 +396,7 @@ fn start_read(room: &RoomName, r: &mut Room, out: &mut Vec<Action>) {
         id: r.read_id,
         from,
         limit: r.policy.size.max(1),
+        floor: if r.delivering { r.last } else { 0 },
     });
 }
 

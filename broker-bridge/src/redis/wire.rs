@@ -11,7 +11,8 @@
 //! | `<prefix>:{<room>}:p` | hash | presence: client id → `<expiry ms>|<member JSON>` |
 //!
 //! A room message on the channel is `m<epoch>\n<offset>\n<unix ms>\n<data>`; a live event is
-//! `l<node instance>\n<event JSON>`. The canary channel of a node carries `c<seq>`.
+//! `l<node instance>\n<event JSON>`. A node's canary is the room-like name `~canary/<instance>`
+//! (no app room contains `~`): its channel carries `c<seq>`, its key `:c` the last probe.
 
 use bytes::Bytes;
 
@@ -49,9 +50,11 @@ pub fn room_of_channel<'a>(prefix: &str, channel: &'a str) -> Option<&'a str> {
         .strip_suffix('}')
 }
 
-/// The canary channel of a node instance.
-pub fn canary_channel(prefix: &str, instance: &str) -> String {
-    format!("{prefix}:canary:{instance}")
+/// The canary's names for a node instance: (channel, key), in one hash slot.
+pub fn canary_names(prefix: &str, instance: &str) -> (String, String) {
+    let channel = format!("{prefix}:{{~canary/{instance}}}");
+    let key = format!("{channel}:c");
+    (channel, key)
 }
 
 /// What arrived on a room channel.
@@ -151,7 +154,12 @@ mod tests {
         assert_eq!(k.stream, "rc:{prices.BTC}:s");
         assert_eq!(k.presence, "rc:{prices.BTC}:p");
         assert_eq!(room_of_channel("rc", &k.channel), Some("prices.BTC"));
-        assert_eq!(room_of_channel("rc", "rc:canary:x"), None);
+        assert_eq!(room_of_channel("rc", "rc:other"), None);
+        let (channel, key) = canary_names("rc", "abc");
+        assert_eq!(
+            (channel.as_str(), key.as_str()),
+            ("rc:{~canary/abc}", "rc:{~canary/abc}:c")
+        );
         assert_eq!(room_of_channel("other", &k.channel), None);
         // Braces inside a room name still give one tag for all of the room's names.
         let odd = RoomKeys::new("rc", "a}b{c");

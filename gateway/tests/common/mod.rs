@@ -777,3 +777,76 @@ impl FreezingProxy {
             .store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 }
+
+/// A primary, a replica and one Sentinel (quorum 1) on loopback.
+pub struct RedisSentinel {
+    /// The first primary.
+    pub primary: Redis,
+    /// Its replica.
+    pub replica: Redis,
+    /// The sentinel.
+    pub sentinel: Redis,
+}
+
+impl RedisSentinel {
+    /// Starts the three and waits until the sentinel knows the replica.
+    pub fn start() -> RedisSentinel {
+        let primary = Redis::start();
+        let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "ringcast-sentinel-{}-{}",
+            std::process::id(),
+            fastrand_id()
+        ));
+        std::fs::create_dir_all(&dir).expect("sentinel dir");
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+                primary.port
+            ),
+        )
+        .expect("sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server --sentinel");
+        let sentinel = Redis {
+            child: Some(child),
+            port,
+            dir,
+            extra: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let replicas = sentinel.cli(&["SENTINEL", "REPLICAS", "mymaster"]);
+            let synced = replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up");
+            if synced && replicas.contains(&replica.port.to_string()) {
+                return RedisSentinel {
+                    primary,
+                    replica,
+                    sentinel,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("the sentinel did not discover the replica");
+    }
+
+    /// The port of the primary the sentinel names now.
+    pub fn primary_port(&self) -> String {
+        self.sentinel
+            .cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"])
+            .lines()
+            .nth(1)
+            .unwrap_or("")
+            .to_string()
+    }
+}
