@@ -49,13 +49,17 @@ benches/compare.sh --short 2>&1 | tee -a "$log"
 step "TLS path smoke test (plain and TLS listeners: no loss, no duplicates)"
 benches/tls-cost.sh --short 2>&1 | tee -a "$log"
 
+step "cross-node smoke test (embedded, one Redis node, two Redis nodes: no loss, no duplicates)"
+benches/crossnode.sh --short 2>&1 | tee -a "$log"
+
 step "Autobahn TestSuite (kosoku) on both drivers"
-scripts/autobahn.sh io-uring | tee -a "$log"
-scripts/autobahn.sh epoll | tee -a "$log"
+scripts/autobahn.sh io-uring target/release/ringcast | tee -a "$log"
+scripts/autobahn.sh epoll target/release/ringcast | tee -a "$log"
 
 # One closing line for the whole run, from every runner's own summary lines.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      /^autobahn [a-z-]+: [0-9]+ passed/ { p += $3; f += $5 }
      /^compare smoke: [0-9]+ passed/ { p += $3; f += $5 }
      /^tls smoke: [0-9]+ passed/ { p += $3; f += $5 }
+     /^crossnode smoke: [0-9]+ passed/ { p += $3; f += $5 }
      END { printf "\n%d passed, %d failed\n", p, f }' "$log"

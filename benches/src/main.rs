@@ -25,6 +25,9 @@ enum Scenario {
     /// The ceiling: a minimal raw-broadcast server with no gateway in it (write, writev or
     /// io_uring), to be loaded by `fanout --mode raw --spawn "ringcast-bench ceiling-server"`.
     CeilingServer(scenarios::ceiling::Args),
+    /// Publisher on node A, subscribers on node B, both on one Redis (started here): the latency
+    /// the cross-node hop adds, beside one embedded node and one Redis node, in one run.
+    Crossnode(scenarios::crossnode::Args),
     /// N connections opening at a rate: handshake latency percentiles and failures.
     Storm(scenarios::storm::Args),
     /// N idle connections over several client processes: server RSS per connection.
@@ -39,6 +42,7 @@ fn main() -> anyhow::Result<()> {
     match cli.scenario {
         Scenario::Fanout(args) => scenarios::fanout::run(args),
         Scenario::CeilingServer(args) => scenarios::ceiling::run(args),
+        Scenario::Crossnode(args) => scenarios::crossnode::run(args),
         Scenario::Storm(args) => scenarios::storm::run(args),
         Scenario::Idle(args) => scenarios::idle::run(args),
         Scenario::IdleClient(args) => scenarios::idle::run_client(args),

@@ -320,7 +320,7 @@ pub enum BrokerKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// `embedded`, `redis` or `redis-cluster`.
+    /// `embedded`, `redis`, `redis-cluster` or `redis-sentinel`.
     pub kind: BrokerKind,
     /// Redis URL (`redis://[user:password@]host:port[/db]`); for a cluster, seed nodes separated
     /// by commas.

@@ -22,6 +22,8 @@ fn broker(redis: &Redis, reconnect: (u64, u64)) -> String {
 }
 
 const ROOMS: &str = r#"
+[api]
+key = "test-api-key"
 [rooms]
 history_size = 1000
 history_ttl_ms = 600000
@@ -271,6 +273,18 @@ async fn redis_killed_and_restarted_loses_no_accepted_message() {
         a.wait_ready(503, Duration::from_secs(5)),
         "readyz turns red"
     );
+    let (status, body) = common::http(
+        a.admin,
+        "GET",
+        "/api/node",
+        &[("Authorization", "Bearer test-api-key")],
+        "",
+    );
+    let node: Value = serde_json::from_str(&body).unwrap_or_default();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(node["ready"], false, "{body}");
+    assert_eq!(node["broker"]["kind"], "redis", "{body}");
+    assert_eq!(node["broker"]["connected"], false, "{body}");
     tokio::time::sleep(Duration::from_millis(700)).await;
     redis.restart();
     assert!(

@@ -33,6 +33,10 @@ pub struct Args {
     /// line with `public=HOST:PORT` on stdout (ringcast and the bundled peers do).
     #[arg(long, value_name = "COMMAND")]
     pub spawn: Option<String>,
+    /// Publishers connect to a second server started with this command (the subscribers stay on
+    /// `--spawn`/`--addr`): a cross-node run, both nodes sharing rooms through a broker.
+    #[arg(long, value_name = "COMMAND")]
+    pub publish_spawn: Option<String>,
     /// A label for the server in the report.
     #[arg(long, default_value = "server")]
     pub label: String,
@@ -155,6 +159,16 @@ pub fn spawn_server(command: &str) -> anyhow::Result<Spawned> {
                 .with_context(|| format!("{field}{a} is not an address"))?;
         }
     };
+    // A ringcast node also names its admin listener: wait until it is ready (on a Redis broker
+    // it serves before its link is up, with /readyz red).
+    if let Some(admin) = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("admin="))
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+    {
+        wait_ready(admin, Duration::from_secs(20))
+            .with_context(|| format!("{command} did not become ready"))?;
+    }
     // Keep draining its stdout so it never blocks on a full pipe.
     std::thread::spawn(move || {
         let mut sink = String::new();
@@ -163,6 +177,27 @@ pub fn spawn_server(command: &str) -> anyhow::Result<Spawned> {
         }
     });
     Ok(Spawned { child, addr })
+}
+
+/// Polls `GET /readyz` until it answers 200.
+fn wait_ready(admin: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(admin) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut head = [0u8; 12];
+            if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .is_ok()
+                && s.read_exact(&mut head).is_ok()
+                && head.ends_with(b" 200")
+            {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("/readyz on {admin} stayed red")
 }
 
 /// What one subscriber saw.
@@ -319,13 +354,19 @@ pub fn measure(args: &Args) -> anyhow::Result<Report> {
         None => None,
     };
     let addr = spawned.as_ref().map_or(args.addr, |s| s.addr);
+    let publish_node = match &args.publish_spawn {
+        Some(cmd) => Some(spawn_server(cmd)?),
+        None => None,
+    };
+    let publish_addr = publish_node.as_ref().map_or(addr, |s| s.addr);
     let server_pid = spawned.as_ref().map(|s| s.child.id()).or(args.server_pid);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads.max(1))
         .enable_all()
         .build()?;
     let _ = ns_since_base(Instant::now());
-    let report = rt.block_on(drive(args, addr, server_pid));
+    let report = rt.block_on(drive(args, addr, publish_addr, server_pid));
+    drop(publish_node);
     drop(spawned);
     report
 }
@@ -357,7 +398,12 @@ pub struct Report {
     pub flood_deliveries_per_sec: Option<f64>,
 }
 
-async fn drive(args: &Args, addr: SocketAddr, server_pid: Option<u32>) -> anyhow::Result<Report> {
+async fn drive(
+    args: &Args,
+    addr: SocketAddr,
+    publish_addr: SocketAddr,
+    server_pid: Option<u32>,
+) -> anyhow::Result<Report> {
     let rooms: Arc<Vec<String>> =
         Arc::new((0..args.rooms).map(|r| format!("bench.room{r}")).collect());
     // Connect and subscribe every subscriber (in waves, to stay under the accept backlog).
@@ -393,10 +439,10 @@ async fn drive(args: &Args, addr: SocketAddr, server_pid: Option<u32>) -> anyhow
     let mut pubs = Vec::with_capacity(args.publishers);
     for p in 0..args.publishers {
         pubs.push(match args.mode {
-            Mode::App => connect(addr, "/ws", true).await?,
+            Mode::App => connect(publish_addr, "/ws", true).await?,
             Mode::Raw => {
                 let path = format!("/raw/{}?role=pub", rooms[p % rooms.len()]);
-                connect(addr, &path, false).await?
+                connect(publish_addr, &path, false).await?
             }
         });
     }

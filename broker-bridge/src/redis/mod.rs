@@ -250,8 +250,8 @@ pub fn describe_metrics() {
         "Time from Redis storing a message to the bridge receiving its echo"
     );
     metrics::describe_counter!(
-        "ringcast_bridge_gap_fills_total",
-        "Reads of a room's stream to fill a hole in its echo or resync after a reconnect"
+        "ringcast_bridge_stream_reads_total",
+        "Reads of a room's stream: a room's first sync, a hole in its echo, a resync after a reconnect, a recovery"
     );
     metrics::describe_counter!(
         "ringcast_bridge_lost_total",

@@ -416,8 +416,18 @@ fn node(admin: &Admin) -> Vec<u8> {
             "driver": admin.driver,
             "connections": admin.global.connections.load(Ordering::SeqCst),
             "uptime_s": admin.started.elapsed().as_secs(),
-            "ready": admin.global.ready.load(Ordering::SeqCst),
+            "ready": admin.global.ready.load(Ordering::SeqCst)
+                && admin.bridge.as_ref().is_none_or(|b| b.is_ready()),
             "draining": draining(admin),
+            "broker": match &admin.bridge {
+                None => json!({"kind": "embedded"}),
+                Some(b) => json!({
+                    "kind": admin.config.broker.kind,
+                    "connected": b.is_connected(),
+                    "canary_ok": b.canary_ok(),
+                    "reconnects": b.reconnects(),
+                }),
+            },
         }),
     )
 }
