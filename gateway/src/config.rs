@@ -38,6 +38,10 @@ pub struct Config {
     pub io_driver: IoDriver,
     /// Pin each shard thread to a core.
     pub pin_cores: bool,
+    /// A tuning profile's core layout to pin by (`low-latency`, `high-connections`, or a profile
+    /// directory): shards on its shard cores (one shard per core when `shards` is 0), the Redis
+    /// bridge on its bridge cores, its interrupt cores left alone. Empty: shard *i* on core *i*.
+    pub cpu_profile: String,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
     pub log_level: String,
     /// This node's name in `hello` events and metrics; defaults to the host name.
@@ -412,6 +416,7 @@ impl Default for Config {
             shards: 0,
             io_driver: IoDriver::Auto,
             pin_cores: true,
+            cpu_profile: String::new(),
             log_level: "info".into(),
             node_name: String::new(),
             websocket: WebSocketConfig::default(),

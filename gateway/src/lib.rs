@@ -18,3 +18,4 @@ pub mod runtime;
 pub mod shard;
 pub mod slo;
 pub mod tls;
+pub mod tune;

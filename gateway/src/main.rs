@@ -35,11 +35,42 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Audit this host against a tuning profile, or apply a profile's sysctls.
+    Tune {
+        #[command(subcommand)]
+        action: TuneCommand,
+    },
     /// Validate a configuration file (with the environment applied) and print the effective
     /// configuration; exits non-zero and names the bad key if it is invalid.
     CheckConfig {
         /// The TOML file.
         file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TuneCommand {
+    /// Print a table of ok / warn / fail with the fix for each setting; exits 1 on a fail.
+    Check {
+        /// `low-latency`, `high-connections`, or a profile directory (tuning/profiles/<name>).
+        #[arg(long, default_value = "low-latency")]
+        profile: String,
+        /// Where /proc and /sys are (tests use a fake tree).
+        #[arg(long, default_value = "/", hide = true)]
+        root: PathBuf,
+    },
+    /// Show the sysctls the profile changes, then write them (root) and save the profile to
+    /// /etc/sysctl.d/90-ringcast.conf; every change is printed.
+    Apply {
+        /// `low-latency`, `high-connections`, or a profile directory.
+        #[arg(long)]
+        profile: String,
+        /// Show the diff only.
+        #[arg(long)]
+        dry_run: bool,
+        /// Where /proc and /etc are (tests use a fake tree).
+        #[arg(long, default_value = "/", hide = true)]
+        root: PathBuf,
     },
 }
 
@@ -72,6 +103,9 @@ struct RunArgs {
     /// Do not pin shard threads to cores.
     #[arg(long)]
     no_pin: bool,
+    /// Pin by a tuning profile's core layout (`low-latency`, `high-connections`, or a directory).
+    #[arg(long, value_name = "PROFILE")]
+    cpu_profile: Option<String>,
 }
 
 fn load_config(args: &RunArgs, file: Option<&std::path::Path>) -> anyhow::Result<Config> {
@@ -100,6 +134,9 @@ fn load_config(args: &RunArgs, file: Option<&std::path::Path>) -> anyhow::Result
     if args.no_pin {
         config.pin_cores = false;
     }
+    if let Some(p) = &args.cpu_profile {
+        config.cpu_profile = p.clone();
+    }
     config.validate()?;
     Ok(config)
 }
@@ -115,11 +152,82 @@ fn main() -> anyhow::Result<()> {
             println!("{}", toml::to_string_pretty(&config.redacted())?);
             Ok(())
         }
+        Some(Command::Tune { action }) => tune(action),
         None => {
             let config = load_config(&cli.run, cli.run.config.as_deref())?;
             serve(config)
         }
     }
+}
+
+/// `ringcast tune check|apply`.
+fn tune(action: &TuneCommand) -> anyhow::Result<()> {
+    use gateway::tune::{apply, audit, cores, Profile};
+    match action {
+        TuneCommand::Check { profile, root } => {
+            let profile = Profile::load(profile)?;
+            let layout = profile.settings.cores.layout(&cores::allowed_cores());
+            let findings = audit::audit(root, &profile, &layout);
+            println!("profile {}\n", profile.name);
+            print!("{}", audit::render(&findings));
+            if findings.iter().any(|f| f.status == audit::Status::Fail) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        TuneCommand::Apply {
+            profile,
+            dry_run,
+            root,
+        } => {
+            let profile = Profile::load(profile)?;
+            let changes = apply::plan(root, &profile);
+            print!("{}", apply::render(&changes));
+            if *dry_run {
+                println!("dry run: nothing changed");
+                return Ok(());
+            }
+            if !apply::is_root() {
+                anyhow::bail!(apply::ApplyError::NotRoot);
+            }
+            for line in apply::apply(root, &profile, &changes)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Where each shard (and the bridge) runs: the profile's layout, or shard *i* on core *i*.
+fn core_plan(config: &Config) -> anyhow::Result<(usize, Vec<Option<usize>>, Vec<usize>)> {
+    let cores = gateway::tune::cores::allowed_cores();
+    if config.cpu_profile.is_empty() {
+        let shards = config.shard_count();
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pins = (0..shards)
+            .map(|id| config.pin_cores.then_some(id % n))
+            .collect();
+        return Ok((shards, pins, Vec::new()));
+    }
+    let profile = gateway::tune::Profile::load(&config.cpu_profile)
+        .with_context(|| format!("cpu_profile {}", config.cpu_profile))?;
+    let layout = profile.settings.cores.layout(&cores);
+    let shards = if config.shards > 0 {
+        config.shards
+    } else {
+        layout.shards.len().max(1)
+    };
+    let pins = (0..shards)
+        .map(|id| layout.shards.get(id % layout.shards.len().max(1)).copied())
+        .collect();
+    tracing::info!(
+        profile = %profile.name,
+        shards = %gateway::tune::cores::cpulist(&layout.shards),
+        bridge = %gateway::tune::cores::cpulist(&layout.bridge),
+        irq = %gateway::tune::cores::cpulist(&layout.irq),
+        "pinning by the profile's core layout"
+    );
+    Ok((shards, pins, layout.bridge))
 }
 
 /// Everything the configuration names outside itself (key files, certificates, patterns),
@@ -149,6 +257,7 @@ fn start_brokers(
     config: &Config,
     shards: usize,
     mailboxes: &Mailboxes,
+    bridge_cores: Vec<usize>,
 ) -> anyhow::Result<(
     Vec<Box<dyn broker_bridge::Broker + Send>>,
     Option<Arc<broker_bridge::redis::BridgeHealth>>,
@@ -165,8 +274,15 @@ fn start_brokers(
     broker_bridge::redis::describe_metrics();
     let poke = mailboxes.clone();
     let notify = Arc::new(move |shard: usize| poke.send(shard, ShardMsg::BrokerReady));
+    let pin = Box::new(move || {
+        if !bridge_cores.is_empty() {
+            if let Err(e) = monoio::utils::bind_to_cpu_set(bridge_cores.iter().copied()) {
+                tracing::warn!(error = %e, "could not pin the bridge thread");
+            }
+        }
+    });
     let (handles, health) =
-        broker_bridge::redis::start(config.broker.redis_settings(), shards, notify)
+        broker_bridge::redis::start(config.broker.redis_settings(), shards, notify, pin)
             .context("starting the Redis broker bridge")?;
     let brokers = handles
         .into_iter()
@@ -188,8 +304,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     gateway::metrics::describe();
 
     let driver = runtime::resolve(config.io_driver)?;
-    let shards = config.shard_count();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (shards, pins, bridge_cores) = core_plan(&config)?;
     let policy = build_policy(&config)?;
     if config.auth.keys.is_empty() && !policy.namespaces.anonymous_allowed() {
         tracing::warn!("no auth keys and no namespace allows anonymous access: every /ws handshake will be refused with 401");
@@ -223,7 +338,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let node: Arc<str> = config.node_name().into();
     let config = Arc::new(config);
     let mailboxes = Mailboxes::new(shards);
-    let (brokers, bridge) = start_brokers(&config, shards, &mailboxes)?;
+    let (brokers, bridge) = start_brokers(&config, shards, &mailboxes, bridge_cores)?;
     let global = Arc::new(Global::default());
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let mut threads = Vec::with_capacity(shards);
@@ -237,7 +352,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             config: config.clone(),
             node: node.clone(),
             driver,
-            core: config.pin_cores.then_some(id % cores),
+            core: pins.get(id).copied().flatten(),
             global: global.clone(),
             started: started_tx.clone(),
         };

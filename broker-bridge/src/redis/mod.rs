@@ -199,11 +199,13 @@ enum Command {
 /// Starts the bridge thread and returns one handle per shard, plus its health.
 ///
 /// `notify(shard)` must make that shard call [`Broker::poll_events`] soon (its mailbox wake);
-/// it is called at most once between two polls.
+/// it is called at most once between two polls. `on_start` runs first on the bridge thread (the
+/// node pins it to its cores there).
 pub fn start(
     settings: RedisSettings,
     shards: usize,
     notify: Arc<dyn Fn(usize) + Send + Sync>,
+    on_start: Box<dyn FnOnce() + Send>,
 ) -> Result<(Vec<RedisBroker>, Arc<BridgeHealth>), BridgeError> {
     let target = bridge::Target::parse(&settings)?;
     let health = Arc::new(BridgeHealth::default());
@@ -214,7 +216,10 @@ pub fn start(
         let health = health.clone();
         std::thread::Builder::new()
             .name("ringcast-bridge".into())
-            .spawn(move || bridge::run(settings, target, rx, queues, notify, health))?;
+            .spawn(move || {
+                on_start();
+                bridge::run(settings, target, rx, queues, notify, health)
+            })?;
     }
     let handles = queues
         .into_iter()
