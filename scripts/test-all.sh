@@ -26,6 +26,11 @@ done
 # The Redis bridge tests start real redis-server processes (standalone and a 3-primary cluster).
 command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 command -v redis-cli >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-tools; }
+# The failover test runs the shipped HAProxy config; the deploy checks validate every shipped file
+# with its own tool (haproxy -c, nginx -t, promtool, systemd-analyze verify).
+for pkg in haproxy:haproxy nginx:nginx promtool:prometheus systemd-analyze:systemd; do
+    command -v "${pkg%%:*}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${pkg#*:}"; }
+done
 cargo --version; cargo fmt --version; cargo clippy --version
 python3 -c 'import websockets; print("websockets", websockets.__version__)'
 node --version; command -v kosoku; redis-server --version
@@ -39,6 +44,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 log=$(mktemp)
 step "cargo test (every crate; the gateway on io_uring)"
 RINGCAST_IO_DRIVER=io-uring cargo test --workspace 2>&1 | tee -a "$log"
+
+step "deploy files, each checked by its own tool"
+scripts/check-deploy.sh target/debug/ringcast 2>&1 | tee -a "$log"
 
 step "gateway integration tests on epoll"
 RINGCAST_IO_DRIVER=epoll cargo test -p gateway --test gateway --test interop --test security --test tls --test delivery --test sse --test api 2>&1 | tee -a "$log"
@@ -62,4 +70,5 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += 
      /^compare smoke: [0-9]+ passed/ { p += $3; f += $5 }
      /^tls smoke: [0-9]+ passed/ { p += $3; f += $5 }
      /^crossnode smoke: [0-9]+ passed/ { p += $3; f += $5 }
+     /^deploy checks: [0-9]+ passed/ { p += $3; f += $5 }
      END { printf "\n%d passed, %d failed\n", p, f }' "$log"

@@ -864,6 +864,10 @@ fn apply_env(
         let Some(key) = name.strip_prefix("RINGCAST_") else {
             continue;
         };
+        // `RINGCAST_CONFIG` is the `--config` flag's variable: the file's path, not a key.
+        if key == "CONFIG" {
+            continue;
+        }
         let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
         if path.iter().any(String::is_empty) {
             return Err(ConfigError::Parse {
@@ -932,6 +936,8 @@ mod tests {
                 ("RINGCAST_LISTEN", "127.0.0.1:7000"),
                 ("RINGCAST_WEBSOCKET__ECHO_ENDPOINT", "true"),
                 ("OTHER", "x"),
+                // The `--config` flag's variable names the file; it is not a key.
+                ("RINGCAST_CONFIG", "/etc/ringcast/ringcast.toml"),
             ]),
         )
         .unwrap();

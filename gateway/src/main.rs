@@ -202,10 +202,11 @@ fn tune(action: &TuneCommand) -> anyhow::Result<()> {
 fn core_plan(config: &Config) -> anyhow::Result<(usize, Vec<Option<usize>>, Vec<usize>)> {
     let cores = gateway::tune::cores::allowed_cores();
     if config.cpu_profile.is_empty() {
+        // Shard i on the i-th core this process may run on (its affinity mask: a CPUAffinity=
+        // or taskset is respected, never undone).
         let shards = config.shard_count();
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         let pins = (0..shards)
-            .map(|id| config.pin_cores.then_some(id % n))
+            .map(|id| config.pin_cores.then(|| cores[id % cores.len().max(1)]))
             .collect();
         return Ok((shards, pins, Vec::new()));
     }

@@ -793,6 +793,7 @@ impl Bridge {
         self.health.connected.store(false, Ordering::SeqCst);
         // The next link is ready only once its own probe came back.
         self.health.canary_ok.store(false, Ordering::SeqCst);
+        metrics::gauge!("ringcast_bridge_canary_ok").set(0.0);
         self.health.reconnects.fetch_add(1, Ordering::SeqCst);
         metrics::gauge!("ringcast_bridge_connected").set(0.0);
         metrics::counter!("ringcast_bridge_reconnects_total").increment(1);

@@ -278,6 +278,45 @@ pub async fn raw_upgrade_from(
     (stream, head)
 }
 
+/// Connects to `/ws` without panicking on any failure (a node going away mid-handshake, a load
+/// balancer answering 502/503): the client after its `hello`, or `None`.
+pub async fn connect_lenient(addr: SocketAddr) -> Option<Client> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ringcast.v1\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.ok()?;
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut b).await.ok()? == 0 {
+                return None;
+            }
+            head.push(b[0]);
+        }
+        if !head.starts_with(b"HTTP/1.1 101") {
+            return None;
+        }
+        let mut ws = WebSocket::after_handshake(stream, Role::Client);
+        ws.set_auto_close(false);
+        ws.set_auto_pong(true);
+        let mut client = Client {
+            ws: FragmentCollector::new(ws),
+            hello: Value::Null,
+        };
+        let hello = client.try_next(Duration::from_secs(5)).await.ok()??;
+        (hello["ev"] == "hello").then(|| {
+            client.hello = hello;
+            client
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// The app client on an upgraded stream, after its `hello`.
 async fn client_on(stream: TcpStream) -> Client {
     let mut ws = WebSocket::after_handshake(stream, Role::Client);
@@ -428,6 +467,26 @@ impl Client {
                 Ok(Ok(frame)) if frame.opcode == OpCode::Close => return out,
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) | Err(_) => return out,
+            }
+        }
+    }
+
+    /// The next event within `wait` without panicking: `Ok(Some(event))`, `Ok(None)` when
+    /// nothing came, `Err(())` when the connection ended (a close, a reset, a kill -9).
+    pub async fn try_next(&mut self, wait: Duration) -> Result<Option<Value>, ()> {
+        loop {
+            match tokio::time::timeout(wait, self.ws.read_frame()).await {
+                Err(_) => return Ok(None),
+                Ok(Err(_)) => return Err(()),
+                Ok(Ok(frame)) => match frame.opcode {
+                    OpCode::Text => {
+                        return serde_json::from_slice(&frame.payload)
+                            .map(Some)
+                            .map_err(|_| ());
+                    }
+                    OpCode::Close => return Err(()),
+                    _ => continue,
+                },
             }
         }
     }
