@@ -190,9 +190,7 @@ fn tune(action: &TuneCommand) -> anyhow::Result<()> {
             if !apply::is_root() {
                 anyhow::bail!(apply::ApplyError::NotRoot);
             }
-            for line in apply::apply(root, &profile, &changes)? {
-                println!("{line}");
-            }
+            apply::apply(root, &profile, &changes, &mut |line| println!("{line}"))?;
             Ok(())
         }
     }

@@ -6,7 +6,10 @@ use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 /// Describes every metric (HELP lines in `/metrics`).
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_gauge!("ringcast_connections", "Open WebSocket connections.");
+    describe_gauge!(
+        "ringcast_connections",
+        "Open connections: WebSocket, SSE streams and held long polls."
+    );
     describe_counter!(
         "ringcast_limit_hits_total",
         "Limits that answered, by limit (ops, publish, rate_limit_close, connections_per_user, token_expired_close, refresh_failed, refresh_denied)."

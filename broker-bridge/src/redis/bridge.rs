@@ -293,7 +293,11 @@ impl Bridge {
         mut done_rx: UnboundedReceiver<Done>,
         mut push_rx: UnboundedReceiver<(u64, PushInfo)>,
     ) {
-        // Starting Redis-less is allowed: the node is not ready until the link is up.
+        // Starting Redis-less is allowed: the node is not ready until the link is up. The gauges
+        // exist from the start, so an alert on them fires for a node that never connected.
+        metrics::gauge!("ringcast_bridge_connected").set(0.0);
+        metrics::gauge!("ringcast_bridge_canary_ok").set(0.0);
+        metrics::counter!("ringcast_bridge_reconnects_total").increment(0);
         let mut out = Vec::new();
         self.seq.down("connecting to redis", &mut out);
         let mut tick = tokio::time::interval(TICK);

@@ -85,38 +85,51 @@ pub fn is_root() -> bool {
     })
 }
 
-/// Writes every change and saves the profile to `<root>/etc/sysctl.d/90-ringcast.conf`; returns
-/// one line per action, in order (printed by the caller, so nothing happens silently).
+/// Writes every change, then saves what the host needs at boot to
+/// `<root>/etc/sysctl.d/90-ringcast.conf`: the profile's settings, except an `at-least` one the
+/// host already exceeded (saving it would lower the host's value at the next boot). Each action
+/// is reported to `log` as it is done, so a failure part way still shows what was changed.
 pub fn apply(
     root: &Path,
     profile: &Profile,
     changes: &[Change],
-) -> Result<Vec<String>, ApplyError> {
-    let mut log = Vec::new();
+    log: &mut dyn FnMut(String),
+) -> Result<(), ApplyError> {
     for c in changes {
         std::fs::write(&c.path, format!("{}\n", c.wanted)).map_err(|source| ApplyError::Write {
             path: c.path.display().to_string(),
             source,
         })?;
-        log.push(format!(
+        log(format!(
             "set {} = {} (was {})",
             c.key,
             c.wanted,
             c.current.as_deref().unwrap_or("not readable")
         ));
     }
+    let mut text = format!(
+        "# Written by `ringcast tune apply --profile {0}`; why each setting is there:\n# tuning/profiles/{0}/sysctl.conf in the ringcast source.\n",
+        profile.name
+    );
+    for s in &profile.sysctls {
+        let changed = changes.iter().any(|c| c.key == s.key);
+        if s.at_least && !changed {
+            // Already above the minimum here: keep the host's own (higher) value.
+            continue;
+        }
+        text.push_str(&format!("{} = {}\n", s.key, s.value));
+    }
     let dir = root.join("etc/sysctl.d");
     let file = dir.join("90-ringcast.conf");
     std::fs::create_dir_all(&dir)
-        .and_then(|()| std::fs::write(&file, &profile.sysctl_text))
+        .and_then(|()| std::fs::write(&file, text))
         .map_err(|source| ApplyError::Write {
             path: file.display().to_string(),
             source,
         })?;
-    log.push(format!(
-        "saved profile {} to {} (loaded at boot)",
-        profile.name,
+    log(format!(
+        "saved the profile's settings to {} (loaded at boot)",
         file.display()
     ));
-    Ok(log)
+    Ok(())
 }

@@ -22,8 +22,6 @@ pub struct Profile {
     pub nofile: u64,
     /// The core layout and what the audit insists on (`profile.toml`).
     pub settings: ProfileSettings,
-    /// The profile's `sysctl.conf` text (for persisting it).
-    pub sysctl_text: String,
 }
 
 /// One sysctl setting of a profile.
@@ -212,7 +210,6 @@ impl Profile {
             sysctls,
             nofile,
             settings,
-            sysctl_text: sysctl.to_string(),
         })
     }
 }
