@@ -1,7 +1,34 @@
-//! The Rust client SDK of ringcast (crate `ringcast-client`).
+//! The Rust client SDK of ringcast (crate `ringcast-client`), on tokio and fastwebsockets.
 //!
-//! Not built yet: it lands with the client-SDK issue. Until then the harness (`benches/`) and the
-//! gateway's integration tests talk to the gateway with fastwebsockets directly, and the app
-//! protocol's types are in `proto_codec::protocol`.
+//! ```no_run
+//! # async fn demo() -> Result<(), ringcast_client::ClientError> {
+//! use ringcast_client::{Client, ClientConfig, RoomEvent};
+//! let client = Client::connect(ClientConfig::new("127.0.0.1:8080"));
+//! let mut prices = client.subscribe("prices.BTC-USD", false).await?;
+//! client.publish("prices.BTC-USD", &serde_json::json!({"bid": 64210.5})).await?;
+//! while let Some(ev) = prices.next().await {
+//!     if let RoomEvent::Message { offset, data, .. } = ev {
+//!         println!("{offset}: {data}");
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! What it guarantees (docs/clients.md): every room message is delivered to a subscription at
+//! most once and in offset order; after a reconnect every room is resubscribed from the last
+//! offset delivered, so nothing is missed while the server's history holds it, and
+//! `RoomEvent::Subscribed { resumed: true, recovered: false }` says when it no longer did.
+//! Reconnection uses exponential backoff with full jitter and honours the server's reconnect
+//! hint. Publishes made while disconnected wait in a bounded queue; one sent on a connection that
+//! then died fails with [`ClientError::ConnectionLost`] (it may have been stored: retrying may
+//! store it twice).
 
+mod backoff;
+mod client;
+mod transport;
+
+pub use backoff::Backoff;
+pub use client::{
+    Client, ClientConfig, ClientError, ConnState, Published, RoomEvent, Subscription, TokenProvider,
+};
 pub use proto_codec::protocol;

@@ -50,7 +50,9 @@ impl Server {
         Server::launch(shards, extra_toml, &[])
     }
 
-    fn launch(shards: usize, extra_toml: &str, env: &[(&str, &str)]) -> Server {
+    /// Starts `ringcast` with the test config plus `extra_toml`, and these environment variables
+    /// (which override the file: `RINGCAST_LISTEN` picks a fixed port).
+    pub fn launch(shards: usize, extra_toml: &str, env: &[(&str, &str)]) -> Server {
         let dir = std::env::temp_dir().join(format!(
             "ringcast-test-{}-{}",
             std::process::id(),
