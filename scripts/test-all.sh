@@ -64,6 +64,9 @@ step "Autobahn TestSuite (kosoku) on both drivers"
 scripts/autobahn.sh io-uring target/release/ringcast | tee -a "$log"
 scripts/autobahn.sh epoll target/release/ringcast | tee -a "$log"
 
+step "Autobahn client cases against the Rust client SDK's WebSocket layer"
+scripts/autobahn-client.sh | tee -a "$log"
+
 # One closing line for the whole run, from every runner's own summary lines.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      /^autobahn [a-z-]+: [0-9]+ passed/ { p += $3; f += $5 }

@@ -25,7 +25,7 @@
 
 mod backoff;
 mod client;
-mod transport;
+pub mod transport;
 
 pub use backoff::Backoff;
 pub use client::{

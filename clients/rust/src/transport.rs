@@ -48,6 +48,9 @@ pub enum ConnectError {
     Timeout,
 }
 
+/// The read half of a connection (fragments collected, text checked as UTF-8).
+pub type Reader = FragmentCollectorRead<tokio::io::ReadHalf<TcpStream>>;
+
 /// Connects to `ws://addr/path` (the token, if any, in `Authorization: Bearer`), then starts the
 /// reader task.
 pub async fn connect(
@@ -56,6 +59,20 @@ pub async fn connect(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<(Writer, mpsc::UnboundedReceiver<Incoming>), ConnectError> {
+    let (read, write) = open(addr, path, token, timeout).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(read_loop(read, tx));
+    Ok((write, rx))
+}
+
+/// The WebSocket layer alone: the upgrade, then the two halves (the conformance driver in
+/// `examples/autobahn_client.rs` runs the Autobahn client cases on it).
+pub async fn open(
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(Reader, Writer), ConnectError> {
     let attempt = async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
@@ -99,22 +116,20 @@ pub async fn connect(
         .await
         .map_err(|_| ConnectError::Timeout)??;
     let mut ws = WebSocket::after_handshake(stream, Role::Client);
-    ws.set_auto_close(false);
+    // Pongs and the reply to the server's close are handed to the caller to write (the read
+    // half cannot write): see `Incoming::Obligated`.
+    ws.set_auto_close(true);
     ws.set_auto_pong(true);
     let (read, write) = ws.split(tokio::io::split);
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(read_loop(FragmentCollectorRead::new(read), tx));
-    Ok((write, rx))
+    Ok((FragmentCollectorRead::new(read), write))
 }
 
-async fn read_loop(
-    mut read: FragmentCollectorRead<tokio::io::ReadHalf<TcpStream>>,
-    tx: mpsc::UnboundedSender<Incoming>,
-) {
+async fn read_loop(mut read: Reader, tx: mpsc::UnboundedSender<Incoming>) {
     loop {
         let obligated = tx.clone();
         let mut send = move |f: Frame<'_>| {
-            let _ = obligated.send(Incoming::Obligated(f.opcode, f.payload.to_vec()));
+            let (op, payload) = obligated_reply(&f);
+            let _ = obligated.send(Incoming::Obligated(op, payload));
             async { Ok::<(), WebSocketError>(()) }
         };
         let frame = read.read_frame(&mut send).await;
@@ -143,6 +158,18 @@ async fn read_loop(
             return;
         }
     }
+}
+
+/// The frame to send for one fastwebsockets asks us to (a pong, or the reply to a close), with
+/// RFC 6455 §5.5's limit enforced: a control frame carries at most 125 bytes, so a reply that
+/// would echo a longer one (the peer's frame was itself too long) becomes close 1002 instead.
+pub fn obligated_reply(f: &Frame<'_>) -> (OpCode, Vec<u8>) {
+    if f.payload.len() > 125 {
+        let mut close = 1002u16.to_be_bytes().to_vec();
+        close.extend_from_slice(b"control frame too long");
+        return (OpCode::Close, close);
+    }
+    (f.opcode, f.payload.to_vec())
 }
 
 /// Writes a text frame.
