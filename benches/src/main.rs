@@ -28,6 +28,9 @@ enum Scenario {
     /// Publisher on node A, subscribers on node B, both on one Redis (started here): the latency
     /// the cross-node hop adds, beside one embedded node and one Redis node, in one run.
     Crossnode(scenarios::crossnode::Args),
+    /// Publishes realistic price ticks (a random walk per symbol) to `prices.<SYMBOL>` rooms at a
+    /// chosen rate, through the Rust client SDK: the feed of the demo dashboard.
+    DemoFeed(scenarios::demo_feed::Args),
     /// N connections opening at a rate: handshake latency percentiles and failures.
     Storm(scenarios::storm::Args),
     /// N idle connections over several client processes: server RSS per connection.
@@ -43,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Fanout(args) => scenarios::fanout::run(args),
         Scenario::CeilingServer(args) => scenarios::ceiling::run(args),
         Scenario::Crossnode(args) => scenarios::crossnode::run(args),
+        Scenario::DemoFeed(args) => scenarios::demo_feed::run(args),
         Scenario::Storm(args) => scenarios::storm::run(args),
         Scenario::Idle(args) => scenarios::idle::run(args),
         Scenario::IdleClient(args) => scenarios::idle::run_client(args),

@@ -2,6 +2,7 @@
 
 pub mod ceiling;
 pub mod crossnode;
+pub mod demo_feed;
 pub mod fanout;
 pub mod idle;
 pub mod storm;
