@@ -73,6 +73,9 @@ pub struct Args {
     /// Also print the result as one JSON line.
     #[arg(long)]
     pub json: bool,
+    /// Also write the latency percentile spectrum of the run as an SVG plot to this file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<std::path::PathBuf>,
     /// Connect over TLS, verifying the server against this PEM certificate (name `localhost`);
     /// with --spawn, the server's `tls=` address is loaded instead of `public=`.
     #[arg(long, value_name = "PEM")]
@@ -654,11 +657,21 @@ async fn start_flood(args: &Args, addr: SocketAddr) -> anyhow::Result<Option<Flo
     }))
 }
 
-/// Prints the human report (and the JSON line with --json).
+/// Prints the human report (and the JSON line with --json; the SVG plot with --svg).
 pub fn print_report(args: &Args, r: &Report) {
     let h = &r.hist;
     let lost = r.expected.saturating_sub(r.received);
     let measured = h.len();
+    if let Some(path) = &args.svg {
+        let title = format!(
+            "{}: {} subscribers, {} msg/s, {} B; publish -> receive",
+            args.label, args.subscribers, args.rate, args.payload
+        );
+        match std::fs::write(path, crate::report::svg_percentiles(h, &title)) {
+            Ok(()) => eprintln!("percentile plot: {}", path.display()),
+            Err(e) => eprintln!("could not write {}: {e}", path.display()),
+        }
+    }
     println!(
         "fanout [{}, {:?} mode]: {} subscribers, {} rooms, {} publishers, offered {} msg/s, {} B padding, {} s measured after {} s warm-up",
         args.label, args.mode, args.subscribers, args.rooms, args.publishers, args.rate, args.payload, args.duration_secs, args.warmup_secs
