@@ -90,6 +90,58 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// A progress line on stderr for a run (only when stderr is a terminal, so logs stay clean):
+/// warm-up, then the measured seconds, redrawn every second.
+pub async fn progress(
+    label: String,
+    start: std::time::Instant,
+    measure_from: std::time::Instant,
+    end: std::time::Instant,
+) {
+    use std::io::{IsTerminal, Write};
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let total = end
+        .saturating_duration_since(measure_from)
+        .as_secs_f64()
+        .max(0.001);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let now = std::time::Instant::now();
+        let line = if now < measure_from {
+            format!(
+                "{label}: warming up {:.0}/{:.0} s",
+                now.saturating_duration_since(start).as_secs_f64(),
+                measure_from.saturating_duration_since(start).as_secs_f64()
+            )
+        } else {
+            let done = now
+                .saturating_duration_since(measure_from)
+                .as_secs_f64()
+                .min(total);
+            let width = 30;
+            let filled = ((done / total) * width as f64) as usize;
+            format!(
+                "{label}: [{}{}] {done:.0}/{total:.0} s",
+                "#".repeat(filled),
+                " ".repeat(width - filled.min(width))
+            )
+        };
+        let mut err = std::io::stderr();
+        let _ = write!(err, "\r\x1b[2K{line}");
+        let _ = err.flush();
+    }
+}
+
+/// Clears the progress line (when stderr is a terminal).
+pub fn progress_done() {
+    use std::io::{IsTerminal, Write};
+    if std::io::stderr().is_terminal() {
+        let _ = write!(std::io::stderr(), "\r\x1b[2K");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -517,6 +517,12 @@ async fn drive(
             ws
         }));
     }
+    let progress = tokio::spawn(crate::report::progress(
+        format!("fanout [{}]", args.label),
+        start,
+        measure_from,
+        end,
+    ));
     let cpu_start = server_pid.and_then(procstat::cpu_seconds);
     let client_cpu_start = procstat::cpu_seconds(std::process::id());
     let wall_start = Instant::now();
@@ -524,6 +530,8 @@ async fn drive(
     for t in pub_tasks {
         pub_conns.push(t.await?);
     }
+    progress.abort();
+    crate::report::progress_done();
     let cpu_end = server_pid.and_then(procstat::cpu_seconds);
     let client_cpu_end = procstat::cpu_seconds(std::process::id());
     let wall = wall_start.elapsed().as_secs_f64();
