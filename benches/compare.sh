@@ -19,6 +19,7 @@ else
     cargo build --release -p gateway -p ringcast-bench
 fi
 (cd benches/peers/node-ws && npm ci --no-audit --no-fund --silent)
+(cd benches/peers/socketio && npm ci --no-audit --no-fund --silent)
 bin="target/$profile"
 ulimit -n 20000 || true
 # Large queues and no heartbeats for ringcast, so neither policy interferes with the measurement.
@@ -35,6 +36,7 @@ targets=(
     "ringcast-io_uring|raw|$server $ringcast io-uring"
     "ringcast-epoll|raw|$server $ringcast epoll"
     "node-ws|raw|$server node benches/peers/node-ws/server.mjs"
+    "socket.io|socketio|$server node benches/peers/socketio/server.mjs"
     "rust-baseline|raw|$server $bin/ringcast-peer-rust"
     "ceiling-write|raw|$server $bin/ringcast-bench ceiling-server --variant write"
     "ceiling-writev|raw|$server $bin/ringcast-bench ceiling-server --variant writev"

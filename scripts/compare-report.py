@@ -23,7 +23,7 @@ if mode == "--check":
     print(f"compare smoke: {len(fan)} passed, 0 failed")
     sys.exit(0)
 
-PEERS = ("node-ws", "rust-baseline")
+PEERS = ("node-ws", "socket.io", "rust-baseline")
 def ms(us):
     return "n/a" if us is None else f"{us / 1000:.2f}"
 ceiling_cpu = min(r["server_cpu_percent"] for r in fan if r["label"].startswith("ceiling"))

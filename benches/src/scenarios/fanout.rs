@@ -108,6 +108,34 @@ pub enum Mode {
     App,
     /// Raw broadcast.
     Raw,
+    /// Socket.IO 4 (Engine.IO v4 over WebSocket): subscribers join the room on connect,
+    /// publishers emit `pub`, the server broadcasts `msg` to the room.
+    Socketio,
+}
+
+/// Connects a Socket.IO 4 client over WebSocket: the Engine.IO open packet, then the namespace
+/// connect (`40`), answered `40{...}` once the server ran its `connection` handler.
+async fn socketio_connect(
+    addr: SocketAddr,
+    room: &str,
+    role: &str,
+) -> anyhow::Result<fastwebsockets::WebSocket<crate::tls::Stream>> {
+    let path = format!("/socket.io/?EIO=4&transport=websocket&room={room}&role={role}");
+    let mut ws = connect(addr, &path, false).await?;
+    let open = next_text(&mut ws).await?;
+    if !open.starts_with(b"0{") {
+        bail!(
+            "no Engine.IO open packet: {}",
+            String::from_utf8_lossy(&open)
+        );
+    }
+    send(&mut ws, "40".into()).await?;
+    loop {
+        let f = next_text(&mut ws).await?;
+        if f.starts_with(b"40") {
+            return Ok(ws);
+        }
+    }
 }
 
 static BASE: OnceLock<Instant> = OnceLock::new();
@@ -237,6 +265,14 @@ where
             _ = stop.changed() => break,
             f = next_text(ws) => match f { Ok(f) => f, Err(_) => break },
         };
+        if frame.as_slice() == b"2" {
+            // Engine.IO ping: answer, or the server drops the connection.
+            let pong = fastwebsockets::Frame::text(fastwebsockets::Payload::Borrowed(b"3"));
+            if ws.write_frame(pong).await.is_err() {
+                break;
+            }
+            continue;
+        }
         let now = ns_since_base(Instant::now());
         let (Some(t), Some(p), Some(k)) = (
             find_u64(&frame, b"\"t\":"),
@@ -349,7 +385,7 @@ pub fn measure(args: &Args) -> anyhow::Result<Report> {
     if args.rooms == 0 || args.publishers == 0 || args.rate <= 0.0 {
         bail!("rooms, publishers and rate must be above 0");
     }
-    if args.mode == Mode::Raw && args.publishers < args.rooms {
+    if args.mode != Mode::App && args.publishers < args.rooms {
         bail!("raw mode needs at least one publisher per room");
     }
     let spawned = match &args.spawn {
@@ -421,6 +457,9 @@ async fn drive(
                 if mode == Mode::Raw {
                     return connect(addr, &format!("/raw/{room}"), false).await;
                 }
+                if mode == Mode::Socketio {
+                    return socketio_connect(addr, &room, "sub").await;
+                }
                 let mut ws = connect(addr, "/ws", true).await?;
                 send(
                     &mut ws,
@@ -446,6 +485,9 @@ async fn drive(
             Mode::Raw => {
                 let path = format!("/raw/{}?role=pub", rooms[p % rooms.len()]);
                 connect(publish_addr, &path, false).await?
+            }
+            Mode::Socketio => {
+                socketio_connect(publish_addr, &rooms[p % rooms.len()], "pub").await?
             }
         });
     }
@@ -506,6 +548,7 @@ async fn drive(
                         )
                     }
                     Mode::Raw => (p % rooms.len(), data),
+                    Mode::Socketio => (p % rooms.len(), format!(r#"42["pub",{data}]"#)),
                 };
                 if send(&mut ws, frame).await.is_err() {
                     break;
