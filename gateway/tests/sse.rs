@@ -129,6 +129,8 @@ fn sse_stream_with_curl_resume_heartbeats_and_http_publish() {
     // Publish through HTTP (multi-line data included) while the stream is open.
     let (_, r1) = publish(&server, r#"{"room":"feed.a","data":{"n":1},"id":9}"#, &[]);
     assert!(r1.starts_with("HTTP/1.1 200"), "{r1}");
+    // The gateway closes after one request and says so (pooling clients must not reuse it).
+    assert!(r1.contains("Connection: close\r\n"), "{r1}");
     assert!(
         r1.contains(r#""ev":"published""#) && r1.contains(r#""id":9"#),
         "{r1}"
@@ -179,6 +181,12 @@ fn sse_stream_with_curl_resume_heartbeats_and_http_publish() {
         .filter_map(|e| e.2["offset"].as_u64())
         .collect();
     assert_eq!(replay, [2]);
+    // A replayed message carries its position too, so EventSource's next resume starts after it.
+    let replayed_id = events
+        .iter()
+        .find(|e| e.0 == "msg")
+        .and_then(|e| e.1.clone());
+    assert_eq!(replayed_id, Some(format!("feed.a|{epoch}:2")), "{resumed}");
 }
 
 #[test]

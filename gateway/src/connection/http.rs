@@ -95,7 +95,9 @@ pub async fn long_poll(
     }
     body.push(b']');
     let mut out = Vec::with_capacity(200 + body.len());
-    let mut headers = vec![("Cache-Control", "no-store")];
+    // One request per connection: say so, or a client that pools connections reuses a socket
+    // the gateway is closing.
+    let mut headers = vec![("Cache-Control", "no-store"), ("Connection", "close")];
     if let Some(o) = cors.as_deref() {
         headers.push(("Access-Control-Allow-Origin", o));
         headers.push(("Vary", "Origin"));

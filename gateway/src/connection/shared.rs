@@ -220,7 +220,12 @@ impl ConnShared {
     /// its SSE event (`None` for frames with no SSE form, such as pings and closes).
     fn wire(&self, frame: Bytes) -> Option<Bytes> {
         match self.kind {
-            ConnKind::Sse => proto_codec::sse::event_from_ws_frame(&frame, None).map(Bytes::from),
+            ConnKind::Sse => {
+                // Live messages get their id where they are fanned out; a replayed one (sent
+                // after `subscribed`) gets it here, so a resume starts after it too.
+                let id = proto_codec::sse::text_payload(&frame).and_then(msg_position_id);
+                proto_codec::sse::event_from_ws_frame(&frame, id.as_deref()).map(Bytes::from)
+            }
             // A long poll answers the messages after a recovered `since`, not its `subscribed`
             // (docs/protocol.md §20); only text frames are collected.
             ConnKind::Poll => {
@@ -273,5 +278,21 @@ impl ConnShared {
         if let Some(w) = self.waker.borrow().as_ref() {
             w.wake_by_ref();
         }
+    }
+}
+
+/// The SSE id (`<room>|<epoch>:<offset>`) of a `msg` event's JSON; `None` for other events.
+fn msg_position_id(payload: &[u8]) -> Option<String> {
+    if !payload.starts_with(br#"{"ev":"msg""#) {
+        return None;
+    }
+    match proto_codec::protocol::ServerEvent::decode(payload) {
+        Ok(proto_codec::protocol::ServerEvent::Msg {
+            room,
+            epoch,
+            offset,
+            ..
+        }) => Some(format!("{room}|{epoch}:{offset}")),
+        _ => None,
     }
 }

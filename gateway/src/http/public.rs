@@ -93,9 +93,12 @@ fn json_refusal(
 /// A JSON response (with the CORS header for an allowed origin).
 pub fn json_response(status: u16, body: &[u8], cors: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + body.len());
-    let headers: Vec<(&str, &str)> = cors
-        .map(|o| vec![("Access-Control-Allow-Origin", o), ("Vary", "Origin")])
-        .unwrap_or_default();
+    // One request per connection: say so, or a client that pools connections reuses a socket
+    // the gateway is closing.
+    let mut headers: Vec<(&str, &str)> = vec![("Connection", "close")];
+    if let Some(o) = cors {
+        headers.extend([("Access-Control-Allow-Origin", o), ("Vary", "Origin")]);
+    }
     write_response(&mut out, status, "application/json", &headers, body);
     out
 }
@@ -250,6 +253,7 @@ pub fn publish_request(req: &Request<'_>, gate: &Gate<'_>) -> HttpDecision {
                 "Authorization, Content-Type",
             ),
             ("Access-Control-Max-Age", "600"),
+            ("Connection", "close"),
         ];
         if let Some(o) = cors {
             headers.push(("Access-Control-Allow-Origin", o));

@@ -171,8 +171,11 @@ fn room<'a>(id: Option<u64>, room: Option<Cow<'a, str>>) -> Result<Cow<'a, str>,
     Ok(room)
 }
 
+/// `data` is required; `null` counts as absent (docs/protocol.md §7: publish `{}` or `[]` for
+/// "nothing").
 fn data(id: Option<u64>, data: Option<&RawValue>) -> Result<&RawValue, OpError> {
-    data.ok_or_else(|| error(id, ErrorCode::BadRequest, "missing field `data`"))
+    data.filter(|d| d.get().trim() != "null")
+        .ok_or_else(|| error(id, ErrorCode::BadRequest, "missing field `data`"))
 }
 
 /// Decodes one op from a text frame's payload.
@@ -327,9 +330,17 @@ mod tests {
     }
 
     #[test]
-    fn null_data_is_data() {
-        match decode_op(br#"{"op":"publish","room":"r","data":null}"#).unwrap() {
-            ClientOp::Publish { data, .. } => assert_eq!(data.get(), "null"),
+    fn null_data_counts_as_missing() {
+        for op in [
+            &br#"{"op":"publish","id":3,"room":"r","data":null}"#[..],
+            br#"{"op":"event","id":3,"room":"r","data": null }"#,
+        ] {
+            let e = decode_op(op).unwrap_err();
+            assert_eq!((e.id, e.code), (Some(3), ErrorCode::BadRequest), "{e}");
+            assert!(e.to_string().contains("missing field `data`"));
+        }
+        match decode_op(br#"{"op":"publish","room":"r","data":{}}"#).unwrap() {
+            ClientOp::Publish { data, .. } => assert_eq!(data.get(), "{}"),
             other => panic!("{other:?}"),
         }
     }
