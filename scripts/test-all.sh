@@ -54,6 +54,13 @@ RINGCAST_IO_DRIVER=epoll cargo test -p gateway --test gateway --test interop --t
 step "benchmark harness smoke test (every target: no loss, no duplicates, no errors)"
 benches/compare.sh --short 2>&1 | tee -a "$log"
 
+step "TypeScript client SDK against the real gateway (node:test)"
+(cd clients/js && npm ci --no-audit --no-fund --silent && npm test) 2>&1 | tee -a "$log"
+
+step "demo dashboard end to end in headless Chromium (playwright-core)"
+command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium fonts-dejavu-core; }
+(cd clients/js/e2e && npm ci --no-audit --no-fund --silent && npm test) 2>&1 | tee -a "$log"
+
 step "TLS path smoke test (plain and TLS listeners: no loss, no duplicates)"
 benches/tls-cost.sh --short 2>&1 | tee -a "$log"
 
@@ -74,4 +81,8 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += 
      /^tls smoke: [0-9]+ passed/ { p += $3; f += $5 }
      /^crossnode smoke: [0-9]+ passed/ { p += $3; f += $5 }
      /^deploy checks: [0-9]+ passed/ { p += $3; f += $5 }
+     /^# pass [0-9]+$/ { p += $3 }
+     /^# fail [0-9]+$/ { f += $3 }
+     /^ℹ pass [0-9]+$/ { p += $3 }
+     /^ℹ fail [0-9]+$/ { f += $3 }
      END { printf "\n%d passed, %d failed\n", p, f }' "$log"
