@@ -324,8 +324,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             steps,
             step.rate
         );
-        let report = measure(&step)?;
+        let mut report = measure(&step)?;
         print_report(&step, &report);
+        let passes = |r: &Report| {
+            r.expected == r.received
+                && r.duplicated == 0
+                && r.hist.value_at_quantile(0.99) as f64 / 1000.0 <= args.p99_target_ms
+        };
+        if !report.load_fell_behind && !passes(&report) {
+            // One noisy step must not end the ramp: a failing step is measured once more.
+            eprintln!(
+                "find-max [{}]: step failed; measuring it once more",
+                args.label
+            );
+            report = measure(&step)?;
+            print_report(&step, &report);
+        }
         let p99_ms = report.hist.value_at_quantile(0.99) as f64 / 1000.0;
         if report.load_fell_behind {
             println!(

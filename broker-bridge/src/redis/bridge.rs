@@ -1125,10 +1125,11 @@ async fn connect_single(
     let cmd = client
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
+    // The same timeout on the subscription connection: (un)subscribe commands are answered at
+    // once, and one that is not (a hung Redis) must drop the link rather than leave the rooms
+    // it was for waiting forever. Push messages are not answers and are not timed.
     let sub = client
-        .get_multiplexed_async_connection_with_config(
-            &config.set_response_timeout(None).set_push_sender(sender),
-        )
+        .get_multiplexed_async_connection_with_config(&config.set_push_sender(sender))
         .await?;
     Ok((Conn::Single(cmd), Conn::Single(sub)))
 }
