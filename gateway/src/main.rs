@@ -232,6 +232,9 @@ fn core_plan(config: &Config) -> anyhow::Result<(usize, Vec<Option<usize>>, Vec<
 /// Everything the configuration names outside itself (key files, certificates, patterns),
 /// loaded and checked: `check-config` runs this too, so a configuration it accepts starts.
 fn build_policy(config: &Config) -> anyhow::Result<Policy> {
+    if !config.cpu_profile.is_empty() {
+        gateway::tune::Profile::load(&config.cpu_profile).context("cpu_profile")?;
+    }
     let namespaces = Arc::new(Namespaces::from_config(config));
     let auth = Arc::new(
         Authenticator::new(&config.auth, namespaces.anonymous_allowed())

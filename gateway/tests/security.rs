@@ -735,6 +735,11 @@ async fn bad_input_table() {
             "[rooms]\nanonymous = \"everything\"\n",
             "`rooms.anonymous`: unknown variant `everything`",
         ),
+        (
+            "config: unknown cpu_profile",
+            "cpu_profile = \"fastest\"\n",
+            "no profile `fastest`",
+        ),
     ];
     for (input, toml, needle) in bad_configs {
         let (ok, stderr) = check_config(toml);
