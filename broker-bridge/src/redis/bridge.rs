@@ -538,27 +538,12 @@ impl Bridge {
         let outlet = self.outlet.clone();
         let keys = self.keys(&room);
         let limit = limit.max(1);
-        let (mode, arg) = match &since {
-            Some((_, o)) => ("after", *o),
-            None => ("last", limit as u64),
+        let mode = match &since {
+            Some((_, o)) => scripts::ReadMode::After(*o),
+            None => scripts::ReadMode::Last(limit),
         };
         tokio::spawn(async move {
-            let r: RedisResult<Value> = scripts
-                .read
-                .key(&keys.meta)
-                .key(&keys.stream)
-                .arg(mode)
-                .arg(arg)
-                .arg(limit)
-                .arg("0")
-                .arg(new_epoch().as_ref())
-                .arg(1)
-                .arg(0)
-                .invoke_async(&mut conn)
-                .await;
-            let parsed = r
-                .map_err(|e| e.to_string())
-                .and_then(|v| scripts::parse_read(v, mode == "last").map_err(|e| e.to_string()));
+            let parsed = scripts::read(&mut conn, &scripts.read, &keys, mode, limit, None, 0).await;
             let event = match parsed {
                 Ok(result) => BrokerEvent::Recovered {
                     token,
@@ -582,31 +567,19 @@ impl Bridge {
         let gen = self.gen;
         let keys = self.keys(&room);
         let meta_ttl = self.settings.room_retention.as_millis().max(1) as u64;
-        let (mode, arg) = match from {
-            Some(o) => ("after", o),
-            None => ("none", 0),
-        };
+        let mode = from.map_or(scripts::ReadMode::None, scripts::ReadMode::After);
         tokio::spawn(async move {
-            let r: RedisResult<Value> = scripts
-                .read
-                .key(&keys.meta)
-                .key(&keys.stream)
-                .arg(mode)
-                .arg(arg)
-                .arg(limit)
-                .arg("1")
-                .arg(new_epoch().as_ref())
-                .arg(meta_ttl)
-                .arg(floor)
-                .invoke_async(&mut conn)
-                .await;
-            let result =
-                r.map_err(|e| e.to_string())
-                    .and_then(|v| match scripts::parse_read(v, false) {
-                        Ok(Some(r)) => Ok(r),
-                        Ok(None) => Err("the room has no epoch after a creating read".to_string()),
-                        Err(e) => Err(e.to_string()),
-                    });
+            let result = scripts::read(
+                &mut conn,
+                &scripts.read,
+                &keys,
+                mode,
+                limit,
+                Some(meta_ttl),
+                floor,
+            )
+            .await
+            .and_then(|r| r.ok_or_else(|| "the room has no epoch after a creating read".into()));
             let _ = done.send(Done::Read {
                 gen,
                 room,

@@ -163,6 +163,49 @@ impl Default for Scripts {
     }
 }
 
+/// Which entries a [`READ`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// None: the room's epoch and last offset only.
+    None,
+    /// Entries after this offset (at most the read's limit).
+    After(u64),
+    /// The newest N entries.
+    Last(usize),
+}
+
+/// Runs [`READ`] on a room (its ARGV in one place): `create` is the meta TTL in ms when the
+/// read may create the room's epoch; `floor` as in [`READ`]. Entries come oldest first.
+pub async fn read(
+    conn: &mut impl redis::aio::ConnectionLike,
+    script: &Script,
+    keys: &super::wire::RoomKeys,
+    mode: ReadMode,
+    limit: usize,
+    create: Option<u64>,
+    floor: u64,
+) -> Result<Option<ReadResult>, String> {
+    let (name, arg) = match mode {
+        ReadMode::None => ("none", 0),
+        ReadMode::After(o) => ("after", o),
+        ReadMode::Last(n) => ("last", n as u64),
+    };
+    let v: Value = script
+        .key(&keys.meta)
+        .key(&keys.stream)
+        .arg(name)
+        .arg(arg)
+        .arg(limit.max(1))
+        .arg(if create.is_some() { "1" } else { "0" })
+        .arg(crate::embedded::new_epoch().as_ref())
+        .arg(create.unwrap_or(1))
+        .arg(floor)
+        .invoke_async(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    parse_read(v, matches!(mode, ReadMode::Last(_))).map_err(|e| e.to_string())
+}
+
 /// An answer that does not have the shape its script returns.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unexpected answer from Redis: {0}")]
