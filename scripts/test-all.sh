@@ -49,7 +49,7 @@ step "deploy files, each checked by its own tool"
 scripts/check-deploy.sh target/debug/ringcast 2>&1 | tee -a "$log"
 
 step "gateway integration tests on epoll"
-RINGCAST_IO_DRIVER=epoll cargo test -p gateway --test gateway --test interop --test security --test tls --test delivery --test sse --test api 2>&1 | tee -a "$log"
+RINGCAST_IO_DRIVER=epoll cargo test -p gateway --test gateway --test interop --test security --test tls --test delivery --test sse --test api --test opfuzz 2>&1 | tee -a "$log"
 
 step "benchmark harness smoke test (every target: no loss, no duplicates, no errors)"
 benches/compare.sh --short 2>&1 | tee -a "$log"
@@ -67,6 +67,9 @@ benches/tls-cost.sh --short 2>&1 | tee -a "$log"
 step "cross-node smoke test (embedded, one Redis node, two Redis nodes: no loss, no duplicates)"
 benches/crossnode.sh --short 2>&1 | tee -a "$log"
 
+step "fair egress smoke test (a calm room keeps its p99 within 10 ms beside a flood)"
+benches/fairness.sh --short 2>&1 | tee -a "$log"
+
 step "Autobahn TestSuite (kosoku) on both drivers"
 scripts/autobahn.sh io-uring target/release/ringcast | tee -a "$log"
 scripts/autobahn.sh epoll target/release/ringcast | tee -a "$log"
@@ -80,6 +83,7 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += 
      /^compare smoke: [0-9]+ passed/ { p += $3; f += $5 }
      /^tls smoke: [0-9]+ passed/ { p += $3; f += $5 }
      /^crossnode smoke: [0-9]+ passed/ { p += $3; f += $5 }
+     /^fairness smoke: [0-9]+ passed/ { p += $3; f += $5 }
      /^deploy checks: [0-9]+ passed/ { p += $3; f += $5 }
      /^# pass [0-9]+$/ { p += $3 }
      /^# fail [0-9]+$/ { f += $3 }

@@ -139,7 +139,10 @@ pub struct ShardCtx {
     shutting_down: Cell<bool>,
     accept_wakers: RefCell<[Option<Waker>; 2]>,
     /// Connections that used up their turn's budget, to be woken after the runtime has parked.
-    deferred: RefCell<Vec<Waker>>,
+    deferred: RefCell<Vec<Rc<ConnShared>>>,
+    /// Deliveries queued on this shard so far (wrapping): a connection's turn ends once its
+    /// input caused `FANOUT_BUDGET` of them.
+    pub fanout_work: Cell<usize>,
     deferred_loop_waker: RefCell<Option<Waker>>,
 }
 
@@ -183,6 +186,7 @@ impl ShardCtx {
             shutting_down: Cell::new(false),
             accept_wakers: RefCell::new([None, None]),
             deferred: RefCell::new(Vec::new()),
+            fanout_work: Cell::new(0),
             deferred_loop_waker: RefCell::new(None),
             config,
         }
@@ -190,9 +194,13 @@ impl ShardCtx {
 
     /// A connection used up its turn: it runs again after the runtime has parked once (which
     /// is when monoio polls timers, and what lets accepts and timers through under a flood;
-    /// waking itself directly would keep the run queue from ever emptying).
-    pub fn defer(&self, waker: &Waker) {
-        self.deferred.borrow_mut().push(waker.clone());
+    /// waking itself directly would keep the run queue from ever emptying). Until then it does
+    /// nothing, however often it is woken (a push does not buy it an extra turn).
+    pub fn defer(&self, conn: &Rc<ConnShared>) {
+        if conn.deferred.replace(true) {
+            return;
+        }
+        self.deferred.borrow_mut().push(conn.clone());
         if let Some(w) = self.deferred_loop_waker.borrow_mut().take() {
             w.wake();
         }
@@ -506,7 +514,8 @@ impl ShardCtx {
                 except,
             } => {
                 let except = except.filter(|(s, _)| *s == self.id).map(|(_, c)| c);
-                self.local.borrow().deliver_live(&room, &frame, except);
+                let n = self.local.borrow().deliver_live(&room, &frame, except);
+                self.count_fanout(n);
             }
             ShardMsg::Event { room, frame, from } => self.broadcast_live(&room, frame, Some(from)),
             ShardMsg::Presence { room, from, id } => {
@@ -568,7 +577,12 @@ impl ShardCtx {
             .local
             .borrow()
             .deliver(&msg.room, frame, deflated, &msg);
+        self.count_fanout(n);
         self.metrics.deliveries.increment(n as u64);
+    }
+
+    fn count_fanout(&self, n: usize) {
+        self.fanout_work.set(self.fanout_work.get().wrapping_add(n));
     }
 
     /// Whether a room's namespace sends join/leave events.
@@ -590,7 +604,8 @@ impl ShardCtx {
             }
             if shard == self.id {
                 let except = except.filter(|(s, _)| *s == self.id).map(|(_, c)| c);
-                self.local.borrow().deliver_live(room, &frame, except);
+                let n = self.local.borrow().deliver_live(room, &frame, except);
+                self.count_fanout(n);
             } else {
                 self.mailboxes.send(
                     shard,
@@ -940,10 +955,14 @@ impl ShardCtx {
         // Every room was checked against its namespace before it was routed here (a room of an
         // unknown namespace never gets this far).
         let policy = self.history_policy(&room);
+        // The accept time of a publish starts its latency (SLO, `max_age`): read the clock here,
+        // not the shard's coarse clock, which a busy shard refreshes late.
+        let now = Instant::now();
+        self.now.set(now);
         let result = self
             .broker
             .borrow_mut()
-            .publish(&room, data, policy, token, self.now.get());
+            .publish(&room, data, policy, token, now);
         match result {
             Ok(Completion::Ready(appended)) => self.fan_out(appended, Some(origin)),
             Ok(Completion::Pending) => {
@@ -1480,7 +1499,12 @@ async fn mailbox_loop(ctx: Rc<ShardCtx>) {
 
 /// Wakes the connections that used up their turn, once per park of the runtime: a timer of the
 /// smallest resolution fires only when monoio parks, which it does only when its run queue is
-/// empty, so every busy connection's next turn comes after timers, accepts and I/O were polled.
+/// empty, so every busy connection's next turn comes after timers, accepts and I/O were polled
+/// (under io_uring, monoio re-arms the epoll instance of `poll-io` sockets only when it parks:
+/// new input, such as a calm room's publish, is seen once per park). A busy connection thus
+/// gets one turn per round of about a millisecond, and connections with little to do run in
+/// between: this is what keeps a flood from taking the whole shard (docs/decisions.md, "Fair
+/// egress").
 async fn deferred_loop(ctx: Rc<ShardCtx>) {
     loop {
         poll_fn(|cx| {
@@ -1493,9 +1517,10 @@ async fn deferred_loop(ctx: Rc<ShardCtx>) {
         })
         .await;
         monoio::time::sleep(Duration::from_millis(1)).await;
-        let wakers: Vec<Waker> = ctx.deferred.borrow_mut().drain(..).collect();
-        for w in wakers {
-            w.wake();
+        let round: Vec<Rc<ConnShared>> = ctx.deferred.borrow_mut().drain(..).collect();
+        for conn in round {
+            conn.deferred.set(false);
+            conn.wake();
         }
     }
 }

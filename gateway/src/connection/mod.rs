@@ -3,7 +3,8 @@
 //! After the upgrade, one task drives the connection with a hand-written poll loop:
 //! write queued frames (many per `writev`), then read into the **shard's** buffer and decode in
 //! place. Reads and writes are readiness-based (monoio `poll-io`), so an idle connection holds no
-//! receive buffer: only a partial frame's remainder (at most 139 bytes) stays with it.
+//! receive buffer: only a partial frame's remainder (at most 139 bytes) stays with it, or, for a
+//! connection whose turn ended on its fan-out budget, the input it has yet to decode.
 //!
 //! The connection is a state machine ([`state::ConnState`]): `Open` → `Closing` (we sent a close
 //! frame and wait for the peer's) or `CloseReceived` (the peer closed; we answer and end) → done.
@@ -37,9 +38,16 @@ use self::state::ConnState;
 use crate::admission::AdmitTicket;
 use crate::shard::ShardCtx;
 
-/// Input bytes one connection may process per turn before yielding to the others: a client
-/// flooding ops fans out at most this much work per turn (fair egress).
+/// Input bytes one connection may process per turn before yielding to the others.
 const READ_BUDGET: usize = 64 * 1024;
+/// Input bytes one read takes: the unit after which a turn's budgets are checked, small enough
+/// that one read of publishes into a big room is a bounded amount of fan-out.
+const READ_CHUNK: usize = 8 * 1024;
+/// Deliveries (frames queued to subscribers of this shard) one connection's input may cause
+/// per turn: a client publishing into a big room as fast as it can gets this much fan-out per
+/// turn (and one turn per round), then the others (a calm room's publisher and subscribers) go
+/// first (fair egress). Input decoded past it waits, undecoded, for the connection's next turn.
+const FANOUT_BUDGET: usize = 4096;
 /// Output bytes one connection may write per turn before yielding: a subscriber with a deep
 /// queue cannot hold the shard while others wait (fair egress).
 const WRITE_BUDGET: usize = 64 * 1024;
@@ -49,8 +57,13 @@ struct ConnIo {
     /// The internal room of a raw-broadcast connection.
     raw_room: Option<String>,
     decoder: Decoder,
-    /// Unconsumed bytes: a partial header or control frame.
+    /// Unconsumed bytes: a partial header or control frame, or (when `input_waits`) input the
+    /// last turn's fan-out budget left undecoded.
     remainder: Vec<u8>,
+    /// `remainder` starts with whole frames to decode before reading more.
+    input_waits: bool,
+    /// The shard's fan-out counter when this turn began.
+    turn_fanout: usize,
     state: ConnState,
     /// Window bits for echo compression (None: no permessage-deflate).
     deflate_bits: Option<u8>,
@@ -218,16 +231,13 @@ fn start(ctx: &Rc<ShardCtx>, upgraded: handshake::Upgraded) -> (Rc<ConnShared>, 
         raw_room,
         decoder: Decoder::new(decoder_config),
         remainder: upgraded.leftover,
+        input_waits: false,
+        turn_fanout: ctx.fanout_work.get(),
         state: ConnState::Open,
         deflate_bits: upgraded.deflate.map(|p| p.server_max_window_bits),
     };
-    // Bytes that came with the upgrade request are processed before the first read.
-    if !io.remainder.is_empty() {
-        let mut pending = std::mem::take(&mut io.remainder);
-        if let Err(e) = process(ctx, &conn, &mut io, &mut pending) {
-            fail(ctx, &conn, &mut io, e);
-        }
-    }
+    // Bytes that came with the upgrade request are decoded before the first read.
+    io.input_waits = !io.remainder.is_empty();
     (conn, io)
 }
 
@@ -243,7 +253,15 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     conn.set_waker(cx.waker());
+    if conn.force_end.get() {
+        return Poll::Ready(Ok(()));
+    }
+    if conn.deferred.get() {
+        // Listed for the shard's next round, which wakes it.
+        return Poll::Pending;
+    }
     let mut read_budget = READ_BUDGET;
+    io.turn_fanout = ctx.fanout_work.get();
     let mut write_budget = WRITE_BUDGET;
     loop {
         if conn.force_end.get() {
@@ -256,7 +274,7 @@ where
             Poll::Ready(Ok(true)) => false,
             Poll::Ready(Ok(false)) => {
                 // Turn over: let the other connections of the shard run, then go on.
-                ctx.defer(cx.waker());
+                ctx.defer(conn);
                 return Poll::Pending;
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -274,6 +292,8 @@ where
         // An event stream only writes: whatever the client sends is discarded.
         let read = if io.state == ConnState::Lingering || conn.kind == ConnKind::Sse {
             discard_once(ctx, stream, cx)
+        } else if io.input_waits {
+            Poll::Ready(Ok(decode_waiting(ctx, conn, io)))
         } else {
             read_once(ctx, conn, stream, io, cx)
         };
@@ -281,8 +301,8 @@ where
             Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
             Poll::Ready(Ok(n)) => {
                 read_budget = read_budget.saturating_sub(n);
-                if read_budget == 0 {
-                    ctx.defer(cx.waker());
+                if read_budget == 0 || fanout_spent(ctx, io) {
+                    ctx.defer(conn);
                     return Poll::Pending;
                 }
             }
@@ -380,7 +400,8 @@ where
     let mut buf = ctx.read_buf.borrow_mut();
     let kept = io.remainder.len();
     buf[..kept].copy_from_slice(&io.remainder);
-    let mut read_buf = ReadBuf::new(&mut buf[kept..]);
+    let end = (kept + READ_CHUNK).min(buf.len());
+    let mut read_buf = ReadBuf::new(&mut buf[kept..end]);
     match Pin::new(&mut *stream).poll_read(cx, &mut read_buf) {
         Poll::Pending => Poll::Pending,
         Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -401,7 +422,23 @@ where
     }
 }
 
-/// Decodes every complete message in `input` and acts on it; keeps the unconsumed tail.
+/// Whether the input of this turn caused [`FANOUT_BUDGET`] deliveries.
+fn fanout_spent(ctx: &ShardCtx, io: &ConnIo) -> bool {
+    ctx.fanout_work.get().wrapping_sub(io.turn_fanout) >= FANOUT_BUDGET
+}
+
+/// Decodes input a previous turn left waiting; returns its length (never 0: 0 is end of
+/// stream).
+fn decode_waiting(ctx: &ShardCtx, conn: &Rc<ConnShared>, io: &mut ConnIo) -> usize {
+    let mut pending = std::mem::take(&mut io.remainder);
+    if let Err(e) = process(ctx, conn, io, &mut pending) {
+        fail(ctx, conn, io, e);
+    }
+    pending.len().max(1)
+}
+
+/// Decodes every complete message in `input` and acts on it until this turn's fan-out budget
+/// is spent; keeps the unconsumed tail.
 fn process(
     ctx: &ShardCtx,
     conn: &Rc<ConnShared>,
@@ -409,7 +446,13 @@ fn process(
     input: &mut [u8],
 ) -> Result<(), proto_codec::ws::ProtocolError> {
     let mut pos = 0;
+    io.input_waits = false;
     while io.state.decodes() && pos < input.len() {
+        if pos > 0 && fanout_spent(ctx, io) {
+            // The rest waits for this connection's next turn (decoded then, before any read).
+            io.input_waits = true;
+            break;
+        }
         let decoded = io.decoder.decode(&mut input[pos..])?;
         pos += decoded.consumed;
         let Some(message) = decoded.message else {
@@ -523,6 +566,7 @@ fn begin_close(ctx: &ShardCtx, conn: &ConnShared, io: &mut ConnIo, req: CloseReq
 fn fail(ctx: &ShardCtx, conn: &ConnShared, io: &mut ConnIo, e: proto_codec::ws::ProtocolError) {
     ctx.metrics.protocol_errors.increment(1);
     io.remainder.clear();
+    io.input_waits = false;
     if matches!(io.state, ConnState::Open | ConnState::Closing) {
         if io.state == ConnState::Open {
             conn.push_control(encode_close(e.close_code(), &e.to_string()));

@@ -90,6 +90,8 @@ pub struct ConnShared {
     pub expiry_warned: Cell<bool>,
     /// Op and publish rate limits of this connection.
     pub limiter: RefCell<ConnLimiter>,
+    /// Used up its turn: listed for the shard's next round and idle until then.
+    pub deferred: Cell<bool>,
 }
 
 impl ConnShared {
@@ -120,6 +122,7 @@ impl ConnShared {
             principal: RefCell::new(principal),
             expiry_warned: Cell::new(false),
             limiter: RefCell::new(ConnLimiter::default()),
+            deferred: Cell::new(false),
         }
     }
 

@@ -493,6 +493,33 @@ impl Client {
         }
     }
 
+    /// Like [`Client::try_next`], but an ended connection tells its close code (`None`: no
+    /// close frame, the connection just ended).
+    #[allow(dead_code)]
+    pub async fn try_next_or_close(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<Value>, Option<u16>> {
+        loop {
+            match tokio::time::timeout(wait, self.ws.read_frame()).await {
+                Err(_) => return Ok(None),
+                Ok(Err(_)) => return Err(None),
+                Ok(Ok(frame)) => match frame.opcode {
+                    OpCode::Text => {
+                        return serde_json::from_slice(&frame.payload)
+                            .map(Some)
+                            .map_err(|_| None);
+                    }
+                    OpCode::Close => {
+                        let p = &frame.payload;
+                        return Err((p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]])));
+                    }
+                    _ => continue,
+                },
+            }
+        }
+    }
+
     /// Whether nothing arrives within `wait`.
     pub async fn is_quiet(&mut self, wait: Duration) -> bool {
         tokio::time::timeout(wait, self.ws.read_frame())
