@@ -70,6 +70,9 @@ benches/crossnode.sh --short 2>&1 | tee -a "$log"
 step "fair egress smoke test (a calm room keeps its p99 within 10 ms beside a flood)"
 benches/fairness.sh --short 2>&1 | tee -a "$log"
 
+step "soak smoke test (60 s of churn: descriptors and RSS back to their level, nothing lost)"
+benches/soak.sh --short 2>&1 | tee -a "$log"
+
 step "Autobahn TestSuite (kosoku) on both drivers"
 scripts/autobahn.sh io-uring target/release/ringcast | tee -a "$log"
 scripts/autobahn.sh epoll target/release/ringcast | tee -a "$log"
@@ -84,6 +87,7 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += 
      /^tls smoke: [0-9]+ passed/ { p += $3; f += $5 }
      /^crossnode smoke: [0-9]+ passed/ { p += $3; f += $5 }
      /^fairness smoke: [0-9]+ passed/ { p += $3; f += $5 }
+     /^soak smoke: [0-9]+ passed/ { p += $3; f += $5 }
      /^deploy checks: [0-9]+ passed/ { p += $3; f += $5 }
      /^# pass [0-9]+$/ { p += $3 }
      /^# fail [0-9]+$/ { f += $3 }

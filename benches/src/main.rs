@@ -33,6 +33,10 @@ enum Scenario {
     DemoFeed(scenarios::demo_feed::Args),
     /// N connections opening at a rate: handshake latency percentiles and failures.
     Storm(scenarios::storm::Args),
+    /// Steady load with churn (clean closes, vanishing and slow connections) for a bounded
+    /// time, sampling the server's RSS and open descriptors: both must return to their level
+    /// before the churn, and the steady subscribers must lose nothing.
+    Soak(scenarios::soak::Args),
     /// N idle connections over several client processes: server RSS per connection.
     Idle(scenarios::idle::Args),
     /// One idle-client process (started by `idle`).
@@ -49,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::DemoFeed(args) => scenarios::demo_feed::run(args),
         Scenario::Storm(args) => scenarios::storm::run(args),
         Scenario::Idle(args) => scenarios::idle::run(args),
+        Scenario::Soak(args) => scenarios::soak::run(args),
         Scenario::IdleClient(args) => scenarios::idle::run_client(args),
     }
 }

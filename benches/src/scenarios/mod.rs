@@ -5,4 +5,5 @@ pub mod crossnode;
 pub mod demo_feed;
 pub mod fanout;
 pub mod idle;
+pub mod soak;
 pub mod storm;
