@@ -5,8 +5,8 @@
 //! may read and is subscribed to, in order, with no duplicate and no hole; and at the end every
 //! subscription still open has every acknowledged message of its room.
 //!
-//! `RINGCAST_OPFUZZ_SECS` (default 8) sets the duration, `RINGCAST_OPFUZZ_SEED` the seed (printed
-//! on every run, so a failure can be replayed), `RINGCAST_OPFUZZ_CONNS` the connections (12).
+//! `OPFUZZ_SECS` (default 8) sets the duration, `OPFUZZ_SEED` the seed (printed
+//! on every run, so a failure can be replayed), `OPFUZZ_CONNS` the connections (12).
 
 mod common;
 
@@ -412,15 +412,15 @@ async fn fuzz_conn(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_op_sequences_never_break_delivery_guarantees() {
-    let secs: u64 = std::env::var("RINGCAST_OPFUZZ_SECS")
+    let secs: u64 = std::env::var("OPFUZZ_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(8);
-    let conns: usize = std::env::var("RINGCAST_OPFUZZ_CONNS")
+    let conns: usize = std::env::var("OPFUZZ_CONNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(12);
-    let seed: u64 = std::env::var("RINGCAST_OPFUZZ_SEED")
+    let seed: u64 = std::env::var("OPFUZZ_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| {
@@ -429,7 +429,7 @@ async fn random_op_sequences_never_break_delivery_guarantees() {
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(1)
         });
-    eprintln!("opfuzz: seed {seed}, {conns} connections, {secs} s (RINGCAST_OPFUZZ_SEED={seed} replays the op choices)");
+    eprintln!("opfuzz: seed {seed}, {conns} connections, {secs} s (OPFUZZ_SEED={seed} replays the op choices)");
     let server = Arc::new(Server::start_strict(2, &config()));
     let reg = Arc::new(Mutex::new(Registry::default()));
     let until = Instant::now() + Duration::from_secs(secs);
