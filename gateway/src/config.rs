@@ -559,25 +559,36 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let (mut table, origin) = match path {
+        match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
                     path: p.display().to_string(),
                     source,
                 })?;
-                let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    origin: p.display().to_string(),
-                    message: e.message().to_string(),
-                })?;
-                (table, p.display().to_string())
+                Config::from_toml(&text, &p.display().to_string(), env)
             }
-            None => (toml::Table::new(), "defaults".to_string()),
-        };
+            None => Config::from_toml("", "defaults", env),
+        }
+    }
+
+    /// [`Config::load`] on text instead of a file: parses `text` as a configuration file, then
+    /// applies `RINGCAST_*` variables from `env`, then validates. `origin` names the text in
+    /// errors. The whole path from untrusted text to a `Config`, which the `config` fuzz target
+    /// drives.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.message().to_string(),
+        })?;
         let overridden = apply_env(&mut table, env)?;
         let origin = if overridden {
             format!("{origin} + environment")
         } else {
-            origin
+            origin.to_string()
         };
         inherit_namespace_policies(&mut table);
         // serde_path_to_error names the key at fault (`rooms.anonymous: unknown variant …`).
@@ -839,7 +850,6 @@ fn inherit_namespace_policies(table: &mut toml::Table) {
     }
 }
 
-/// Applies `RINGCAST_*` variables to the TOML table. Returns whether any applied.
 /// A URL with its password (`user:password@`) replaced.
 fn redact_url_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -855,6 +865,7 @@ fn redact_url_password(url: &str) -> String {
     }
 }
 
+/// Applies `RINGCAST_*` variables to the TOML table. Returns whether any applied.
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,

@@ -1,17 +1,4 @@
-//! Any bytes: the header parser returns a header, "incomplete" or a protocol error, and a
-//! complete header is consistent with the bytes.
+//! Frame headers: the check is `proto_codec_fuzz::frame_header` (shared with the seed replay test).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-use proto_codec::ws::{parse_header, FrameLimits, HeaderParse};
 
-fuzz_target!(|data: &[u8]| {
-    for limits in [FrameLimits::server(1 << 20), FrameLimits::client(u64::MAX >> 1)] {
-        if let Ok(HeaderParse::Complete { header, header_len }) = parse_header(data, &limits) {
-            assert!(header_len <= data.len() && (2..=14).contains(&header_len));
-            assert!(header.payload_len <= limits.max_frame_bytes);
-            if header.opcode.is_control() {
-                assert!(header.fin && header.payload_len <= 125);
-            }
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| proto_codec_fuzz::frame_header(data));

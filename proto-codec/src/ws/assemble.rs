@@ -496,6 +496,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "zlib-rs runs for many minutes under Miri")]
     fn compressed_fragments() {
         let text = "the quick brown fox jumps over the lazy dog ".repeat(20);
         let c = compress_message(text.as_bytes(), 15);
