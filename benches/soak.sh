@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Soak: steady load with churn for a bounded time (default 10 minutes), sampling the server's
 # RSS and open descriptors (ringcast-bench soak). Writes the soak section of docs/benchmarks.md;
-# with --short (CI) it runs 60 s and only checks the verdict.
+# with --short (CI) it runs 30 s and only checks the verdict.
 #
 #   benches/soak.sh              # DURATION=600
-#   benches/soak.sh --short      # 60 s, checked
+#   benches/soak.sh --short      # 30 s, checked
 set -euo pipefail
 cd "$(dirname "$0")/.."
 short=0
@@ -16,7 +16,7 @@ export RINGCAST_ROOMS__ANONYMOUS=publish RINGCAST_WEBSOCKET__MAX_MESSAGE_BYTES=1
        RINGCAST_WEBSOCKET__OUTBOUND_HIGH_WATER_BYTES=65536 \
        RINGCAST_LIMITS__HANDSHAKES_PER_IP_PER_SECOND=100000 RINGCAST_LIMITS__HANDSHAKE_BURST=100000
 duration=${DURATION:-600}
-[ "$short" = 1 ] && duration=60
+[ "$short" = 1 ] && duration=30
 out=$(mktemp)
 taskset -c 1 target/release/ringcast-bench soak \
     --spawn "taskset -c 0 target/release/ringcast --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --shards 1 --no-pin --log-level warn" \

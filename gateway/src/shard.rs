@@ -719,18 +719,11 @@ impl ShardCtx {
             Answer::Api(_) => None,
         };
         let json = result.map(|rec| {
-            // Stored data is valid JSON (checked when it was published).
+            // Stored data is valid JSON (checked when it was published) or marked binary.
             let messages = rec
                 .messages
                 .iter()
-                .filter_map(|m| {
-                    serde_json::from_slice::<&serde_json::value::RawValue>(&m.data)
-                        .ok()
-                        .map(|data| HistoryItem {
-                            offset: m.offset,
-                            data,
-                        })
-                })
+                .filter_map(|m| HistoryItem::from_stored(m.offset, &m.data))
                 .collect();
             ServerEvent::History {
                 id,

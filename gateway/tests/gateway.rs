@@ -273,10 +273,15 @@ fn op_errors_are_answered_not_dropped() {
 fn protocol_violations_close_with_their_codes() {
     let server = Server::start(1, "[websocket]\nmax_message_bytes = 1024\n");
     rt().block_on(async {
+        // A binary message that is not a binary publish is an error event, not a close.
         let mut c = connect(server.public).await;
         c.send_frame(Frame::binary(Payload::Owned(b"\x01\x02".to_vec())))
             .await;
-        assert_eq!(c.recv_close().await.0, 1003);
+        let ev = c.recv().await;
+        assert_eq!(
+            (ev["ev"].as_str(), ev["code"].as_str()),
+            (Some("error"), Some("bad_request"))
+        );
 
         let mut c = connect(server.public).await;
         c.send_frame(Frame::text(Payload::Owned(vec![b'a'; 2000])))
@@ -767,6 +772,91 @@ fn raw_broadcast_endpoint_for_benchmarks() {
                 .await
                 .is_err(),
             "a ?role=pub connection receives nothing"
+        );
+    });
+}
+
+#[test]
+fn binary_messages_fan_out_replay_and_have_a_json_form() {
+    use base64::Engine as _;
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    let server = Server::start(2, "");
+    rt().block_on(async {
+        let mut subs = Vec::new();
+        for _ in 0..8 {
+            let mut c = connect(server.public).await;
+            c.subscribe(1, "game.1", None).await;
+            subs.push(c);
+        }
+        let mut publisher = connect(server.public).await;
+        let payload: Vec<u8> = (0..=255u8).chain([0, 0, 0xff]).collect();
+        publisher.publish_binary(Some(5), "game.1", &payload).await;
+        let ack = publisher.recv().await;
+        assert_eq!(
+            (ack["ev"].as_str(), ack["id"].as_u64()),
+            (Some("published"), Some(5))
+        );
+        assert_eq!(ack["offset"], 1);
+        let epoch = ack["epoch"].as_str().unwrap_or_default().to_string();
+        // Without an id: no ack; an empty payload is a message too.
+        publisher.publish_binary(None, "game.1", b"").await;
+        let ack = publisher.publish(6, "game.1", json!({"json": true})).await;
+        assert_eq!(ack["offset"], 3);
+        for c in &mut subs {
+            let m = c.recv().await;
+            assert_eq!(m["binary_frame"], true, "{m}");
+            assert_eq!(
+                (m["offset"].as_u64(), m["bin"].as_str()),
+                (Some(1), Some(b64(&payload).as_str()))
+            );
+            assert_eq!(m["epoch"], epoch.as_str());
+            let m = c.recv().await;
+            assert_eq!(
+                (m["offset"].as_u64(), m["bin"].as_str()),
+                (Some(2), Some(""))
+            );
+            let m = c.recv().await;
+            assert_eq!(m["binary_frame"], Value::Null, "JSON stays text: {m}");
+            assert_eq!(m["data"], json!({"json": true}));
+        }
+        // A resume replays the binary messages as binary frames.
+        let mut late = connect(server.public).await;
+        let sub = late.subscribe(1, "game.1", Some((&epoch, 0))).await;
+        assert_eq!(sub["recovered"], true, "{sub}");
+        let m = late.recv().await;
+        assert_eq!(
+            (m["binary_frame"].as_bool(), m["offset"].as_u64()),
+            (Some(true), Some(1))
+        );
+        // `history` is JSON: binary items carry `bin`.
+        late.send(json!({"op": "history", "id": 9, "room": "game.1"}))
+            .await;
+        let mut h = late.recv().await;
+        while h["ev"] != "history" {
+            h = late.recv().await;
+        }
+        assert_eq!(h["messages"][0]["bin"], b64(&payload).as_str(), "{h}");
+        assert_eq!(h["messages"][0]["data"], Value::Null);
+        assert_eq!(h["messages"][2]["data"], json!({"json": true}));
+        // Long-polling answers the JSON form.
+        let since = format!("game.1%7C{epoch}%3A0");
+        let (status, body) = http(
+            server.public,
+            "GET",
+            &format!("/poll?room=game.1&since={since}"),
+            &[],
+            "",
+        );
+        assert_eq!(status, 200, "{body}");
+        let events: Value = serde_json::from_str(&body).expect("poll body is JSON");
+        assert_eq!(events[0]["bin"], b64(&payload).as_str(), "{body}");
+        assert_eq!(events[2]["data"], json!({"json": true}), "{body}");
+        // A binary publish to a room the client may not use is refused like a JSON one.
+        publisher.publish_binary(Some(7), "bad room", b"x").await;
+        let e = publisher.recv().await;
+        assert_eq!(
+            (e["code"].as_str(), e["id"].as_u64()),
+            (Some("bad_room"), Some(7))
         );
     });
 }

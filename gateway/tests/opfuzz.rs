@@ -347,11 +347,11 @@ async fn fuzz_conn(
                         true,
                         OpCode::Binary,
                         None,
-                        Payload::Owned(vec![1, 2, 3]),
+                        Payload::Owned(vec![9, 2, 3]),
                     ))
                     .await;
-                last_op = "a binary frame".into();
-                provoked = Some(1003);
+                // Not a binary publish: answered with an error event (bad_request).
+                last_op = "a malformed binary message".into();
             }
             92 => {
                 let big =

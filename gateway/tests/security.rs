@@ -503,6 +503,21 @@ async fn bad_input_table() {
         serves!();
     }
     {
+        // Binary messages carry binary publishes (docs/protocol.md §9.9); anything else is an
+        // error event, not a close.
+        let mut c = client(&server, ip(79), Some(&bob)).await;
+        c.send_frame(Frame::binary(Payload::Owned(vec![7, 2, 3])))
+            .await;
+        let code = error_code(&mut c).await;
+        t.row(
+            "binary message on /ws that is not a binary publish",
+            "error bad_request",
+            code.clone(),
+            code == "bad_request",
+        );
+        serves!();
+    }
+    {
         let mut c = client(&server, ip(70), Some(&bob)).await;
         c.subscribe(1, "chat.bob", None).await;
         let mut codes = Vec::new();
@@ -565,11 +580,6 @@ async fn bad_input_table() {
             "frame over websocket.max_message_bytes",
             1009,
             Frame::text(Payload::Owned(vec![b'a'; 5000])),
-        ),
-        (
-            "binary message on /ws",
-            1003,
-            Frame::binary(Payload::Owned(vec![1, 2, 3])),
         ),
         (
             "text message that is not UTF-8",

@@ -84,7 +84,8 @@ impl SseEvent<'_> {
 /// that is not an unmasked, unfragmented text frame of a JSON object with `ev` first (control
 /// frames have no SSE form).
 pub fn event_from_ws_frame(frame: &[u8], id: Option<&str>) -> Option<Vec<u8>> {
-    let payload = text_payload(frame)?;
+    let payload = json_payload(frame)?;
+    let payload = &payload[..];
     let name = payload.strip_prefix(b"{\"ev\":\"")?;
     let end = name.iter().position(|b| *b == b'"')?;
     let event = std::str::from_utf8(&name[..end]).ok()?;
@@ -99,13 +100,28 @@ pub fn event_from_ws_frame(frame: &[u8], id: Option<&str>) -> Option<Vec<u8>> {
     )
 }
 
+/// The JSON of a server frame: a text frame's payload as it is, or the JSON form (`bin`) of a
+/// binary room message (`protocol::binary`); `None` for any other frame.
+pub fn json_payload(frame: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    if let Some(text) = text_payload(frame) {
+        return Some(std::borrow::Cow::Borrowed(text));
+    }
+    let binary = payload_of(frame, 0x82)?;
+    crate::protocol::binary::binary_msg_json(binary).map(std::borrow::Cow::Owned)
+}
+
 /// The payload of an unmasked, unfragmented, uncompressed server text frame; `None` for any
 /// other frame.
 pub fn text_payload(frame: &[u8]) -> Option<&[u8]> {
+    payload_of(frame, 0x81)
+}
+
+/// The payload of an unmasked server frame whose first byte is `b0` (FIN, no RSV, the opcode).
+fn payload_of(frame: &[u8], first: u8) -> Option<&[u8]> {
     let (&b0, rest) = frame.split_first()?;
     let (&b1, rest) = rest.split_first()?;
-    // FIN + text, no RSV bits, no mask.
-    if b0 != 0x81 || b1 & 0x80 != 0 {
+    // FIN + the opcode, no RSV bits, no mask.
+    if b0 != first || b1 & 0x80 != 0 {
         return None;
     }
     match b1 & 0x7f {

@@ -86,12 +86,12 @@ pub async fn long_poll(
     body.push(b'[');
     for payload in frames
         .iter()
-        .filter_map(|f| proto_codec::sse::text_payload(f))
+        .filter_map(|f| proto_codec::sse::json_payload(f))
     {
         if body.len() > 1 {
             body.push(b',');
         }
-        body.extend_from_slice(payload);
+        body.extend_from_slice(&payload);
     }
     body.push(b']');
     let mut out = Vec::with_capacity(200 + body.len());

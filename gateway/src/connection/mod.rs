@@ -478,16 +478,10 @@ fn on_message(ctx: &ShardCtx, conn: &Rc<ConnShared>, io: &mut ConnIo, message: M
                 conn.last_op.set(ctx.now.get());
                 ops::handle(ctx, conn, &payload);
             }
-            ConnKind::App => begin_close(
-                ctx,
-                conn,
-                io,
-                CloseRequest {
-                    code: CloseCode::UNSUPPORTED_DATA,
-                    reason: "binary messages are not supported".into(),
-                    discard_queue: false,
-                },
-            ),
+            ConnKind::App => {
+                conn.last_op.set(ctx.now.get());
+                ops::handle_binary(ctx, conn, &payload);
+            }
             ConnKind::Raw if kind == DataKind::Text => {
                 if let Some(room) = &io.raw_room {
                     ctx.publish(

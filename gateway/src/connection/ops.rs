@@ -5,7 +5,9 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use proto_codec::protocol::codes::close;
-use proto_codec::protocol::{decode_op, ClientOp, ErrorCode, ServerEvent};
+use proto_codec::protocol::{
+    decode_binary_op, decode_op, stored_binary, BinaryOp, ClientOp, ErrorCode, ServerEvent,
+};
 
 use super::shared::{CloseRequest, ConnShared};
 use crate::auth::{Action, AuthError};
@@ -108,6 +110,38 @@ pub fn handle(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
             }
             .to_frame();
             ctx.send_event(conn, &room, frame);
+        }
+    }
+}
+
+/// Handles one binary message of the app protocol (`protocol::binary`): a binary publish.
+pub fn handle_binary(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
+    let op = match decode_binary_op(payload) {
+        Ok(op) => op,
+        Err(e) => return refuse(ctx, conn, e.id, e.code, &e.reason),
+    };
+    let limits = &ctx.config.limits;
+    let op_rate = Rate::new(limits.ops_per_second, limits.ops_burst);
+    match op {
+        BinaryOp::Publish { id, room, data } => {
+            if !conn.limiter.borrow_mut().allow_op(op_rate, ctx.now.get()) {
+                return rate_limited(ctx, conn, id, "ops", "too many ops; slow down");
+            }
+            let Some(ns) = check(ctx, conn, id, Action::Publish, room) else {
+                return;
+            };
+            if !within_limits(ctx, conn, id, ns, data.len(), Bucket::Publish(ns.index)) {
+                return;
+            }
+            ctx.publish(
+                room,
+                stored_binary(data),
+                PublishOrigin::Conn {
+                    shard: ctx.id,
+                    conn: conn.id,
+                    id,
+                },
+            );
         }
     }
 }

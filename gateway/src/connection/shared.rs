@@ -226,13 +226,13 @@ impl ConnShared {
             ConnKind::Sse => {
                 // Live messages get their id where they are fanned out; a replayed one (sent
                 // after `subscribed`) gets it here, so a resume starts after it too.
-                let id = proto_codec::sse::text_payload(&frame).and_then(msg_position_id);
+                let id = proto_codec::sse::json_payload(&frame).and_then(|p| msg_position_id(&p));
                 proto_codec::sse::event_from_ws_frame(&frame, id.as_deref()).map(Bytes::from)
             }
             // A long poll answers the messages after a recovered `since`, not its `subscribed`
-            // (docs/protocol.md §20); only text frames are collected.
+            // (docs/protocol.md §20); only frames with a JSON form are collected.
             ConnKind::Poll => {
-                let payload = proto_codec::sse::text_payload(&frame)?;
+                let payload = proto_codec::sse::json_payload(&frame)?;
                 const RECOVERED: &[u8] = br#""recovered":true"#;
                 let recovered_subscribed = payload.starts_with(br#"{"ev":"subscribed""#)
                     && payload.windows(RECOVERED.len()).any(|w| w == RECOVERED);
@@ -290,12 +290,20 @@ fn msg_position_id(payload: &[u8]) -> Option<String> {
         return None;
     }
     match proto_codec::protocol::ServerEvent::decode(payload) {
-        Ok(proto_codec::protocol::ServerEvent::Msg {
-            room,
-            epoch,
-            offset,
-            ..
-        }) => Some(format!("{room}|{epoch}:{offset}")),
+        Ok(
+            proto_codec::protocol::ServerEvent::Msg {
+                room,
+                epoch,
+                offset,
+                ..
+            }
+            | proto_codec::protocol::ServerEvent::MsgBinary {
+                room,
+                epoch,
+                offset,
+                ..
+            },
+        ) => Some(format!("{room}|{epoch}:{offset}")),
         _ => None,
     }
 }

@@ -409,6 +409,12 @@ impl Client {
         self.ws.write_frame(frame).await.expect("send frame");
     }
 
+    /// Publishes binary data (a binary message, docs/protocol.md §9.9).
+    pub async fn publish_binary(&mut self, id: Option<u64>, room: &str, data: &[u8]) {
+        let wire = proto_codec::protocol::encode_binary_publish(id, room, data).expect("room");
+        self.send_frame(Frame::binary(Payload::Owned(wire))).await;
+    }
+
     /// The next event or close (pings are answered and skipped), within 10 s.
     pub async fn next(&mut self) -> Received {
         let read = async {
@@ -418,6 +424,14 @@ impl Client {
                     OpCode::Text => {
                         let v: Value =
                             serde_json::from_slice(&frame.payload).expect("event is JSON");
+                        return Received::Event(v);
+                    }
+                    // A binary room message, in its JSON form (`bin` = base64 payload).
+                    OpCode::Binary => {
+                        let json = proto_codec::protocol::binary::binary_msg_json(&frame.payload)
+                            .expect("a binary message is a binary msg");
+                        let mut v: Value = serde_json::from_slice(&json).expect("JSON form");
+                        v["binary_frame"] = Value::Bool(true);
                         return Received::Event(v);
                     }
                     OpCode::Close => {

@@ -35,14 +35,47 @@ impl PartialEq for Member {
 }
 impl Eq for Member {}
 
-/// A stored message, as returned by `history`.
+/// A stored message, as returned by `history`: JSON `data`, or a binary payload as `bin`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HistoryItem<'a> {
     /// The message's offset.
     pub offset: u64,
-    /// The message data as published.
-    #[serde(borrow)]
-    pub data: &'a RawValue,
+    /// The message data as published (JSON messages).
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "super::wire::present_raw",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub data: Option<&'a RawValue>,
+    /// The payload in standard base64 (binary messages).
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "super::wire::opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bin: Option<Cow<'a, str>>,
+}
+
+impl<'a> HistoryItem<'a> {
+    /// The item of a stored message (JSON, or binary behind its marker); `None` when stored
+    /// JSON does not parse.
+    pub fn from_stored(offset: u64, stored: &'a [u8]) -> Option<HistoryItem<'a>> {
+        if let Some(payload) = super::binary::binary_payload(stored) {
+            return Some(HistoryItem {
+                offset,
+                data: None,
+                bin: Some(super::binary::to_base64(payload).into()),
+            });
+        }
+        let data = serde_json::from_slice::<&RawValue>(stored).ok()?;
+        Some(HistoryItem {
+            offset,
+            data: Some(data),
+            bin: None,
+        })
+    }
 }
 
 /// A decoded or to-be-encoded server event.
@@ -91,6 +124,18 @@ pub enum ServerEvent<'a> {
         offset: u64,
         /// The data as published.
         data: &'a RawValue,
+    },
+    /// A binary room message, in its JSON form (SSE, long-polling): `bin` is the payload in
+    /// base64. Over WebSocket a binary message is a binary frame (`protocol::binary`).
+    MsgBinary {
+        /// The room.
+        room: Cow<'a, str>,
+        /// The room's epoch.
+        epoch: Cow<'a, str>,
+        /// The message's offset.
+        offset: u64,
+        /// The payload.
+        data: Vec<u8>,
     },
     /// Ack of a publish: the offset the message got.
     Published {
@@ -225,6 +270,13 @@ struct EventWire<'a> {
         deserialize_with = "super::wire::opt_cow",
         skip_serializing_if = "Option::is_none"
     )]
+    bin: Option<Cow<'a, str>>,
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "super::wire::opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
     client: Option<Cow<'a, str>>,
     #[serde(
         borrow,
@@ -315,6 +367,18 @@ impl<'a> ServerEvent<'a> {
                 w.epoch = Some(epoch.clone());
                 w.offset = Some(*offset);
                 w.data = Some(data);
+            }
+            ServerEvent::MsgBinary {
+                room,
+                epoch,
+                offset,
+                data,
+            } => {
+                w.ev = "msg".into();
+                w.room = Some(room.clone());
+                w.epoch = Some(epoch.clone());
+                w.offset = Some(*offset);
+                w.bin = Some(super::binary::to_base64(data).into());
             }
             ServerEvent::Published {
                 id,
@@ -428,6 +492,16 @@ impl<'a> ServerEvent<'a> {
                 room: need(w.room, "room")?,
                 reason: w.reason,
             },
+            "msg" if w.bin.is_some() => ServerEvent::MsgBinary {
+                room: need(w.room, "room")?,
+                epoch: need(w.epoch, "epoch")?,
+                offset: need(w.offset, "offset")?,
+                data: w
+                    .bin
+                    .as_deref()
+                    .and_then(super::binary::from_base64)
+                    .ok_or_else(|| EventError("`bin` is not base64".into()))?,
+            },
             "msg" => ServerEvent::Msg {
                 room: need(w.room, "room")?,
                 epoch: need(w.epoch, "epoch")?,
@@ -496,7 +570,8 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// The JSON of a `msg` event, with `data` spliced in as is. Matches [`ServerEvent::Msg`]'s
-/// `to_json` byte for byte.
+/// `to_json` byte for byte. Stored binary data (behind [`super::binary::BINARY_MARK`]) becomes
+/// `bin`, as [`ServerEvent::MsgBinary`] writes it.
 pub fn room_message_json(room: &str, epoch: &str, offset: u64, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + room.len() + epoch.len() + data.len());
     write_room_message_json(&mut out, room, epoch, offset, data);
@@ -510,8 +585,17 @@ fn write_room_message_json(out: &mut Vec<u8>, room: &str, epoch: &str, offset: u
     push_json_str(out, epoch);
     out.extend_from_slice(br#","offset":"#);
     out.extend_from_slice(itoa_u64(offset, &mut [0u8; 20]));
-    out.extend_from_slice(br#","data":"#);
-    out.extend_from_slice(data);
+    match super::binary::binary_payload(data) {
+        Some(payload) => {
+            out.extend_from_slice(br#","bin":""#);
+            out.extend_from_slice(super::binary::to_base64(payload).as_bytes());
+            out.push(b'"');
+        }
+        None => {
+            out.extend_from_slice(br#","data":"#);
+            out.extend_from_slice(data);
+        }
+    }
     out.push(b'}');
 }
 
@@ -530,7 +614,13 @@ fn itoa_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
 
 /// Builds the WebSocket text frame of a room message in one allocation: `data` (already valid
 /// JSON) is copied once into the frame, which every subscriber then shares.
+///
+/// Stored binary data (behind [`super::binary::BINARY_MARK`]) becomes a binary frame instead
+/// ([`super::binary::binary_message_frame`]).
 pub fn room_message_frame(room: &str, epoch: &str, offset: u64, data: &[u8]) -> Bytes {
+    if let Some(payload) = super::binary::binary_payload(data) {
+        return super::binary::binary_message_frame(room, epoch, offset, payload);
+    }
     // Leave room for the longest server header, write the JSON after it, then put the header
     // right before the JSON and slice: the frame is contiguous without moving the payload.
     let mut buf = Vec::with_capacity(MAX_HEADER_BYTES + 64 + room.len() + epoch.len() + data.len());
@@ -641,10 +731,18 @@ mod tests {
                 epoch: "e".into(),
                 offset: 9,
                 recovered: true,
-                messages: vec![HistoryItem {
-                    offset: 9,
-                    data: &data,
-                }],
+                messages: vec![
+                    HistoryItem {
+                        offset: 9,
+                        data: Some(&data),
+                        bin: None,
+                    },
+                    HistoryItem {
+                        offset: 10,
+                        data: None,
+                        bin: Some("AAH/".into()),
+                    },
+                ],
             },
             ServerEvent::Refreshed {
                 id: Some(5),
@@ -660,6 +758,12 @@ mod tests {
                 to: 5,
             },
             ServerEvent::Pong { id: Some(6) },
+            ServerEvent::MsgBinary {
+                room: "r".into(),
+                epoch: "e".into(),
+                offset: 11,
+                data: vec![0, 1, 255],
+            },
             ServerEvent::Error {
                 id: Some(7),
                 code: ErrorCode::Forbidden,
