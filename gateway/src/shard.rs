@@ -1091,7 +1091,13 @@ impl ShardCtx {
                     let payload = &frame[frame_header_len(&frame)..];
                     let mut compressed = Vec::with_capacity(payload.len() / 2 + 16);
                     self.with_deflater(15, |d| d.compress(payload, &mut compressed));
-                    encode_frame(OpCode::Text, true, &compressed)
+                    // The compressed frame keeps the message's type (binary messages, §9.9).
+                    let opcode = if frame.first() == Some(&0x82) {
+                        OpCode::Binary
+                    } else {
+                        OpCode::Text
+                    };
+                    encode_frame(opcode, true, &compressed)
                 });
                 for (shard, count) in interest.per_shard.iter().enumerate() {
                     if *count == 0 {

@@ -2,14 +2,20 @@
 //! history, and what it promises across a gateway restart: it reconnects with backoff,
 //! resubscribes from its last offset (nothing lost, nothing twice while history holds), sends
 //! what was published while it was offline, and says `recovered: false` when history is gone.
+//! Binary messages (`publish_binary`, `RoomEvent::Binary`) share all of it with JSON ones.
 
 mod common;
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{free_port, Redis, Server};
 use ringcast_client::{Backoff, Client, ClientConfig, ClientError, ConnState, RoomEvent};
 use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
 
 fn config(addr: std::net::SocketAddr) -> ClientConfig {
     let mut c = ClientConfig::new(addr.to_string());
@@ -220,4 +226,279 @@ async fn lost_history_is_reported_as_not_recovered() {
         (false, true),
         "resumed, and told the history is gone"
     );
+}
+
+/// What a mixed room carries, as the tests compare it: JSON text or bytes, with the offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Got {
+    Json(u64, String),
+    Bin(u64, Vec<u8>),
+}
+
+/// The room messages of `events` (other events skipped).
+fn got(events: &[RoomEvent]) -> Vec<Got> {
+    events
+        .iter()
+        .filter_map(|ev| match ev {
+            RoomEvent::Message { offset, data, .. } => Some(Got::Json(*offset, data.get().into())),
+            RoomEvent::Binary { offset, data, .. } => Some(Got::Bin(*offset, data.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Reads events until the message at offset `last` (JSON or binary) arrives (bounded); returns
+/// every event read.
+async fn collect_events(sub: &mut ringcast_client::Subscription, last: u64) -> Vec<RoomEvent> {
+    let mut events = Vec::new();
+    let read = async {
+        while let Some(ev) = sub.next().await {
+            let done = ev.message_offset().is_some_and(|o| o >= last);
+            events.push(ev);
+            if done {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(20), read).await;
+    events
+}
+
+/// Bytes that differ per offset and include 0x00 and 0xff.
+fn payload(n: u64) -> Vec<u8> {
+    vec![0x00, 0xff, n as u8, 0x00, 0x80, 0xff]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_messages_are_published_received_and_kept_in_history() {
+    let server = Server::start(2, "");
+    let client = Client::connect(config(server.public));
+    let publisher = Client::connect(config(server.public));
+    let mut sub = client
+        .subscribe("game.sdk", false)
+        .await
+        .expect("subscribe");
+    let all: Vec<u8> = (0..=255u8).collect();
+    // Mixed JSON and binary (an empty payload included) in one room: one offset sequence.
+    let mut want = Vec::new();
+    let ack = publisher
+        .publish_binary("game.sdk", &all)
+        .await
+        .expect("ack");
+    assert_eq!(ack.offset, 1);
+    want.push(Got::Bin(1, all.clone()));
+    let ack = publisher
+        .publish("game.sdk", &json!({"n": 2}))
+        .await
+        .expect("ack");
+    assert_eq!(ack.offset, 2);
+    want.push(Got::Json(2, r#"{"n":2}"#.into()));
+    let ack = publisher
+        .publish_binary("game.sdk", b"")
+        .await
+        .expect("ack");
+    assert_eq!(ack.offset, 3);
+    want.push(Got::Bin(3, Vec::new()));
+    // The subscriber publishes too: it receives its own binary message.
+    let ack = client
+        .publish_binary("game.sdk", &payload(4))
+        .await
+        .expect("ack");
+    assert_eq!(ack.offset, 4);
+    want.push(Got::Bin(4, payload(4)));
+    let ack = publisher
+        .publish("game.sdk", &json!("five"))
+        .await
+        .expect("ack");
+    assert_eq!((ack.offset, ack.epoch.is_empty()), (5, false));
+    want.push(Got::Json(5, r#""five""#.into()));
+
+    let events = collect_events(&mut sub, 5).await;
+    assert_eq!(got(&events), want, "{events:?}");
+    assert!(events.iter().all(|ev| match ev {
+        RoomEvent::Message { epoch, .. } | RoomEvent::Binary { epoch, .. } => *epoch == ack.epoch,
+        _ => true,
+    }));
+
+    // History: typed (binary items decoded), and as JSON (binary items carry `bin`).
+    let history = client
+        .history_messages("game.sdk", None, None)
+        .await
+        .expect("history");
+    assert_eq!(
+        (history.epoch.as_str(), history.offset, history.recovered),
+        (ack.epoch.as_str(), 5, false)
+    );
+    assert_eq!(got(&history.messages), want);
+    let page = client
+        .history_messages("game.sdk", Some((ack.epoch.clone(), 2)), Some(2))
+        .await
+        .expect("history since");
+    assert!(page.recovered);
+    assert_eq!(got(&page.messages), want[2..4]);
+    let raw = client
+        .history("game.sdk", None, None)
+        .await
+        .expect("history");
+    assert_eq!(
+        raw["messages"][0]["bin"].as_str().map(str::len),
+        Some(344),
+        "{raw}"
+    );
+    assert_eq!(raw["messages"][2]["bin"], "", "{raw}");
+    assert_eq!(raw["messages"][1]["data"], json!({"n": 2}), "{raw}");
+
+    // Refusals come back like a JSON publish's: from the server, or locally for a room that does
+    // not fit the envelope.
+    let err = client.publish_binary("bad room!", b"x").await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Server { ref code, .. } if code == "bad_room"),
+        "{err}"
+    );
+    let err = client
+        .publish_binary(&"r".repeat(300), b"x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Server { ref code, .. } if code == "bad_room"),
+        "{err}"
+    );
+    // The connection is still fine, and the room's offsets went on.
+    let ack = client
+        .publish_binary("game.sdk", &[0xff])
+        .await
+        .expect("ack");
+    assert_eq!(ack.offset, 6);
+    let events = collect_events(&mut sub, 6).await;
+    assert_eq!(got(&events), [Got::Bin(6, vec![0xff])]);
+}
+
+/// A TCP proxy in front of the gateway that can cut every connection it carries and refuse new
+/// ones (a network failure the gateway does not see coming).
+struct CutProxy {
+    addr: SocketAddr,
+    blocked: Arc<AtomicBool>,
+    cut: broadcast::Sender<()>,
+}
+
+impl CutProxy {
+    async fn start(upstream: SocketAddr) -> CutProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let blocked = Arc::new(AtomicBool::new(false));
+        let (cut, _) = broadcast::channel(4);
+        let (b, c) = (blocked.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if b.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let mut cut = c.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.recv() => {}
+                    }
+                });
+            }
+        });
+        CutProxy { addr, blocked, cut }
+    }
+
+    /// Closes every connection; with `block`, refuses new ones until `block(false)`.
+    fn cut(&self, block: bool) {
+        self.block(block);
+        let _ = self.cut.send(());
+    }
+
+    fn block(&self, on: bool) {
+        self.blocked.store(on, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_replays_binary_and_json_messages_in_offset_order() {
+    let server = Server::start(2, "");
+    let proxy = CutProxy::start(server.public).await;
+    let client = Client::connect(config(proxy.addr));
+    let publisher = Client::connect(config(server.public));
+    let mut sub = client
+        .subscribe("game.resume", false)
+        .await
+        .expect("subscribe");
+    // Odd offsets binary, even ones JSON.
+    let publish = |n: u64| {
+        let publisher = publisher.clone();
+        async move {
+            let ack = if n % 2 == 1 {
+                publisher.publish_binary("game.resume", &payload(n)).await
+            } else {
+                publisher.publish("game.resume", &json!({"n": n})).await
+            };
+            assert_eq!(ack.expect("ack").offset, n);
+        }
+    };
+    let want = |from: u64, to: u64| -> Vec<Got> {
+        (from..=to)
+            .map(|n| {
+                if n % 2 == 1 {
+                    Got::Bin(n, payload(n))
+                } else {
+                    Got::Json(n, format!(r#"{{"n":{n}}}"#))
+                }
+            })
+            .collect()
+    };
+    for n in 1..=6 {
+        publish(n).await;
+    }
+    let first = collect_events(&mut sub, 6).await;
+    assert_eq!(got(&first), want(1, 6));
+
+    // The link drops; messages go on without the client, which publishes bytes meanwhile.
+    proxy.cut(true);
+    let mut state = client.state();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !matches!(*state.borrow_and_update(), ConnState::Reconnecting { .. }) {
+            if state.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    })
+    .await
+    .expect("the client noticed the cut");
+    for n in 7..=14 {
+        publish(n).await;
+    }
+    let offline = {
+        let client = client.clone();
+        tokio::spawn(async move { client.publish_binary("game.resume", &payload(15)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.block(false);
+    let ack = offline
+        .await
+        .expect("task")
+        .expect("the offline binary publish went out after the reconnect");
+    assert_eq!(ack.offset, 15);
+    publish(16).await;
+    let rest = collect_events(&mut sub, 16).await;
+    assert_eq!(
+        got(&rest),
+        want(7, 16),
+        "replayed in order, nothing lost or twice"
+    );
+    let subscribed: Vec<(bool, bool)> = rest
+        .iter()
+        .filter_map(|ev| match ev {
+            RoomEvent::Subscribed {
+                recovered, resumed, ..
+            } => Some((*recovered, *resumed)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(subscribed, [(true, true)], "resumed with recovered: true");
 }

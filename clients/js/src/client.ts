@@ -1,4 +1,5 @@
 import { backoffDelay } from './backoff.js';
+import { encodeBinaryPublish, fromBase64 } from './binary.js';
 import { RingcastError } from './errors.js';
 import { Subscription, type SubscribeOptions } from './subscription.js';
 import type { LostInfo, RoomSpec, Transport, TransportConfig, TransportHost } from './transport.js';
@@ -10,9 +11,11 @@ import type {
   ConnectionState,
   DisconnectInfo,
   GapInfo,
+  HistoryMessage,
   HistoryResult,
   Json,
   Member,
+  MessageContext,
   MessageHandler,
   Position,
   PublishResult,
@@ -299,6 +302,42 @@ export class RingcastClient {
       return Promise.reject(new RingcastError('bad_request', 'data must not be null', { room }));
     }
     if (this._state === 'closed') return Promise.reject(new RingcastError('closed', 'the client is closed', { room }));
+    return this.sendPublish(
+      room,
+      (t, id) => t.send({ op: 'publish', id, room, data }),
+      () => this.httpPublish(room, data),
+    );
+  }
+
+  /**
+   * Publishes bytes to `room` as a binary message (protocol §9.9: one binary WebSocket message,
+   * no JSON, no base64). It takes the room's next offset like a JSON message and reaches
+   * subscribers with `data === null` and the bytes in `ctx.binary`. Acked, queued and timed out
+   * like {@link publish}; `data` is copied when called. Needs the WebSocket transport (there is
+   * no binary HTTP publish): rejects with `unsupported_transport` on SSE and long-poll.
+   */
+  publishBinary(room: string, data: Uint8Array): Promise<PublishResult> {
+    if (!isValidRoom(room)) return Promise.reject(new RingcastError('bad_room', 'invalid room name', { room }));
+    if (!(data instanceof Uint8Array)) {
+      return Promise.reject(new RingcastError('bad_request', 'data must be a Uint8Array', { room }));
+    }
+    if (this._state === 'closed') return Promise.reject(new RingcastError('closed', 'the client is closed', { room }));
+    if (!this.opts.transports.includes('websocket')) {
+      return Promise.reject(new RingcastError('unsupported_transport', 'publishBinary needs the websocket transport', { room }));
+    }
+    const bytes = data.slice();
+    return this.sendPublish(room, (t, id) => t.sendBinary(encodeBinaryPublish(id, room, bytes)), undefined);
+  }
+
+  /**
+   * Sends a publish now, or queues it until a transport is open. `viaHttp` publishes on SSE and
+   * long-poll; without it the publish rejects there with `unsupported_transport`.
+   */
+  private sendPublish(
+    room: string,
+    sendWs: (t: Transport, id: number) => boolean,
+    viaHttp: (() => Promise<PublishResult>) | undefined,
+  ): Promise<PublishResult> {
     return new Promise<PublishResult>((resolve, reject) => {
       const run = (): void => {
         const t = this.current;
@@ -307,7 +346,8 @@ export class RingcastClient {
           return;
         }
         if (t.name !== 'websocket') {
-          this.httpPublish(room, data).then(resolve, reject);
+          if (viaHttp) viaHttp().then(resolve, reject);
+          else reject(new RingcastError('unsupported_transport', `binary publish needs websocket, not ${t.name}`, { room }));
           return;
         }
         const id = this.nextId++;
@@ -319,7 +359,7 @@ export class RingcastClient {
           timer: undefined,
           retry: undefined,
         });
-        if (!t.send({ op: 'publish', id, room, data })) {
+        if (!sendWs(t, id)) {
           this.pending.delete(id);
           this.enqueue(run, reject);
         }
@@ -334,7 +374,10 @@ export class RingcastClient {
     return this.request('presence', room, { op: 'presence', room }, (ev) => ev.members ?? []);
   }
 
-  /** A room's stored messages (WebSocket). With `since`: those after it (`recovered` tells if complete). */
+  /**
+   * A room's stored messages (WebSocket). With `since`: those after it (`recovered` tells if
+   * complete). Binary messages come with `data: null` and their bytes in `binary`.
+   */
   history(room: string, options: { since?: Position; limit?: number } = {}): Promise<HistoryResult> {
     const op: Record<string, unknown> = { op: 'history', room };
     if (options.since) op.since = { epoch: options.since.epoch, offset: options.since.offset };
@@ -344,7 +387,12 @@ export class RingcastClient {
       epoch: ev.epoch as string,
       offset: ev.offset as number,
       recovered: ev.recovered === true,
-      messages: ev.messages ?? [],
+      messages: (ev.messages ?? []).map((m): HistoryMessage => {
+        if (typeof m.bin !== 'string') return { offset: m.offset, data: m.data as Json };
+        const binary = fromBase64(m.bin);
+        if (!binary) throw new RingcastError('bad_answer', `history item ${m.offset}: bin is not base64`, { room });
+        return { offset: m.offset, data: null, binary };
+      }),
     }));
   }
 
@@ -744,7 +792,17 @@ export class RingcastClient {
         const timer = setTimeout(() => {
           if (this.pending.delete(id)) reject(new RingcastError('timeout', `no answer to ${kind} within ${this.opts.requestTimeoutMs} ms`, { room }));
         }, this.opts.requestTimeoutMs);
-        this.pending.set(id, { kind, room, resolve: (ev) => resolve(map(ev)), reject, timer, retry: run });
+        const answer = (ev: ServerEvent): void => {
+          let value: T;
+          try {
+            value = map(ev);
+          } catch (e) {
+            reject(e instanceof RingcastError ? e : new RingcastError('bad_answer', String(e), { room }));
+            return;
+          }
+          resolve(value);
+        };
+        this.pending.set(id, { kind, room, resolve: answer, reject, timer, retry: run });
         if (!t.send({ ...op, id })) {
           clearTimeout(timer);
           this.pending.delete(id);
@@ -903,6 +961,14 @@ export class RingcastClient {
     if (typeof room !== 'string' || typeof ev.epoch !== 'string' || typeof ev.offset !== 'number') return;
     const rs = this.rooms.get(room);
     if (!rs || rs.status !== 'subscribed') return;
+    // A binary message: a binary frame (WebSocket) or `bin` in base64 (SSE, long-poll). One that
+    // does not decode is dropped like any malformed event; the next offset then shows the gap.
+    let binary: Uint8Array | undefined;
+    if (ev.binary instanceof Uint8Array) binary = ev.binary;
+    else if (typeof ev.bin === 'string') {
+      binary = fromBase64(ev.bin);
+      if (!binary) return;
+    }
     const pos = rs.position;
     if (pos && pos.epoch === ev.epoch) {
       if (ev.offset <= pos.offset) return; // a repeat (SSE resume overlap, §18.3)
@@ -917,8 +983,9 @@ export class RingcastClient {
       for (const s of rs.subs) this.call(s.options.onRecoveryFailed, info);
     }
     rs.position = { epoch: ev.epoch, offset: ev.offset };
-    const ctx = { room, epoch: ev.epoch, offset: ev.offset };
-    const data = ev.data as Json;
+    const ctx: MessageContext = { room, epoch: ev.epoch, offset: ev.offset };
+    if (binary) ctx.binary = binary;
+    const data = binary ? null : (ev.data as Json);
     for (const s of rs.subs) {
       if (!s.active) continue;
       try {

@@ -11,7 +11,9 @@
  * - `not_connected`: an ephemeral `event` while disconnected (events are not queued);
  * - `unsupported_transport`: the op needs the WebSocket transport (presence, history, event);
  * - `network_error`: an HTTP request (HTTP publish) failed below HTTP;
- * - `auth_failed`: the server refused the credentials and no new token could be obtained.
+ * - `auth_failed`: the server refused the credentials and no new token could be obtained;
+ * - `bad_answer`: an answer of the server did not decode (a `history` item whose `bin` is not
+ *   base64).
  */
 export class RingcastError extends Error {
   readonly code: string;

@@ -9,6 +9,7 @@ export type {
   ConnectionState,
   DisconnectInfo,
   GapInfo,
+  HistoryMessage,
   HistoryResult,
   Json,
   Member,

@@ -32,6 +32,10 @@ export class PollTransport implements Transport {
     return false;
   }
 
+  sendBinary(): boolean {
+    return false;
+  }
+
   roomsChanged(): void {
     if (this.done) return;
     this.poll();

@@ -39,6 +39,10 @@ export class SseTransport implements Transport {
     return false;
   }
 
+  sendBinary(): boolean {
+    return false;
+  }
+
   roomsChanged(): void {
     if (this.done) return;
     this.openStream();

@@ -1,3 +1,4 @@
+import { decodeBinaryMsg, messageBytes } from './binary.js';
 import type { ServerEvent, WebSocketLike } from './types.js';
 import type { LostInfo, Transport, TransportConfig, TransportHost } from './transport.js';
 
@@ -39,6 +40,12 @@ export class WebSocketTransport implements Transport {
       return;
     }
     this.sock = sock;
+    try {
+      // Binary room messages (§10.4) as ArrayBuffer, not Blob (browsers) or Buffer (`ws`).
+      sock.binaryType = 'arraybuffer';
+    } catch {
+      // a WebSocket without binaryType: messageBytes() takes what it gives
+    }
     this.connectTimer = setTimeout(
       () => this.kill({ wasOpen: false, reason: 'connect timeout' }),
       this.cfg.connectTimeoutMs,
@@ -54,7 +61,14 @@ export class WebSocketTransport implements Transport {
     sock.onmessage = (e: { data: unknown }) => {
       if (this.done) return;
       this.activity();
-      if (typeof e.data !== 'string') return; // binary is not used in v1
+      if (typeof e.data !== 'string') {
+        // A binary room message (§10.4); nothing binary precedes hello.
+        if (!this.opened) return;
+        const bytes = messageBytes(e.data);
+        const m = bytes && decodeBinaryMsg(bytes);
+        if (m) this.host.event({ ev: 'msg', room: m.room, epoch: m.epoch, offset: m.offset, binary: m.data });
+        return;
+      }
       let ev: ServerEvent;
       try {
         ev = JSON.parse(e.data) as ServerEvent;
@@ -117,6 +131,17 @@ export class WebSocketTransport implements Transport {
     if (this.done || !this.opened || !sock || sock.readyState !== OPEN) return false;
     try {
       sock.send(JSON.stringify(op));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  sendBinary(data: Uint8Array): boolean {
+    const sock = this.sock;
+    if (this.done || !this.opened || !sock || sock.readyState !== OPEN) return false;
+    try {
+      sock.send(data);
       return true;
     } catch {
       return false;

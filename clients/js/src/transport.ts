@@ -51,6 +51,8 @@ export interface Transport {
   stop(graceful: boolean): void;
   /** Sends an op (WebSocket only); false if it could not be sent. */
   send(op: object): boolean;
+  /** Sends a binary message (a binary publish, §9.9; WebSocket only); false if it could not be sent. */
+  sendBinary(data: Uint8Array): boolean;
   /** The set of rooms changed (SSE and long-poll restart their request). */
   roomsChanged(): void;
 }

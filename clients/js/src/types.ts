@@ -31,12 +31,20 @@ export interface ServerEvent {
   offset?: number;
   recovered?: boolean;
   data?: Json;
+  /** A binary message's payload in standard base64, in place of `data` (SSE, long-poll; §10.4). */
+  bin?: string;
+  /**
+   * Not on the wire: a binary message's payload as the WebSocket transport decoded it from a
+   * binary frame (§10.4).
+   */
+  binary?: Uint8Array;
   client?: string;
   node?: string;
   heartbeat_ms?: number;
   members?: Member[];
   member?: Member;
-  messages?: { offset: number; data: Json }[];
+  /** Stored messages: `data` for JSON, `bin` (base64) for binary ones (§10.10). */
+  messages?: { offset: number; data?: Json; bin?: string }[];
   expires_at?: number;
   expires_in_ms?: number;
   from?: number;
@@ -51,10 +59,29 @@ export interface MessageContext {
   room: string;
   epoch: string;
   offset: number;
+  /**
+   * Set for a message published as bytes ({@link RingcastClient.publishBinary}, protocol §9.9):
+   * its payload (possibly empty). The handler's `data` is then `null`, which a JSON message never
+   * is. Absent for JSON messages.
+   */
+  binary?: Uint8Array;
 }
 
-/** Called with every message of a room, in offset order, each offset at most once. */
+/**
+ * Called with every message of a room, in offset order, each offset at most once. JSON and
+ * binary messages share the room's offsets: a binary one comes with `data === null` and its bytes
+ * in `ctx.binary`.
+ */
 export type MessageHandler = (data: Json, ctx: MessageContext) => void;
+
+/** A stored message, as {@link HistoryResult} lists it. */
+export interface HistoryMessage {
+  offset: number;
+  /** The data as published; `null` for a binary message. */
+  data: Json;
+  /** A binary message's payload (decoded from the wire's base64 `bin`); absent for JSON. */
+  binary?: Uint8Array;
+}
 
 /** What a `subscribed` answer said, as handed to `onSubscribed` and `Subscription.ready`. */
 export interface SubscribedInfo {
@@ -94,7 +121,8 @@ export interface HistoryResult {
   /** The room's latest offset. */
   offset: number;
   recovered: boolean;
-  messages: { offset: number; data: Json }[];
+  /** Oldest first; binary messages have `data: null` and `binary`. */
+  messages: HistoryMessage[];
 }
 
 export interface PublishResult {
@@ -121,11 +149,13 @@ export interface DisconnectInfo {
 export interface WebSocketLike {
   readonly readyState: number;
   readonly protocol: string;
+  /** Set to `'arraybuffer'` so binary messages arrive as `ArrayBuffer` (browsers and `ws`). */
+  binaryType?: string;
   onopen: ((ev: any) => any) | null;
   onmessage: ((ev: { data: any }) => any) | null;
   onclose: ((ev: { code: number; reason: string }) => any) | null;
   onerror: ((ev: any) => any) | null;
-  send(data: string): void;
+  send(data: string | ArrayBufferLike | ArrayBufferView): void;
   close(code?: number, reason?: string): void;
 }
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;

@@ -107,6 +107,13 @@ export async function waitFor(cond, timeoutMs, what) {
   }
 }
 
+/** `ws` without permessage-deflate (browsers always offer it, and `ws` does by default). */
+export class WebSocketNoDeflate extends WebSocket {
+  constructor(url, protocols) {
+    super(url, protocols, { perMessageDeflate: false });
+  }
+}
+
 /** A client with Node's `ws` WebSocket and test-friendly timings. */
 export function makeClient(url, options = {}) {
   return new RingcastClient({
@@ -126,6 +133,30 @@ export function recorder(client, room, options = {}) {
 }
 
 export const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+/** Bytes that differ per `n` and include 0x00 and 0xff. */
+export const bytes = (n) => Uint8Array.of(0x00, 0xff, n & 0xff, 0x00, 0x80, 0xff);
+
+/** Bytes as hex, to compare payloads with deepEqual. */
+export const hex = (b) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
+
+/**
+ * Messages (recorded, or history items) as `{offset, data}` for JSON and `{offset, bin: hex}` for
+ * binary ones; a binary message must have `data === null`.
+ */
+export function shape(msgs) {
+  return msgs.map((m) => {
+    if (m.binary === undefined) return { offset: m.offset, data: m.data };
+    if (!(m.binary instanceof Uint8Array) || m.data !== null) return { offset: m.offset, bad: m };
+    return { offset: m.offset, bin: hex(m.binary) };
+  });
+}
+
+/** What `mixed(n)` publishes at offset n: odd offsets binary `bytes(n)`, even ones `{n}`. */
+export const mixedShape = (n) => (n % 2 ? { offset: n, bin: hex(bytes(n)) } : { offset: n, data: { n } });
+
+/** Publishes message `n` of a mixed room (see mixedShape) with `client` (WebSocket). */
+export const mixed = (client, room, n) => (n % 2 ? client.publishBinary(room, bytes(n)) : client.publish(room, { n }));
 
 /** An HS256 JWT. */
 export function jwt(claims, secret) {

@@ -1,7 +1,7 @@
 // The long-poll transport (GET /poll + POST /publish) and the WebSocket -> SSE -> poll fallback.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { makeClient, range, recorder, sleep, startGateway, startProxy, waitFor } from './helpers.mjs';
+import { bytes, hex, makeClient, mixed, mixedShape, range, recorder, shape, sleep, startGateway, startProxy, waitFor } from './helpers.mjs';
 
 let gw;
 const clients = [];
@@ -68,6 +68,40 @@ test('poll: reconnects during a burst resume from the tracked position, every of
   await sleep(100);
   assert.deepEqual(ra.offsets(), range(1, 30));
   assert.deepEqual(failed, []);
+});
+
+test('poll: binary messages arrive (bin, base64) in one offset order with JSON, also across reconnects', async () => {
+  const a = client(gw.http, { transports: ['poll'], pollTimeoutMs: 5000 });
+  const b = client(gw.url);
+  const failed = [];
+  const gaps = [];
+  a.on('recoveryFailed', (i) => failed.push(i));
+  a.on('gap', (g) => gaps.push(g));
+  const ra = recorder(a, 'poll.bin');
+  await Promise.all([a.connect(), b.connect()]);
+  await ra.sub.ready;
+  const all = Uint8Array.from({ length: 256 }, (_, i) => i);
+  await b.publishBinary('poll.bin', all);
+  await b.publish('poll.bin', { n: 2 });
+  await b.publishBinary('poll.bin', new Uint8Array(0));
+  await b.publishBinary('poll.bin', bytes(4));
+  await waitFor(() => ra.msgs.length === 4, 3000, 'four');
+  assert.deepEqual(shape(ra.msgs), [
+    { offset: 1, bin: hex(all) },
+    { offset: 2, data: { n: 2 } },
+    { offset: 3, bin: '' },
+    { offset: 4, bin: hex(bytes(4)) },
+  ]);
+  await assert.rejects(a.publishBinary('poll.bin', bytes(1)), (e) => e.code === 'unsupported_transport');
+  for (let n = 5; n <= 24; n++) {
+    if (n === 10 || n === 17) a.reconnect();
+    await mixed(b, 'poll.bin', n);
+  }
+  await waitFor(() => ra.msgs.length >= 24 && a.state === 'open', 5000, 'twenty-four');
+  await sleep(100);
+  assert.deepEqual(shape(ra.msgs.slice(4)), range(5, 24).map(mixedShape));
+  assert.deepEqual(failed, []);
+  assert.deepEqual(gaps, []);
 });
 
 test('fallback: WebSocket and SSE refused by a proxy -> long-poll', async () => {

@@ -1,7 +1,7 @@
 // The SSE transport (GET /sse + POST /publish) and the WebSocket -> SSE fallback.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { makeClient, range, recorder, sleep, startGateway, startProxy, waitFor } from './helpers.mjs';
+import { bytes, hex, makeClient, mixed, mixedShape, range, recorder, shape, sleep, startGateway, startProxy, waitFor } from './helpers.mjs';
 
 let gw;
 const clients = [];
@@ -89,6 +89,42 @@ test('sse: resume after reconnects during a burst: recovered, every offset once'
   assert.ok(subs.length >= 3 && subs.slice(1).every((s) => s.resumed && s.recovered), JSON.stringify(subs));
 });
 
+test('sse: binary messages arrive (bin, base64) in one offset order with JSON, also across reconnects', async () => {
+  const a = client(gw.http, { transports: ['sse'] });
+  const b = client(gw.url);
+  const failed = [];
+  const gaps = [];
+  a.on('recoveryFailed', (i) => failed.push(i));
+  a.on('gap', (g) => gaps.push(g));
+  const ra = recorder(a, 'sse.bin');
+  await Promise.all([a.connect(), b.connect()]);
+  await ra.sub.ready;
+  const all = Uint8Array.from({ length: 256 }, (_, i) => 255 - i);
+  await b.publishBinary('sse.bin', all);
+  await b.publish('sse.bin', { n: 2 });
+  await b.publishBinary('sse.bin', new Uint8Array(0));
+  await b.publishBinary('sse.bin', bytes(4));
+  await waitFor(() => ra.msgs.length === 4, 3000, 'four');
+  assert.deepEqual(shape(ra.msgs), [
+    { offset: 1, bin: hex(all) },
+    { offset: 2, data: { n: 2 } },
+    { offset: 3, bin: '' },
+    { offset: 4, bin: hex(bytes(4)) },
+  ]);
+  // There is no binary HTTP publish.
+  await assert.rejects(a.publishBinary('sse.bin', bytes(1)), (e) => e.code === 'unsupported_transport');
+  // Reconnects during a mixed burst: the resume replays binary messages too.
+  for (let n = 5; n <= 24; n++) {
+    if (n === 10 || n === 17) a.reconnect();
+    await mixed(b, 'sse.bin', n);
+  }
+  await waitFor(() => ra.msgs.length >= 24 && a.state === 'open', 5000, 'twenty-four');
+  await sleep(100);
+  assert.deepEqual(shape(ra.msgs.slice(4)), range(5, 24).map(mixedShape));
+  assert.deepEqual(failed, []);
+  assert.deepEqual(gaps, []);
+});
+
 test('fallback: WebSocket refused by a proxy -> SSE, which receives and publishes', async () => {
   const proxy = await startProxy(gw.port, { refusePaths: ['/ws'] });
   proxies.push(proxy);
@@ -106,4 +142,6 @@ test('fallback: WebSocket refused by a proxy -> SSE, which receives and publishe
   assert.equal(ack.offset, 1);
   await waitFor(() => ra.msgs.length === 1, 3000, 'the message');
   assert.equal(ra.msgs[0].data, 'via POST');
+  // WebSocket is configured but not in use: a binary publish cannot go out.
+  await assert.rejects(a.publishBinary('fallback.sse', Uint8Array.of(1)), (e) => e.code === 'unsupported_transport');
 });

@@ -3,7 +3,23 @@
 // offline queue, presence/history/events, token refresh and auth failures.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { jwt, makeClient, range, recorder, sleep, startGateway, startProxy, freePort, waitFor } from './helpers.mjs';
+import {
+  bytes,
+  freePort,
+  hex,
+  jwt,
+  makeClient,
+  mixed,
+  mixedShape,
+  range,
+  recorder,
+  shape,
+  sleep,
+  startGateway,
+  startProxy,
+  waitFor,
+  WebSocketNoDeflate,
+} from './helpers.mjs';
 
 const SECRET = 'js-sdk-test-secret-0123456789-0123456789';
 let gw;
@@ -157,6 +173,99 @@ test('presence, join/leave, ephemeral events and history', async () => {
   assert.deepEqual(members, [a.clientId]);
   await assert.rejects(b.event('doc.42', 1).then(() => sleep(200)).then(() => b.presence('doc.42')), (e) => e.code === 'not_subscribed');
 });
+
+// Binary messages, with and without permessage-deflate on the subscribers' connections (every
+// browser negotiates it).
+for (const deflate of [false, true]) {
+  const tag = `permessage-deflate ${deflate ? 'on' : 'off'}`;
+  const ws = deflate ? {} : { WebSocket: WebSocketNoDeflate };
+  const room = `bin.room.${deflate ? 'z' : 'p'}`;
+  const resume = `bin.resume.${deflate ? 'z' : 'p'}`;
+
+  test(`binary (${tag}): publishBinary reaches subscribers as bytes, in one offset order with JSON; history decodes it`, async () => {
+    const a = client(gw.url, ws);
+    const b = client(gw.url, ws);
+    const ra = recorder(a, room);
+    const rb = recorder(b, room);
+    await Promise.all([a.connect(), b.connect()]);
+    const info = await ra.sub.ready;
+    await rb.sub.ready;
+    const all = Uint8Array.from({ length: 256 }, (_, i) => i);
+    const acks = [];
+    acks.push(await b.publishBinary(room, all));
+    acks.push(await b.publish(room, { n: 2 }));
+    acks.push(await b.publishBinary(room, new Uint8Array(0)));
+    const mine = bytes(4);
+    const pending = a.publishBinary(room, mine);
+    mine.fill(7); // the payload was copied when publishBinary was called
+    acks.push(await pending);
+    acks.push(await b.publish(room, 'five'));
+    assert.deepEqual(acks.map((x) => x.offset), range(1, 5));
+    assert.ok(acks.every((x) => x.room === room && x.epoch === info.epoch));
+    const want = [
+      { offset: 1, bin: hex(all) },
+      { offset: 2, data: { n: 2 } },
+      { offset: 3, bin: '' },
+      { offset: 4, bin: hex(bytes(4)) },
+      { offset: 5, data: 'five' },
+    ];
+    await waitFor(() => ra.msgs.length === 5 && rb.msgs.length === 5, 3000, 'five messages on both');
+    assert.deepEqual(shape(ra.msgs), want);
+    assert.deepEqual(shape(rb.msgs), want);
+    assert.deepEqual(ra.msgs[0], { data: null, room, epoch: info.epoch, offset: 1, binary: ra.msgs[0].binary });
+    assert.ok(!('binary' in ra.msgs[1]), 'a JSON message has no binary');
+    assert.deepEqual(a.position(room), { epoch: info.epoch, offset: 5 });
+
+    const h = await b.history(room);
+    assert.deepEqual(shape(h.messages), want);
+    const tail = await b.history(room, { since: { epoch: info.epoch, offset: 2 }, limit: 2 });
+    assert.equal(tail.recovered, true);
+    assert.deepEqual(shape(tail.messages), want.slice(2, 4));
+
+    await assert.rejects(a.publishBinary('bad room', bytes(1)), (e) => e.code === 'bad_room');
+    await assert.rejects(a.publishBinary(room, [1, 2]), (e) => e.code === 'bad_request');
+    await assert.rejects(a.publishBinary(room, new Uint8Array(62000)), (e) => e.code === 'too_large' && e.room === room);
+    // The connection is still fine and the room's offsets went on.
+    assert.equal((await a.publishBinary(room, Uint8Array.of(0xff))).offset, 6);
+    await waitFor(() => ra.msgs.length === 6, 3000, 'the sixth');
+    assert.deepEqual(shape(ra.msgs.slice(5)), [{ offset: 6, bin: 'ff' }]);
+  });
+
+  test(`binary (${tag}): resume after a dropped connection replays binary and JSON messages, every offset once`, async () => {
+    const proxy = await startProxy(gw.port);
+    proxies.push(proxy);
+    const a = client(proxy.url, ws);
+    const b = client(gw.url);
+    const subscribed = [];
+    const failed = [];
+    const gaps = [];
+    a.on('recoveryFailed', (i) => failed.push(i));
+    a.on('gap', (g) => gaps.push(g));
+    const ra = recorder(a, resume, { onSubscribed: (i) => subscribed.push(i) });
+    await Promise.all([a.connect(), b.connect()]);
+    await ra.sub.ready;
+    for (let n = 1; n <= 6; n++) await mixed(b, resume, n);
+    await waitFor(() => ra.msgs.length === 6, 3000, 'first 6');
+
+    proxy.block(true);
+    proxy.dropAll();
+    await waitFor(() => a.state === 'reconnecting', 3000, 'reconnecting');
+    for (let n = 7; n <= 14; n++) await mixed(b, resume, n); // missed while away
+    const offline = a.publishBinary(resume, bytes(15)); // queued until the reconnect
+    await sleep(150);
+    proxy.block(false);
+    assert.equal((await offline).offset, 15);
+    await mixed(b, resume, 16);
+    await waitFor(() => a.state === 'open' && ra.msgs.length === 16, 5000, 'the resume');
+    await sleep(100);
+
+    assert.deepEqual(shape(ra.msgs), range(1, 16).map(mixedShape));
+    assert.equal(subscribed.length, 2);
+    assert.deepEqual([subscribed[1].recovered, subscribed[1].resumed], [true, true]);
+    assert.deepEqual(failed, []);
+    assert.deepEqual(gaps, []);
+  });
+}
 
 test('resume after a dropped connection (no restart): recovered, every offset exactly once', async () => {
   const proxy = await startProxy(gw.port);

@@ -7,6 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use proto_codec::protocol::binary::{decode_binary_msg, encode_binary_publish, from_base64};
+use proto_codec::protocol::room::MAX_ROOM_BYTES;
 use proto_codec::protocol::{ClientOp, Member, Position, ServerEvent};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -99,7 +101,7 @@ pub enum ConnState {
 /// What a subscription receives.
 #[derive(Debug, Clone)]
 pub enum RoomEvent {
-    /// A room message.
+    /// A room message published as JSON.
     Message {
         /// The room's epoch.
         epoch: String,
@@ -107,6 +109,17 @@ pub enum RoomEvent {
         offset: u64,
         /// The data as published (JSON).
         data: Box<RawValue>,
+    },
+    /// A room message published as bytes ([`Client::publish_binary`], `docs/protocol.md` §9.9).
+    /// It shares the room's offsets with JSON messages: both kinds arrive in one offset order,
+    /// and a resume replays both.
+    Binary {
+        /// The room's epoch.
+        epoch: String,
+        /// The message's offset.
+        offset: u64,
+        /// The payload as published (possibly empty).
+        data: Vec<u8>,
     },
     /// The subscription is in force (first time, or again after a reconnect). With
     /// `resumed: true` and `recovered: false`, messages were missed that the server no longer
@@ -146,6 +159,32 @@ pub enum RoomEvent {
     },
 }
 
+impl RoomEvent {
+    /// The offset of a room message ([`RoomEvent::Message`] or [`RoomEvent::Binary`]); `None`
+    /// for the other events.
+    pub fn message_offset(&self) -> Option<u64> {
+        match self {
+            RoomEvent::Message { offset, .. } | RoomEvent::Binary { offset, .. } => Some(*offset),
+            _ => None,
+        }
+    }
+}
+
+/// A page of a room's stored messages, as [`Client::history_messages`] returns it.
+#[derive(Debug, Clone)]
+pub struct History {
+    /// The room's current epoch (every message is in it).
+    pub epoch: String,
+    /// The room's latest offset.
+    pub offset: u64,
+    /// `true` when `since` was given and everything after it is in `messages` (or follows in
+    /// the next page, when `limit` cut it).
+    pub recovered: bool,
+    /// The messages, oldest first: [`RoomEvent::Message`] for JSON, [`RoomEvent::Binary`] for
+    /// bytes, as a subscription delivers them (one handler serves both).
+    pub messages: Vec<RoomEvent>,
+}
+
 /// A publish's acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
@@ -182,6 +221,10 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
+    /// The server's answer did not decode (for example a history item whose `bin` is not
+    /// base64).
+    #[error("bad answer from the server: {0}")]
+    BadAnswer(String),
 }
 
 enum Cmd {
@@ -197,7 +240,7 @@ enum Cmd {
     Publish(QueuedPublish),
     Request {
         op: Request,
-        done: oneshot::Sender<Result<serde_json::Value, ClientError>>,
+        done: oneshot::Sender<Result<Vec<u8>, ClientError>>,
     },
     Close,
 }
@@ -213,9 +256,17 @@ enum Request {
     },
 }
 
+/// What a publish carries.
+enum PublishData {
+    /// JSON, sent as a `publish` op.
+    Json(Box<RawValue>),
+    /// Bytes, sent as a binary publish (`docs/protocol.md` §9.9).
+    Binary(Vec<u8>),
+}
+
 struct QueuedPublish {
     room: String,
-    data: Box<RawValue>,
+    data: PublishData,
     deadline: Instant,
     done: oneshot::Sender<Result<Published, ClientError>>,
 }
@@ -320,6 +371,26 @@ impl Client {
             code: "bad_request".into(),
             reason: e.to_string(),
         })?;
+        self.publish_data(room, PublishData::Json(data)).await
+    }
+
+    /// Publishes bytes to a room as a binary message (`docs/protocol.md` §9.9: no JSON, no
+    /// base64 on the WebSocket). Acked, queued while disconnected and timed out exactly like
+    /// [`Client::publish`]; the message takes the room's next offset, as a JSON one would.
+    /// Subscribers get it as [`RoomEvent::Binary`].
+    pub async fn publish_binary(&self, room: &str, data: &[u8]) -> Result<Published, ClientError> {
+        // The envelope has one byte for the room's length; the server allows 200.
+        if room.len() > MAX_ROOM_BYTES {
+            return Err(ClientError::Server {
+                code: "bad_room".into(),
+                reason: format!("room name longer than {MAX_ROOM_BYTES} bytes"),
+            });
+        }
+        self.publish_data(room, PublishData::Binary(data.to_vec()))
+            .await
+    }
+
+    async fn publish_data(&self, room: &str, data: PublishData) -> Result<Published, ClientError> {
         let (done, answer) = oneshot::channel();
         self.cmds
             .send(Cmd::Publish(QueuedPublish {
@@ -334,19 +405,44 @@ impl Client {
 
     /// Who is in a room (the `presence` event as JSON).
     pub async fn presence(&self, room: &str) -> Result<serde_json::Value, ClientError> {
-        self.request(Request::Presence {
-            room: room.to_string(),
-        })
-        .await
+        let raw = self
+            .request(Request::Presence {
+                room: room.to_string(),
+            })
+            .await?;
+        Ok(serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null))
     }
 
-    /// A room's stored messages (the `history` event as JSON).
+    /// A room's stored messages (the `history` event as JSON). Binary messages are items with
+    /// `bin` (standard base64) instead of `data`; [`Client::history_messages`] decodes them.
     pub async fn history(
         &self,
         room: &str,
         since: Option<(String, u64)>,
         limit: Option<u32>,
     ) -> Result<serde_json::Value, ClientError> {
+        let raw = self.history_raw(room, since, limit).await?;
+        Ok(serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// A room's stored messages, decoded: JSON messages as [`RoomEvent::Message`] (their data
+    /// byte for byte as published), binary ones as [`RoomEvent::Binary`].
+    pub async fn history_messages(
+        &self,
+        room: &str,
+        since: Option<(String, u64)>,
+        limit: Option<u32>,
+    ) -> Result<History, ClientError> {
+        let raw = self.history_raw(room, since, limit).await?;
+        decode_history(&raw)
+    }
+
+    async fn history_raw(
+        &self,
+        room: &str,
+        since: Option<(String, u64)>,
+        limit: Option<u32>,
+    ) -> Result<Vec<u8>, ClientError> {
         self.request(Request::History {
             room: room.to_string(),
             since: since.map(|(epoch, offset)| Position { epoch, offset }),
@@ -355,7 +451,8 @@ impl Client {
         .await
     }
 
-    async fn request(&self, op: Request) -> Result<serde_json::Value, ClientError> {
+    /// Sends a request; resolves with the answer's JSON text.
+    async fn request(&self, op: Request) -> Result<Vec<u8>, ClientError> {
         let (done, answer) = oneshot::channel();
         self.cmds
             .send(Cmd::Request { op, done })
@@ -367,6 +464,48 @@ impl Client {
     pub fn close(&self) {
         let _ = self.cmds.send(Cmd::Close);
     }
+}
+
+/// Decodes a `history` answer.
+fn decode_history(raw: &[u8]) -> Result<History, ClientError> {
+    let bad = |why: String| ClientError::BadAnswer(why);
+    let Ok(ServerEvent::History {
+        epoch,
+        offset,
+        recovered,
+        messages,
+        ..
+    }) = ServerEvent::decode(raw)
+    else {
+        return Err(bad("not a history event".into()));
+    };
+    let messages = messages
+        .into_iter()
+        .map(|item| match (item.bin, item.data) {
+            (Some(bin), _) => from_base64(&bin)
+                .map(|data| RoomEvent::Binary {
+                    epoch: epoch.to_string(),
+                    offset: item.offset,
+                    data,
+                })
+                .ok_or_else(|| bad(format!("`bin` of offset {} is not base64", item.offset))),
+            (None, Some(data)) => Ok(RoomEvent::Message {
+                epoch: epoch.to_string(),
+                offset: item.offset,
+                data: data.to_owned(),
+            }),
+            (None, None) => Err(bad(format!(
+                "history item {} has neither `data` nor `bin`",
+                item.offset
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(History {
+        epoch: epoch.into_owned(),
+        offset,
+        recovered,
+        messages,
+    })
 }
 
 struct RoomSub {
@@ -384,7 +523,7 @@ type Resume = (String, bool, Option<(String, u64)>);
 enum Inflight {
     Subscribe(String),
     Publish(QueuedPublish),
-    Request(oneshot::Sender<Result<serde_json::Value, ClientError>>),
+    Request(oneshot::Sender<Result<Vec<u8>, ClientError>>),
 }
 
 /// How a connection ended.
@@ -657,6 +796,7 @@ impl Driver {
                     deadline = tokio::time::Instant::now() + silence;
                     match msg {
                         Some(Incoming::Text(t)) => self.on_event(&mut w, &t).await,
+                        Some(Incoming::Binary(b)) => self.on_binary(&b),
                         Some(Incoming::Obligated(op, payload)) => {
                             if transport::send_obligated(&mut w, op, payload).await.is_err() {
                                 return lost("write failed".into(), None, false);
@@ -803,14 +943,66 @@ impl Driver {
             return Ok(());
         }
         let id = self.id();
-        let json = ClientOp::Publish {
-            id: Some(id),
-            room: p.room.as_str().into(),
-            data: &p.data,
+        match &p.data {
+            PublishData::Json(data) => {
+                let json = ClientOp::Publish {
+                    id: Some(id),
+                    room: p.room.as_str().into(),
+                    data,
+                }
+                .to_json();
+                self.inflight.insert(id, Inflight::Publish(p));
+                self.send(w, json).await
+            }
+            PublishData::Binary(data) => {
+                // `publish_binary` checked the room's length, the one way encoding fails.
+                let Some(wire) = encode_binary_publish(Some(id), &p.room, data) else {
+                    let _ = p.done.send(Err(ClientError::Server {
+                        code: "bad_room".into(),
+                        reason: "room name too long".into(),
+                    }));
+                    return Ok(());
+                };
+                self.inflight.insert(id, Inflight::Publish(p));
+                transport::send_binary(w, wire)
+                    .await
+                    .map_err(|e| format!("write failed: {e}"))
+            }
         }
-        .to_json();
-        self.inflight.insert(id, Inflight::Publish(p));
-        self.send(w, json).await
+    }
+
+    /// A binary room message (`docs/protocol.md` §10.4).
+    fn on_binary(&mut self, payload: &[u8]) {
+        match decode_binary_msg(payload) {
+            Ok(m) => self.deliver(m.room, m.epoch, m.offset, |epoch| RoomEvent::Binary {
+                epoch,
+                offset: m.offset,
+                data: m.data.to_vec(),
+            }),
+            Err(e) => tracing::debug!(%e, "ignoring a binary message that does not decode"),
+        }
+    }
+
+    /// Hands a room message to its subscription, unless that offset was delivered already, and
+    /// moves the room's position to it. JSON and binary messages share this bookkeeping.
+    fn deliver(
+        &mut self,
+        room: &str,
+        epoch: &str,
+        offset: u64,
+        event: impl FnOnce(String) -> RoomEvent,
+    ) {
+        let Some(sub) = self.rooms.get_mut(room) else {
+            return;
+        };
+        // Never deliver an offset twice (a replay overlapping live traffic).
+        if let Some((e, o)) = &sub.position {
+            if e == epoch && offset <= *o {
+                return;
+            }
+        }
+        sub.position = Some((epoch.to_string(), offset));
+        let _ = sub.events.send(event(epoch.to_string()));
     }
 
     async fn on_event(&mut self, w: &mut Writer, text: &[u8]) {
@@ -824,23 +1016,23 @@ impl Driver {
                 epoch,
                 offset,
                 data,
-            } => {
-                let Some(sub) = self.rooms.get_mut(room.as_ref()) else {
-                    return;
-                };
-                // Never deliver an offset twice (a replay overlapping live traffic).
-                if let Some((e, o)) = &sub.position {
-                    if *e == epoch && offset <= *o {
-                        return;
-                    }
-                }
-                sub.position = Some((epoch.to_string(), offset));
-                let _ = sub.events.send(RoomEvent::Message {
-                    epoch: epoch.into_owned(),
-                    offset,
-                    data: data.to_owned(),
-                });
-            }
+            } => self.deliver(&room, &epoch, offset, |epoch| RoomEvent::Message {
+                epoch,
+                offset,
+                data: data.to_owned(),
+            }),
+            // The JSON form of a binary message (the server sends WebSocket subscribers a binary
+            // frame, but the form is valid on any transport).
+            ServerEvent::MsgBinary {
+                room,
+                epoch,
+                offset,
+                data,
+            } => self.deliver(&room, &epoch, offset, |epoch| RoomEvent::Binary {
+                epoch,
+                offset,
+                data,
+            }),
             ServerEvent::Subscribed {
                 id,
                 room,
@@ -974,11 +1166,76 @@ impl Driver {
             }
             ServerEvent::Presence { id, .. } | ServerEvent::History { id, .. } => {
                 if let Some(Inflight::Request(done)) = id.and_then(|id| self.inflight.remove(&id)) {
-                    let value = serde_json::from_slice(text).unwrap_or(serde_json::Value::Null);
-                    let _ = done.send(Ok(value));
+                    let _ = done.send(Ok(text.to_vec()));
                 }
             }
             _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_items_decode_to_json_and_binary_messages() {
+        let raw = br#"{"ev":"history","id":3,"room":"game.1","epoch":"e1","offset":4,"recovered":true,"messages":[{"offset":2,"data":{"a": 1}},{"offset":3,"bin":"AP8A"},{"offset":4,"bin":""}]}"#;
+        let h = decode_history(raw).expect("decodes");
+        assert_eq!((h.epoch.as_str(), h.offset, h.recovered), ("e1", 4, true));
+        assert_eq!(h.messages.len(), 3);
+        match &h.messages[0] {
+            // The data stays byte for byte as published (the space included).
+            RoomEvent::Message {
+                epoch,
+                offset,
+                data,
+            } => {
+                assert_eq!(
+                    (epoch.as_str(), *offset, data.get()),
+                    ("e1", 2, r#"{"a": 1}"#)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        match &h.messages[1] {
+            RoomEvent::Binary {
+                epoch,
+                offset,
+                data,
+            } => {
+                assert_eq!(
+                    (epoch.as_str(), *offset, &data[..]),
+                    ("e1", 3, &[0, 0xff, 0][..])
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(&h.messages[2], RoomEvent::Binary { offset: 4, data, .. } if data.is_empty())
+        );
+        assert_eq!(
+            h.messages
+                .iter()
+                .map(RoomEvent::message_offset)
+                .collect::<Vec<_>>(),
+            [Some(2), Some(3), Some(4)]
+        );
+    }
+
+    #[test]
+    fn bad_history_answers_are_errors() {
+        for raw in [
+            &br#"{"ev":"history","room":"r","epoch":"e","offset":1,"recovered":false,"messages":[{"offset":1,"bin":"***"}]}"#[..],
+            br#"{"ev":"history","room":"r","epoch":"e","offset":1,"recovered":false,"messages":[{"offset":1}]}"#,
+            br#"{"ev":"pong","id":1}"#,
+            b"not json",
+        ] {
+            assert!(
+                matches!(decode_history(raw), Err(ClientError::BadAnswer(_))),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
         }
     }
 }

@@ -6,9 +6,12 @@
 //! let client = Client::connect(ClientConfig::new("127.0.0.1:8080"));
 //! let mut prices = client.subscribe("prices.BTC-USD", false).await?;
 //! client.publish("prices.BTC-USD", &serde_json::json!({"bid": 64210.5})).await?;
+//! client.publish_binary("prices.BTC-USD", &[0x00, 0x01, 0xff]).await?;
 //! while let Some(ev) = prices.next().await {
-//!     if let RoomEvent::Message { offset, data, .. } = ev {
-//!         println!("{offset}: {data}");
+//!     match ev {
+//!         RoomEvent::Message { offset, data, .. } => println!("{offset}: {data}"),
+//!         RoomEvent::Binary { offset, data, .. } => println!("{offset}: {} bytes", data.len()),
+//!         _ => {}
 //!     }
 //! }
 //! # Ok(()) }
@@ -18,6 +21,9 @@
 //! most once and in offset order; after a reconnect every room is resubscribed from the last
 //! offset delivered, so nothing is missed while the server's history holds it, and
 //! `RoomEvent::Subscribed { resumed: true, recovered: false }` says when it no longer did.
+//! Room messages are JSON ([`RoomEvent::Message`], from [`Client::publish`]) or bytes
+//! ([`RoomEvent::Binary`], from [`Client::publish_binary`], carried in binary WebSocket
+//! frames); both kinds share a room's offsets, its order and its resume.
 //! Reconnection uses exponential backoff with full jitter and honours the server's reconnect
 //! hint. Publishes made while disconnected wait in a bounded queue; one sent on a connection that
 //! then died fails with [`ClientError::ConnectionLost`] (it may have been stored: retrying may
@@ -29,6 +35,7 @@ pub mod transport;
 
 pub use backoff::Backoff;
 pub use client::{
-    Client, ClientConfig, ClientError, ConnState, Published, RoomEvent, Subscription, TokenProvider,
+    Client, ClientConfig, ClientError, ConnState, History, Published, RoomEvent, Subscription,
+    TokenProvider,
 };
 pub use proto_codec::protocol;

@@ -16,6 +16,8 @@ use tokio::sync::mpsc;
 pub enum Incoming {
     /// A text message (an event).
     Text(Vec<u8>),
+    /// A binary message (a binary room message, `docs/protocol.md` §10.4).
+    Binary(Vec<u8>),
     /// A frame the protocol obliges us to answer (a pong for a ping), to be written.
     Obligated(OpCode, Vec<u8>),
     /// A frame that only proves the server is alive (a ping already answered, a pong).
@@ -136,6 +138,7 @@ async fn read_loop(mut read: Reader, tx: mpsc::UnboundedSender<Incoming>) {
         let msg = match frame {
             Ok(f) => match f.opcode {
                 OpCode::Text => Incoming::Text(f.payload.to_vec()),
+                OpCode::Binary => Incoming::Binary(f.payload.to_vec()),
                 OpCode::Close => {
                     let p = f.payload.to_vec();
                     let code = if p.len() >= 2 {
@@ -176,6 +179,11 @@ pub fn obligated_reply(f: &Frame<'_>) -> (OpCode, Vec<u8>) {
 pub async fn send_text(w: &mut Writer, text: String) -> Result<(), WebSocketError> {
     w.write_frame(Frame::text(Payload::Owned(text.into_bytes())))
         .await
+}
+
+/// Writes a binary frame (a binary publish, `docs/protocol.md` §9.9).
+pub async fn send_binary(w: &mut Writer, data: Vec<u8>) -> Result<(), WebSocketError> {
+    w.write_frame(Frame::binary(Payload::Owned(data))).await
 }
 
 /// Writes a frame the protocol obliged us to send (a pong).
