@@ -18,6 +18,8 @@ if ! command -v python3 >/dev/null; then
 fi
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'websockets>=13' 'kosoku>=0.1'
 (cd gateway/tests/clients && npm ci --no-audit --no-fund --silent)
+# Headless Chromium: the collaborative-editing test (gateway/tests/crdt.rs) and the demo e2e.
+command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium fonts-dejavu-core; }
 command -v taskset >/dev/null || { apt-get update -qq && apt-get install -y -qq util-linux; }
 # TLS tests drive the gateway with openssl s_client and curl.
 for tool in openssl curl; do
@@ -58,7 +60,6 @@ step "TypeScript client SDK against the real gateway (node:test)"
 (cd clients/js && npm ci --no-audit --no-fund --silent && npm test) 2>&1 | tee -a "$log"
 
 step "demo dashboard end to end in headless Chromium (playwright-core)"
-command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium fonts-dejavu-core; }
 (cd clients/js/e2e && npm ci --no-audit --no-fund --silent && npm test) 2>&1 | tee -a "$log"
 
 step "TLS path smoke test (plain and TLS listeners: no loss, no duplicates)"

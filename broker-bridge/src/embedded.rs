@@ -6,13 +6,15 @@
 //! `recovered: false`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::docs::DocStore;
 use crate::{
-    Appended, Broker, BrokerError, BrokerEvent, Completion, Epoch, HistoryPolicy, Recovery,
-    RoomName, Stored, Token,
+    Appended, Broker, BrokerError, BrokerEvent, Completion, DocSnapshot, Epoch, HistoryPolicy,
+    Recovery, RoomName, Stored, Token,
 };
 
 /// How long a room with no stored message and no subscriber keeps its epoch and offset, so a
@@ -62,12 +64,21 @@ pub(crate) fn new_epoch() -> Epoch {
 pub struct EmbeddedBroker {
     rooms: HashMap<RoomName, RoomLog>,
     interested: HashSet<RoomName>,
+    docs: DocStore,
 }
 
 impl EmbeddedBroker {
-    /// An empty broker.
+    /// An empty broker; CRDT documents stay in memory.
     pub fn new() -> EmbeddedBroker {
         EmbeddedBroker::default()
+    }
+
+    /// An empty broker whose CRDT documents persist in `dir` (when given).
+    pub fn with_doc_dir(dir: Option<PathBuf>) -> EmbeddedBroker {
+        EmbeddedBroker {
+            docs: DocStore::new(dir),
+            ..EmbeddedBroker::default()
+        }
     }
 }
 
@@ -189,6 +200,30 @@ impl Broker for EmbeddedBroker {
             rec.messages = log.history.iter().skip(skip).cloned().collect();
         }
         Ok(Completion::Ready(rec))
+    }
+
+    fn doc_load(
+        &mut self,
+        room: &RoomName,
+        _token: Token,
+    ) -> Result<Completion<Option<DocSnapshot>>, BrokerError> {
+        self.docs
+            .load(room)
+            .map(Completion::Ready)
+            .map_err(|e| BrokerError::Unavailable(format!("reading the document: {e}")))
+    }
+
+    fn doc_append(&mut self, room: &RoomName, update: &[u8]) -> Result<(), BrokerError> {
+        self.docs
+            .append(room, update)
+            .map_err(|e| BrokerError::Unavailable(format!("storing the update: {e}")))
+    }
+
+    fn doc_store(&mut self, room: &RoomName, snapshot: DocSnapshot) {
+        if let Err(e) = self.docs.store(room, snapshot.state) {
+            // The log still holds every update: nothing is lost, the next snapshot retries.
+            tracing::warn!(room = %room, error = %e, "could not store a document snapshot");
+        }
     }
 
     fn set_interest(&mut self, room: &RoomName, interested: bool) {

@@ -7,8 +7,11 @@
 //! comes back, so every node delivers in the order the broker chose. The trait is shaped for both:
 //! every call may complete now ([`Completion::Ready`]) or later (as a [`BrokerEvent`]).
 
+pub mod docs;
 pub mod embedded;
 pub mod redis;
+
+pub use docs::DocSnapshot;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -139,6 +142,15 @@ pub enum BrokerEvent {
         /// The event's JSON.
         payload: Bytes,
     },
+    /// A pending [`Broker::doc_load`] completed.
+    DocLoaded {
+        /// The request's token.
+        token: Token,
+        /// The room.
+        room: RoomName,
+        /// The stored document, if there is one.
+        snapshot: Option<DocSnapshot>,
+    },
     /// Messages `from..=to` of a room can no longer be delivered on this node (the broker's
     /// stream lost them while this node was not listening); subscribers get a `gap` notice.
     Gap {
@@ -220,6 +232,25 @@ pub trait Broker {
     /// This node has (or no longer has) local interest in a room; a networked broker subscribes
     /// upstream only while it has.
     fn set_interest(&mut self, room: &RoomName, interested: bool);
+
+    /// The stored document of a CRDT room (`crdt` namespaces): its last snapshot and the updates
+    /// stored after it, now or later as [`BrokerEvent::DocLoaded`].
+    fn doc_load(
+        &mut self,
+        _room: &RoomName,
+        _token: Token,
+    ) -> Result<Completion<Option<DocSnapshot>>, BrokerError> {
+        Ok(Completion::Ready(None))
+    }
+
+    /// Keeps an accepted update of a CRDT room until the next snapshot covers it. A broker whose
+    /// room history is durable (Redis streams) keeps nothing more: the update is in the stream.
+    fn doc_append(&mut self, _room: &RoomName, _update: &[u8]) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// Stores a CRDT room's snapshot, replacing the previous one and the updates it covers.
+    fn doc_store(&mut self, _room: &RoomName, _snapshot: DocSnapshot) {}
 
     /// Moves events that completed since the last call into `out`.
     fn poll_events(&mut self, out: &mut Vec<BrokerEvent>);

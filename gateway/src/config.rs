@@ -69,6 +69,30 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Where rooms' order and history live: in this process, or in Redis shared by many nodes.
     pub broker: BrokerConfig,
+    /// Collaborative (`kind = "crdt"`) rooms: where their documents are kept.
+    pub crdt: CrdtConfig,
+}
+
+/// Collaborative rooms (`kind = "crdt"` namespaces, docs/collaboration.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CrdtConfig {
+    /// With the embedded broker: the directory documents persist in (a snapshot and a log of
+    /// updates per room), so a restart keeps them. Empty: in memory only. (With Redis, documents
+    /// live in Redis.)
+    pub snapshot_dir: String,
+    /// A room's document is snapshotted this long after its first unsnapshotted update (and on
+    /// the last unsubscribe, on shutdown, and after half its namespace's `history_size` updates).
+    pub snapshot_interval_ms: u64,
+}
+
+impl Default for CrdtConfig {
+    fn default() -> CrdtConfig {
+        CrdtConfig {
+            snapshot_dir: String::new(),
+            snapshot_interval_ms: 5_000,
+        }
+    }
 }
 
 /// WebSocket connection settings.
@@ -104,10 +128,26 @@ pub struct WebSocketConfig {
     pub long_poll_hold_ms: u64,
 }
 
+/// What a namespace's rooms are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoomKind {
+    /// Rooms of messages (JSON or binary), the default.
+    Messages,
+    /// Collaborative documents: every message is a Yjs update, merged on the room's home shard
+    /// into one document that joining clients sync from (docs/collaboration.md).
+    Crdt,
+}
+
 /// The policy of one namespace (or of the default namespace, `[rooms]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NamespacePolicy {
+    /// What the rooms are: `messages` or `crdt` (never inherited from `[rooms]`).
+    pub kind: RoomKind,
+    /// For `crdt` rooms: the largest document, in encoded bytes; an update that would pass it
+    /// is refused.
+    pub max_document_bytes: usize,
     /// Messages kept per room for recovery (0: no history).
     pub history_size: usize,
     /// How long a message stays recoverable.
@@ -429,6 +469,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             shutdown: ShutdownConfig::default(),
             broker: BrokerConfig::default(),
+            crdt: CrdtConfig::default(),
         }
     }
 }
@@ -455,6 +496,8 @@ impl Default for WebSocketConfig {
 impl Default for NamespacePolicy {
     fn default() -> NamespacePolicy {
         NamespacePolicy {
+            kind: RoomKind::Messages,
+            max_document_bytes: 16 * 1024 * 1024,
             history_size: 256,
             history_ttl_ms: 300_000,
             recovery: true,
@@ -706,6 +749,29 @@ impl Config {
                     reason: format!("namespace `{name}`: must be above 0"),
                 });
             }
+            if ns.kind == RoomKind::Crdt {
+                // A document is its updates: none may be dropped for a slow reader, and the
+                // updates after a snapshot are read back from the room's history.
+                if ns.slow_consumer != SlowConsumer::Disconnect {
+                    return Err(ConfigError::Invalid {
+                        key: "slow_consumer",
+                        reason: format!(
+                            "namespace `{name}`: a crdt namespace needs \"disconnect\" (a dropped update would leave a client's document behind)"
+                        ),
+                    });
+                }
+                if ns.history_size < 2 || ns.max_document_bytes == 0 {
+                    return Err(ConfigError::Invalid {
+                        key: "history_size",
+                        reason: format!(
+                            "namespace `{name}`: a crdt namespace needs history_size of at least 2 and max_document_bytes above 0"
+                        ),
+                    });
+                }
+            }
+        }
+        if self.crdt.snapshot_interval_ms == 0 {
+            return Err(invalid("crdt.snapshot_interval_ms", "must be above 0"));
         }
         for name in self.namespaces.keys() {
             if name.is_empty()
@@ -826,7 +892,8 @@ impl Config {
 
 /// Keys a namespace never inherits from `[rooms]`: access is granted per namespace, so opening
 /// the default namespace to anonymous clients never opens another one.
-const NOT_INHERITED: &[&str] = &["anonymous"];
+/// Nor is `kind`: a collaborative namespace never turns others into documents.
+const NOT_INHERITED: &[&str] = &["anonymous", "kind"];
 
 /// Fills every `[namespaces.X]` table with the `[rooms]` keys it does not set, so a namespace
 /// inherits the base policy key by key (a typo is still caught by `deny_unknown_fields`), except

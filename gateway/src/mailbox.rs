@@ -132,6 +132,42 @@ pub enum ShardMsg {
         /// At most this many.
         limit: usize,
     },
+    /// To a collaborative room's home shard: a y-websocket client's sync step 1; the answer
+    /// (what it lacks, the server's state vector, the awareness states) goes back as `ToConn`.
+    CrdtSync {
+        /// The room.
+        room: RoomName,
+        /// The asking connection.
+        from: (ShardId, ConnId),
+        /// The client's state vector (lib0 v1).
+        state_vector: Bytes,
+    },
+    /// To a collaborative room's home shard: a y-websocket client's awareness message, relayed
+    /// to the room's other y-websocket clients (on every node).
+    CrdtAwareness {
+        /// The room.
+        room: RoomName,
+        /// The sender.
+        from: (ShardId, ConnId),
+        /// The whole y-protocols message.
+        update: Bytes,
+    },
+    /// To a collaborative room's home shard: a y-websocket client asks for every awareness state.
+    CrdtAwarenessQuery {
+        /// The room.
+        room: RoomName,
+        /// The asking connection.
+        from: (ShardId, ConnId),
+    },
+    /// Close one connection (a y-websocket client whose document could not be loaded).
+    CloseConn {
+        /// The connection.
+        conn: ConnId,
+        /// The close code.
+        code: u16,
+        /// Why.
+        reason: String,
+    },
     /// Send a frame to one connection (acks, errors).
     ToConn {
         /// The connection.

@@ -265,10 +265,17 @@ fn start_brokers(
     Option<Arc<broker_bridge::redis::BridgeHealth>>,
 )> {
     if config.broker.kind == BrokerKind::Embedded {
+        let doc_dir = (!config.crdt.snapshot_dir.is_empty())
+            .then(|| std::path::PathBuf::from(&config.crdt.snapshot_dir));
+        if let Some(dir) = &doc_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("crdt.snapshot_dir {}: {e}", dir.display()))?;
+        }
         let brokers = (0..shards)
             .map(|_| {
-                Box::new(broker_bridge::embedded::EmbeddedBroker::new())
-                    as Box<dyn broker_bridge::Broker + Send>
+                Box::new(broker_bridge::embedded::EmbeddedBroker::with_doc_dir(
+                    doc_dir.clone(),
+                )) as Box<dyn broker_bridge::Broker + Send>
             })
             .collect();
         return Ok((brokers, None));

@@ -19,6 +19,23 @@ pub fn describe() {
         "Room messages a slow-consumer policy dropped for one subscriber, by action (drop_oldest, conflate, max_age), and live frames (events, join, leave) dropped under pressure (live_dropped). Closes are ringcast_slow_consumer_closes_total."
     );
     describe_counter!(
+        "ringcast_crdt_refused_total",
+        "Updates to collaborative rooms refused before they were stored, by error code (bad_request: malformed; too_large: the document is at max_document_bytes)."
+    );
+    describe_counter!(
+        "ringcast_crdt_loads_total",
+        "Collaborative documents loaded on a home shard (snapshot plus the updates stored after it)."
+    );
+    describe_counter!(
+        "ringcast_crdt_snapshots_total",
+        "Collaborative document snapshots stored through the broker."
+    );
+    describe_histogram!(
+        "ringcast_crdt_snapshot_bytes",
+        Unit::Bytes,
+        "Size of each stored document snapshot."
+    );
+    describe_counter!(
         "ringcast_ops_denied_total",
         "Ops refused by permissions, by error code (forbidden, unauthorized)."
     );
@@ -166,6 +183,22 @@ pub fn handshake_failure(reason: &'static str) {
 /// Counts a limit that answered (an op refused by a rate, a close for a limit).
 pub fn limit_hit(limit: &'static str) {
     counter!("ringcast_limit_hits_total", "limit" => limit).increment(1);
+}
+
+/// Counts an update refused by a collaborative room.
+pub fn crdt_refused(code: &'static str) {
+    counter!("ringcast_crdt_refused_total", "code" => code).increment(1);
+}
+
+/// Counts a collaborative document loaded.
+pub fn crdt_loaded() {
+    counter!("ringcast_crdt_loads_total").increment(1);
+}
+
+/// Counts a stored snapshot and its size.
+pub fn crdt_snapshot(bytes: usize) {
+    counter!("ringcast_crdt_snapshots_total").increment(1);
+    metrics::histogram!("ringcast_crdt_snapshot_bytes").record(bytes as f64);
 }
 
 /// Counts what slow-consumer policies did.

@@ -5,6 +5,8 @@
 //! broker, encodes the `msg` frame once (and compresses it once if a subscriber wants that), and
 //! sends the same `Bytes` to every shard with subscribers of the room.
 
+mod crdt;
+
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
@@ -31,6 +33,7 @@ use crate::mailbox::{
 };
 use crate::metrics::ShardMetrics;
 use crate::namespaces::Namespaces;
+use crate::rooms::crdt::CrdtRooms;
 use crate::rooms::home::{HomeRooms, InterestChange};
 use crate::rooms::local::LocalRooms;
 use crate::rooms::presence::Presence;
@@ -131,6 +134,8 @@ pub struct ShardCtx {
     local: RefCell<LocalRooms>,
     home: RefCell<HomeRooms>,
     presence: RefCell<Presence>,
+    /// Documents of the collaborative rooms this shard is home to.
+    crdt: RefCell<CrdtRooms>,
     broker: RefCell<Box<dyn Broker + Send>>,
     /// Requests the broker answers later, by token.
     pending: RefCell<HashMap<u64, Pending>>,
@@ -179,6 +184,7 @@ impl ShardCtx {
             local: RefCell::new(LocalRooms::default()),
             home: RefCell::new(HomeRooms::new(shards)),
             presence: RefCell::new(Presence::default()),
+            crdt: RefCell::new(CrdtRooms::default()),
             broker: RefCell::new(broker),
             pending: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
@@ -469,7 +475,7 @@ impl ShardCtx {
     }
 
     /// Sends a message to a shard; to this shard it is handled at once.
-    fn route(&self, to: ShardId, msg: ShardMsg) {
+    pub(crate) fn route(&self, to: ShardId, msg: ShardMsg) {
         if to == self.id {
             self.handle(msg);
         } else {
@@ -504,6 +510,7 @@ impl ShardCtx {
                     }
                 }
                 let change = self.home.borrow_mut().remove(&room, origin, deflate);
+                self.crdt_left(&room, (origin, conn), change == InterestChange::Last);
                 if change == InterestChange::Last {
                     self.broker.borrow_mut().set_interest(&room, false);
                 }
@@ -546,9 +553,34 @@ impl ShardCtx {
             ShardMsg::ToConn { conn, frame } => {
                 let target = self.conns.borrow().get(&conn).cloned();
                 if let Some(c) = target {
-                    c.push(frame);
+                    if c.kind == ConnKind::Yjs && frame.first() == Some(&0x81) {
+                        // An `error` answer (a refused update): y-websocket has no error
+                        // message, so the close code says why.
+                        c.request_close(crate::connection::yjs::close_for_error(&frame));
+                    } else {
+                        c.push(frame);
+                    }
                 }
             }
+            ShardMsg::CloseConn { conn, code, reason } => {
+                let target = self.conns.borrow().get(&conn).cloned();
+                if let Some(c) = target {
+                    c.request_close(CloseRequest {
+                        code: CloseCode(code),
+                        reason,
+                        discard_queue: false,
+                    });
+                }
+            }
+            ShardMsg::CrdtSync {
+                room,
+                from,
+                state_vector,
+            } => self.crdt_sync(room, from, state_vector),
+            ShardMsg::CrdtAwareness { room, from, update } => {
+                self.crdt_awareness(room, from, update);
+            }
+            ShardMsg::CrdtAwarenessQuery { room, from } => self.crdt_awareness_query(room, from),
             ShardMsg::Admin(query) => self.admin_query(query),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
@@ -830,6 +862,8 @@ impl ShardCtx {
         if self.home.borrow_mut().add(&room, origin, deflate) == InterestChange::First {
             self.broker.borrow_mut().set_interest(&room, true);
         }
+        // A collaborative room's document is loaded while the room has interest here.
+        self.crdt_open(&room);
         let token = self.token();
         let since_ref = since.as_ref().map(|(e, o)| (e.as_str(), *o));
         let policy = self.history_policy(&room);
@@ -929,10 +963,20 @@ impl ShardCtx {
         }
         // The `subscribed` event and the replay are bounded by the history size: they are not
         // held to the live high-water mark, so a client can always catch up once. Raw-broadcast
-        // connections get no app events.
-        if c.kind != ConnKind::Raw {
-            for f in frames {
-                c.push_control(f);
+        // connections get no app events; a y-websocket client syncs from the document instead
+        // (and is closed to retry when its room could not be joined).
+        match c.kind {
+            ConnKind::Raw => {}
+            ConnKind::Yjs if !ok => c.request_close(CloseRequest {
+                code: CloseCode::TRY_AGAIN_LATER,
+                reason: "room unavailable; retry".into(),
+                discard_queue: false,
+            }),
+            ConnKind::Yjs => {}
+            _ => {
+                for f in frames {
+                    c.push_control(f);
+                }
             }
         }
     }
@@ -952,6 +996,11 @@ impl ShardCtx {
         // not the shard's coarse clock, which a busy shard refreshes late.
         let now = Instant::now();
         self.now.set(now);
+        if let Some(ns) = self.crdt_namespace(&room) {
+            if let Err(refusal) = self.crdt_accept(&room, &data, ns) {
+                return self.answer_publish(origin, Err(refusal));
+            }
+        }
         let result = self
             .broker
             .borrow_mut()
@@ -1001,12 +1050,22 @@ impl ShardCtx {
                         );
                     }
                 }
+                BrokerEvent::DocLoaded {
+                    token,
+                    room: _,
+                    snapshot,
+                } => {
+                    if let Some(Pending::DocLoad { room }) = self.take_pending(token) {
+                        self.crdt_doc_loaded(&room, snapshot);
+                    }
+                }
                 BrokerEvent::Recovered {
                     token,
                     room: _,
                     recovery,
                 } => match self.take_pending(token) {
                     Some(Pending::Subscribe(sub)) => self.answer_subscribe(sub, Ok(recovery)),
+                    Some(Pending::DocReplay { room }) => self.crdt_replayed(&room, recovery),
                     Some(Pending::History { room, answer }) => {
                         self.answer_history(&room, answer, Ok(recovery));
                     }
@@ -1032,10 +1091,20 @@ impl ShardCtx {
                     Some(Pending::Members { room, answer }) => {
                         self.answer_members(&room, answer, Err(ErrorCode::Unavailable));
                     }
+                    Some(Pending::DocLoad { room } | Pending::DocReplay { room }) => {
+                        self.crdt_load_failed(&room, &reason);
+                    }
                     None => {}
                 },
                 BrokerEvent::Live { room, payload } => {
-                    let frame = encode_frame(OpCode::Text, false, &payload);
+                    // App events are JSON objects; anything else is a y-protocols awareness
+                    // message of a collaborative room.
+                    let frame = if payload.first() == Some(&b'{') {
+                        encode_frame(OpCode::Text, false, &payload)
+                    } else {
+                        self.crdt_remote_awareness(&room, &payload);
+                        encode_frame(OpCode::Binary, false, &payload)
+                    };
                     self.fan_out_live(&room, frame, None);
                 }
                 BrokerEvent::Gap {
@@ -1064,6 +1133,7 @@ impl ShardCtx {
     /// Encodes a message once and sends it to every shard with subscribers.
     fn fan_out(&self, m: Appended, origin: Option<PublishOrigin>) {
         self.metrics.publishes.increment(1);
+        self.crdt_appended(&m);
         // Raw broadcast sends the published text as is; app rooms get the `msg` envelope.
         let frame = if m.room.starts_with(RAW_ROOM_PREFIX) {
             encode_frame(OpCode::Text, false, &m.data)
@@ -1245,6 +1315,7 @@ impl ShardCtx {
         self.metrics
             .mailbox_depth
             .set(self.mailboxes.depth(self.id) as f64);
+        self.crdt_sweep(now);
         let mut broker = self.broker.borrow_mut();
         broker.expire(now);
         self.metrics.rooms.set(broker.room_count() as f64);
@@ -1309,6 +1380,14 @@ enum Pending {
     Members {
         room: RoomName,
         answer: Answer<Result<Vec<Member>, ErrorCode>>,
+    },
+    /// A collaborative room's snapshot.
+    DocLoad {
+        room: RoomName,
+    },
+    /// The updates stored after a collaborative room's snapshot.
+    DocReplay {
+        room: RoomName,
     },
 }
 

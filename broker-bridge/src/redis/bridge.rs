@@ -417,6 +417,25 @@ impl Bridge {
                 member,
             } => self.presence_set(room, client, member),
             Command::Members { shard, token, room } => self.spawn_members(shard, token, room),
+            Command::DocLoad { shard, token, room } => self.spawn_doc_load(shard, token, room),
+            Command::DocStore { room, snapshot } => {
+                if let Some(link) = &self.link {
+                    let mut conn = link.cmd.clone();
+                    let key = self.keys(&room).doc;
+                    let done = self.done_tx.clone();
+                    let gen = self.gen;
+                    tokio::spawn(async move {
+                        let r: RedisResult<Value> = redis::cmd("SET")
+                            .arg(key)
+                            .arg(snapshot)
+                            .query_async(&mut conn)
+                            .await;
+                        if let Err(e) = r {
+                            report_link_error(&done, gen, &e);
+                        }
+                    });
+                }
+            }
             Command::Live { room, payload } => {
                 if let Some(link) = &self.link {
                     let mut conn = link.cmd.clone();
@@ -515,6 +534,29 @@ impl Bridge {
                     members,
                 },
                 Err(reason) => failed(token, &reason),
+            };
+            outlet.emit(shard, event);
+        });
+    }
+
+    fn spawn_doc_load(&mut self, shard: usize, token: Token, room: RoomName) {
+        let Some(link) = &self.link else {
+            self.outlet.emit(shard, failed(token, "redis disconnected"));
+            return;
+        };
+        let mut conn = link.cmd.clone();
+        let outlet = self.outlet.clone();
+        let key = self.keys(&room).doc;
+        tokio::spawn(async move {
+            let r: RedisResult<Option<Vec<u8>>> =
+                redis::cmd("GET").arg(key).query_async(&mut conn).await;
+            let event = match r {
+                Ok(value) => BrokerEvent::DocLoaded {
+                    token,
+                    room,
+                    snapshot: value.and_then(|v| crate::DocSnapshot::decode(&v)),
+                },
+                Err(e) => failed(token, &e.to_string()),
             };
             outlet.emit(shard, event);
         });

@@ -194,6 +194,15 @@ enum Command {
         room: RoomName,
         payload: Bytes,
     },
+    DocLoad {
+        shard: usize,
+        token: Token,
+        room: RoomName,
+    },
+    DocStore {
+        room: RoomName,
+        snapshot: Vec<u8>,
+    },
 }
 
 /// Starts the bridge thread and returns one handle per shard, plus its health.
@@ -405,6 +414,29 @@ impl Broker for RedisBroker {
             room: room.clone(),
         })?;
         Ok(Completion::Pending)
+    }
+
+    fn doc_load(
+        &mut self,
+        room: &RoomName,
+        token: Token,
+    ) -> Result<Completion<Option<crate::DocSnapshot>>, BrokerError> {
+        self.check_connected()?;
+        self.send(Command::DocLoad {
+            shard: self.shard,
+            token,
+            room: room.clone(),
+        })?;
+        Ok(Completion::Pending)
+    }
+
+    fn doc_store(&mut self, room: &RoomName, snapshot: crate::DocSnapshot) {
+        // Best effort: a snapshot that is not stored is replaced by the next one, and the
+        // stream holds every update meanwhile.
+        let _ = self.send(Command::DocStore {
+            room: room.clone(),
+            snapshot: snapshot.encode(),
+        });
     }
 
     fn publish_live(&mut self, room: &RoomName, payload: Bytes) {

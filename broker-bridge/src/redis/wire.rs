@@ -9,6 +9,7 @@
 //! | `<prefix>:{<room>}:m` | hash | `e` the epoch, `s` the last offset |
 //! | `<prefix>:{<room>}:s` | stream | the history, entry id `<offset>-0`, fields `d` data, `t` ms |
 //! | `<prefix>:{<room>}:p` | hash | presence: client id → `<expiry ms>|<member JSON>` |
+//! | `<prefix>:{<room>}:d` | string | a CRDT room's document snapshot (`DocSnapshot::encode`) |
 //!
 //! A room message on the channel is `m<epoch>\n<offset>\n<unix ms>\n<data>`; a live event is
 //! `l<node instance>\n<event JSON>`. A node's canary is the room-like name `~canary/<instance>`
@@ -27,6 +28,8 @@ pub struct RoomKeys {
     pub stream: String,
     /// The presence hash.
     pub presence: String,
+    /// The CRDT document snapshot (`crdt` namespaces).
+    pub doc: String,
 }
 
 impl RoomKeys {
@@ -37,6 +40,7 @@ impl RoomKeys {
             meta: format!("{channel}:m"),
             stream: format!("{channel}:s"),
             presence: format!("{channel}:p"),
+            doc: format!("{channel}:d"),
             channel,
         }
     }

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::shared::ConnKind;
 use crate::admission::Verdict;
-use crate::auth::{Authenticator, Principal};
+use crate::auth::{Action, Authenticator, Principal};
 use crate::config::Config;
 use crate::http::public::{self, HttpDecision, StreamRoom};
 use crate::namespaces::Namespaces;
@@ -29,10 +29,26 @@ pub struct Upgraded {
     pub leftover: Vec<u8>,
     /// For raw broadcast: the room, and whether this connection only publishes.
     pub raw: Option<(String, bool)>,
+    /// For a y-websocket connection: its collaborative room.
+    pub yjs: Option<YjsTarget>,
     /// Who connected.
     pub principal: Principal,
     /// What the connection is now.
     pub mode: Mode,
+}
+
+/// The room of a y-websocket connection, and the close that answers it when its token may
+/// not open the room.
+///
+/// y-websocket retries a refused upgrade forever (it sees 1006) but stops on a close code in
+/// 4400–4499, so on `/yjs` an authentication or permission failure is an upgrade followed by
+/// close 4401 or 4403, not an HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YjsTarget {
+    /// The room.
+    pub room: String,
+    /// The close code and reason, when the connection may not open the room.
+    pub refusal: Option<(u16, String)>,
 }
 
 /// What a connection became after its request head.
@@ -115,6 +131,8 @@ pub enum Decision {
         head_len: usize,
         /// For raw broadcast: the room, and whether this connection only publishes.
         raw: Option<(String, bool)>,
+        /// For a y-websocket connection: its collaborative room.
+        yjs: Option<YjsTarget>,
         /// Who connected.
         principal: Principal,
     },
@@ -194,8 +212,32 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
         });
     }
     let mut raw = None;
+    let mut yjs = None;
     let kind = match req.path {
         "/ws" => ConnKind::App,
+        path if path.starts_with("/yjs/") => {
+            let room = &path["/yjs/".len()..];
+            if proto_codec::protocol::validate_room(room).is_err() {
+                return refuse(400, "bad_request", "invalid room name", &[]);
+            }
+            match gate.namespaces.of(room) {
+                Ok(ns) if ns.policy.kind == crate::config::RoomKind::Crdt => {}
+                Ok(_) => {
+                    return refuse(
+                        404,
+                        "not_found",
+                        "not a collaborative room (its namespace is not kind = \"crdt\")",
+                        &[],
+                    )
+                }
+                Err((_, reason)) => return refuse(404, "not_found", &reason, &[]),
+            }
+            yjs = Some(YjsTarget {
+                room: room.to_string(),
+                refusal: None,
+            });
+            ConnKind::Yjs
+        }
         "/echo" if config.websocket.echo_endpoint => ConnKind::Echo,
         path if config.websocket.raw_endpoint && path.starts_with("/raw/") => {
             let room = &path["/raw/".len()..];
@@ -235,6 +277,15 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
         }
     }
     let principal = match kind {
+        ConnKind::Yjs => match gate.auth.authenticate(&req) {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(t) = yjs.as_mut() {
+                    t.refusal = Some((super::yjs::AUTH_FAILED.0, e.to_string()));
+                }
+                Principal::anonymous()
+            }
+        },
         ConnKind::App => match gate.auth.authenticate(&req) {
             Ok(p) => p,
             Err(e) => {
@@ -249,6 +300,22 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
         // Test and benchmark endpoints, off by default (docs/security.md).
         ConnKind::Echo | ConnKind::Raw | ConnKind::Sse | ConnKind::Poll => Principal::anonymous(),
     };
+    // A y-websocket connection is a subscription to its room: closed right after the upgrade
+    // when the token may not read it (see `YjsTarget`).
+    if let Some(t) = yjs.as_mut().filter(|t| t.refusal.is_none()) {
+        let verdict = gate
+            .namespaces
+            .of(&t.room)
+            .and_then(|ns| principal.authorize(Action::Subscribe, &t.room, ns));
+        if let Err((code, reason)) = verdict {
+            let close = if code == proto_codec::protocol::ErrorCode::Unauthorized {
+                super::yjs::AUTH_FAILED
+            } else {
+                super::yjs::FORBIDDEN
+            };
+            t.refusal = Some((close.0, reason));
+        }
+    }
     let negotiated = if config.websocket.compression {
         negotiate(
             upgrade.extensions.iter().copied(),
@@ -259,7 +326,7 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
     };
     let protocol = match kind {
         ConnKind::App => select_protocol(&upgrade.protocols, &[SUBPROTOCOL]),
-        ConnKind::Echo | ConnKind::Raw | ConnKind::Sse | ConnKind::Poll => None,
+        ConnKind::Echo | ConnKind::Raw | ConnKind::Sse | ConnKind::Poll | ConnKind::Yjs => None,
     };
     let mut response = Vec::with_capacity(256);
     write_upgrade_response(
@@ -274,6 +341,7 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
         deflate: negotiated.map(|n| n.params),
         head_len: req.head_len,
         raw,
+        yjs,
         principal,
     })
 }
@@ -328,6 +396,7 @@ where
                 deflate,
                 head_len,
                 raw,
+                yjs,
                 principal,
             }) => {
                 stream.write_all(&response).await?;
@@ -337,6 +406,7 @@ where
                     deflate,
                     leftover: head.split_off(head_len),
                     raw,
+                    yjs,
                     principal,
                     mode: Mode::WebSocket,
                 });
@@ -364,6 +434,7 @@ where
         deflate: None,
         leftover,
         raw: None,
+        yjs: None,
         principal,
         mode,
     };

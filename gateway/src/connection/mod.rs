@@ -15,6 +15,7 @@ pub mod ops;
 pub mod outbox;
 pub mod shared;
 pub mod state;
+pub mod yjs;
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
@@ -56,6 +57,8 @@ const WRITE_BUDGET: usize = 64 * 1024;
 struct ConnIo {
     /// The internal room of a raw-broadcast connection.
     raw_room: Option<String>,
+    /// The collaborative room of a y-websocket connection.
+    yjs_room: Option<String>,
     decoder: Decoder,
     /// Unconsumed bytes: a partial header or control frame, or (when `input_waits`) input the
     /// last turn's fan-out budget left undecoded.
@@ -195,9 +198,11 @@ fn start(ctx: &Rc<ShardCtx>, upgraded: handshake::Upgraded) -> (Rc<ConnShared>, 
     if let Some(p) = upgraded.deflate {
         decoder_config = decoder_config.with_deflate(p.client_no_context_takeover);
     }
-    let takes_shared_deflate = upgraded
-        .deflate
-        .is_some_and(|p| p.server_max_window_bits == 15);
+    // A y-websocket client takes its own form of room messages, never the shared frames.
+    let takes_shared_deflate = upgraded.kind != ConnKind::Yjs
+        && upgraded
+            .deflate
+            .is_some_and(|p| p.server_max_window_bits == 15);
     let conn = ctx.register_conn(upgraded.kind, takes_shared_deflate, upgraded.principal);
     if matches!(upgraded.kind, ConnKind::App | ConnKind::Sse) {
         conn.push_control(
@@ -216,6 +221,24 @@ fn start(ctx: &Rc<ShardCtx>, upgraded: handshake::Upgraded) -> (Rc<ConnShared>, 
     if let (Some((_, false)), Some(room)) = (&upgraded.raw, &raw_room) {
         ctx.subscribe(&conn, None, room, None, None);
     }
+    // A y-websocket connection is a subscription to its room (checked before the upgrade),
+    // and a presence member where the namespace has presence.
+    match upgraded.yjs.as_ref().map(|t| (&t.room, &t.refusal)) {
+        Some((_, Some((code, reason)))) => conn.request_close(CloseRequest {
+            code: CloseCode(*code),
+            reason: reason.clone(),
+            discard_queue: false,
+        }),
+        Some((room, None)) => {
+            let presence = ctx
+                .namespaces
+                .of(room)
+                .ok()
+                .and_then(|ns| ns.policy.presence.then_some(ns.policy.join_leave));
+            ctx.subscribe(&conn, None, room, None, presence);
+        }
+        None => {}
+    }
     // An event stream subscribes to its rooms (checked before the stream started).
     if let handshake::Mode::Stream(rooms) = upgraded.mode {
         for (room, since) in rooms {
@@ -229,6 +252,7 @@ fn start(ctx: &Rc<ShardCtx>, upgraded: handshake::Upgraded) -> (Rc<ConnShared>, 
     }
     let mut io = ConnIo {
         raw_room,
+        yjs_room: upgraded.yjs.map(|t| t.room),
         decoder: Decoder::new(decoder_config),
         remainder: upgraded.leftover,
         input_waits: false,
@@ -498,6 +522,23 @@ fn on_message(ctx: &ShardCtx, conn: &Rc<ConnShared>, io: &mut ConnIo, message: M
                 CloseRequest {
                     code: CloseCode::UNSUPPORTED_DATA,
                     reason: "raw mode carries text frames".into(),
+                    discard_queue: false,
+                },
+            ),
+            ConnKind::Yjs if kind == DataKind::Binary => {
+                conn.last_op.set(ctx.now.get());
+                let room = io.yjs_room.as_deref().unwrap_or_default();
+                if let Err(req) = yjs::handle(ctx, conn, room, &payload) {
+                    begin_close(ctx, conn, io, req);
+                }
+            }
+            ConnKind::Yjs => begin_close(
+                ctx,
+                conn,
+                io,
+                CloseRequest {
+                    code: CloseCode::UNSUPPORTED_DATA,
+                    reason: "y-websocket speaks binary messages".into(),
                     discard_queue: false,
                 },
             ),

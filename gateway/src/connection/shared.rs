@@ -30,6 +30,9 @@ pub enum ConnKind {
     Sse,
     /// A long-poll request: events are collected, then answered as one JSON array.
     Poll,
+    /// A y-websocket client (`/yjs/<room>`): y-protocols sync and awareness messages of one
+    /// collaborative room, in binary frames.
+    Yjs,
 }
 
 /// A subscription as the connection sees it.
@@ -238,6 +241,9 @@ impl ConnShared {
                     && payload.windows(RECOVERED.len()).any(|w| w == RECOVERED);
                 (!recovered_subscribed).then_some(frame)
             }
+            // A y-websocket client reads y-protocols messages only: app events (acks, errors,
+            // `token_expiring`) have no form there (errors close the connection instead).
+            ConnKind::Yjs => (frame.first() != Some(&0x81)).then_some(frame),
             _ => Some(frame),
         }
     }

@@ -17,6 +17,28 @@ fn sse_form(frame: &Bytes, msg: &RoomMsg) -> Option<Bytes> {
     proto_codec::sse::event_from_ws_frame(frame, Some(&id)).map(Bytes::from)
 }
 
+/// A room message as a y-protocols sync `update` (a collaborative room's binary message).
+fn yjs_form(frame: &Bytes) -> Option<Bytes> {
+    let payload = frame_payload(frame, 0x82)?;
+    let msg = proto_codec::protocol::decode_binary_msg(payload).ok()?;
+    Some(crate::rooms::crdt::update_frame(msg.data))
+}
+
+/// The payload of an unmasked, unfragmented, uncompressed server frame whose first byte is
+/// `first`.
+fn frame_payload(frame: &[u8], first: u8) -> Option<&[u8]> {
+    let (&b0, rest) = frame.split_first()?;
+    let (&b1, rest) = rest.split_first()?;
+    if b0 != first || b1 & 0x80 != 0 {
+        return None;
+    }
+    match b1 & 0x7f {
+        126 => rest.get(2..),
+        127 => rest.get(8..),
+        _ => Some(rest),
+    }
+}
+
 /// Subscribers of one room on this shard.
 #[derive(Debug, Default)]
 struct LocalRoom {
@@ -66,13 +88,21 @@ impl LocalRooms {
             return 0;
         };
         let mut delivered = 0;
-        // The SSE form, encoded once for every event stream on this shard (none without one).
+        // The SSE and y-protocols forms, each encoded once for every connection of its kind on
+        // this shard (not at all without one).
         let mut sse: Option<Option<Bytes>> = None;
+        let mut yjs: Option<Option<Bytes>> = None;
         for conn in &r.subscribers {
             let f = match deflated {
                 Some(d) if conn.takes_shared_deflate => d,
                 _ if conn.kind == ConnKind::Sse => {
                     match sse.get_or_insert_with(|| sse_form(frame, msg)) {
+                        Some(f) => f,
+                        None => continue,
+                    }
+                }
+                _ if conn.kind == ConnKind::Yjs => {
+                    match yjs.get_or_insert_with(|| yjs_form(frame)) {
                         Some(f) => f,
                         None => continue,
                     }
@@ -86,15 +116,33 @@ impl LocalRooms {
         delivered
     }
 
-    /// Queues a live frame (event, join, leave) to every local subscriber but `except`;
-    /// returns how many got it.
+    /// Queues a live frame to every local subscriber but `except`; returns how many got it.
+    /// App events (`event`, `join`, `leave`, `gap`; text frames) go to app connections, and
+    /// y-protocols awareness messages (binary frames) to y-websocket connections. A `gap` closes
+    /// a y-websocket connection instead: its client reconnects and syncs what it missed.
     pub fn deliver_live(&self, room: &str, frame: &Bytes, except: Option<ConnId>) -> usize {
         let Some(r) = self.rooms.get(room) else {
             return 0;
         };
+        let binary = frame.first() == Some(&0x82);
         let mut delivered = 0;
         for conn in &r.subscribers {
-            if Some(conn.id) != except && conn.push_live(frame.clone()) {
+            if Some(conn.id) == except {
+                continue;
+            }
+            if (conn.kind == ConnKind::Yjs) != binary {
+                if conn.kind == ConnKind::Yjs
+                    && frame_payload(frame, 0x81).is_some_and(|p| p.starts_with(br#"{"ev":"gap""#))
+                {
+                    conn.request_close(crate::connection::shared::CloseRequest {
+                        code: proto_codec::ws::CloseCode::TRY_AGAIN_LATER,
+                        reason: "updates were lost on the way; reconnect to sync".into(),
+                        discard_queue: false,
+                    });
+                }
+                continue;
+            }
+            if conn.push_live(frame.clone()) {
                 delivered += 1;
             }
         }

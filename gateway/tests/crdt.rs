@@ -1,0 +1,528 @@
+//! Collaborative rooms (docs/collaboration.md) against clients no one here wrote: unmodified npm
+//! `y-websocket` + `yjs` providers in Node (`gateway/tests/clients/yjs-*.mjs`) and in headless
+//! Chromium, through one node, through two nodes sharing Redis, and across restarts.
+//!
+//! The Node scripts need `npm ci` in gateway/tests/clients (scripts/test-all.sh runs it); a
+//! missing `node` or package fails the test, it never skips.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{raw_upgrade, Redis, Server};
+use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload, Role, WebSocket};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{GetString, ReadTxn, Text, Transact};
+
+const SECRET: &str = "crdt-test-secret-0123456789-0123456789";
+
+/// A token for `sub`: every user may read `docs.*` (server config); editors' tokens also grant
+/// publishing there, `rita`'s does not.
+fn token(sub: &str) -> String {
+    let mut claims = json!({"sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 3600});
+    if sub != "rita" {
+        claims["ringcast"] = json!({"publish": ["docs.*"]});
+    }
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+/// Editors `alice`, `bob`, `carol`, `dave`, `erin` may edit `docs.*`; `rita` may only read.
+fn config(extra: &str) -> String {
+    format!(
+        r#"
+strict_namespaces = true
+[namespaces.docs]
+kind = "crdt"
+presence = true
+history_size = 512
+history_ttl_ms = 3600000
+max_data_bytes = 65536
+max_document_bytes = 200000
+[namespaces.chat]
+anonymous = "publish"
+[auth]
+subscribe = ["docs.*"]
+presence = ["docs.*"]
+[[auth.keys]]
+alg = "HS256"
+secret = "{SECRET}"
+{extra}
+"#
+    )
+}
+
+/// Runs a client script; returns its last stdout line as JSON and whether it exited 0.
+fn node(script: &str, args: &[&str]) -> (Value, bool) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg("node")
+        .arg(script)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("node (and npm ci in gateway/tests/clients) is required");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("").to_string();
+    let value = serde_json::from_str(&last).unwrap_or_else(|_| {
+        let cut = |s: &str| s.chars().take(2000).collect::<String>();
+        panic!(
+            "{script}: no JSON result line\nstdout: {}\nstderr: {}",
+            cut(&stdout),
+            cut(&String::from_utf8_lossy(&out.stderr))
+        )
+    });
+    (value, out.status.success())
+}
+
+fn url(server: &Server) -> String {
+    format!("ws://{}/yjs", server.public)
+}
+
+fn editors() -> String {
+    ["alice", "bob", "carol", "dave", "erin"]
+        .map(token)
+        .join(",")
+}
+
+fn converge(urls: &str, room: &str, clients: usize, extra: &[&str]) -> Value {
+    let tokens = editors();
+    let clients = clients.to_string();
+    let mut args = vec![
+        "--urls",
+        urls,
+        "--room",
+        room,
+        "--clients",
+        &clients,
+        "--ops",
+        "150",
+        "--tokens",
+        &tokens,
+    ];
+    args.extend_from_slice(extra);
+    let (result, ok) = node("yjs-converge.mjs", &args);
+    assert!(
+        ok && result["converged"] == true,
+        "did not converge: {result}"
+    );
+    result
+}
+
+fn read_doc(server_url: &str, room: &str) -> String {
+    let t = token("alice");
+    let (result, ok) = node(
+        "yjs-doc.mjs",
+        &[
+            "--url", server_url, "--room", room, "--token", &t, "--mode", "read",
+        ],
+    );
+    assert!(ok, "read failed: {result}");
+    result["text"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn concurrent_node_clients_converge_through_one_node() {
+    let server = Server::start_strict(2, &config(""));
+    let u = url(&server);
+    for (clients, extra) in [
+        (2usize, &[][..]),
+        (3, &["--offline", "--awareness"][..]),
+        (5, &["--offline"][..]),
+    ] {
+        let room = format!("docs.one-{clients}");
+        let r = converge(&u, &room, clients, extra);
+        eprintln!("one node, {clients} clients {extra:?}: {r}");
+        // A fresh client syncs the same document from the server's copy.
+        let text = read_doc(&u, &room);
+        assert_eq!(
+            text.chars().count() as u64,
+            r["length"].as_u64().unwrap_or(0),
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn yjs_connections_are_presence_members_and_app_subscribers_get_binary_updates() {
+    let server = Server::start_strict(2, &config(""));
+    let alice = token("alice");
+    rt().block_on(async {
+        let mut app = common::try_connect(
+            server.public,
+            std::net::Ipv4Addr::LOCALHOST,
+            "/ws",
+            &format!("Authorization: Bearer {alice}\r\nSec-WebSocket-Protocol: ringcast.v1\r\n"),
+        )
+        .await
+        .expect("app connection");
+        app.subscribe(1, "docs.p", None).await;
+        let mut editor = YjsClient::connect(server.public, "docs.p", &token("bob")).await;
+        editor.edit_and_confirm("hi").await;
+        // The edit reaches the app subscriber as a binary message holding the Yjs update.
+        let m = loop {
+            let m = app.recv().await;
+            if m["ev"] == "msg" {
+                break m;
+            }
+        };
+        assert_eq!(m["binary_frame"], true, "{m}");
+        let update = base64_decode(m["bin"].as_str().unwrap_or_default());
+        let doc = yrs::Doc::new();
+        let text = doc.get_or_insert_text("text");
+        doc.transact_mut()
+            .apply_update(yrs::Update::decode_v1(&update).expect("a Yjs update"))
+            .expect("apply");
+        assert_eq!(text.get_string(&doc.transact()), "hi");
+        // The y-websocket connection is a presence member, with its token's user.
+        app.send(json!({"op": "presence", "id": 2, "room": "docs.p"}))
+            .await;
+        let p = loop {
+            let p = app.recv().await;
+            assert_ne!(p["ev"], "error", "{p}");
+            if p["ev"] == "presence" {
+                break p;
+            }
+        };
+        let users: Vec<&str> = p["members"]
+            .as_array()
+            .map(|m| m.iter().filter_map(|x| x["user"].as_str()).collect())
+            .unwrap_or_default();
+        assert!(users.contains(&"bob"), "{p}");
+    });
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("base64")
+}
+
+#[test]
+fn node_clients_on_two_nodes_converge_through_redis_and_a_node_restart_keeps_the_document() {
+    let redis = Redis::start();
+    let broker = format!(
+        "[broker]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"crdt\"\n",
+        redis.url()
+    );
+    let (pa, pb) = (common::free_port(), common::free_port());
+    let start = |port: u16| {
+        let listen = format!("127.0.0.1:{port}");
+        let s = Server::launch(2, &config(&broker), &[("RINGCAST_LISTEN", listen.as_str())]);
+        assert!(s.wait_ready(200, Duration::from_secs(15)), "node ready");
+        s
+    };
+    let a = start(pa);
+    let mut b = start(pb);
+    let urls = format!("{},{}", url(&a), url(&b));
+    for (clients, extra) in [(2usize, &["--awareness"][..]), (4, &["--offline"][..])] {
+        let room = format!("docs.two-{clients}");
+        let r = converge(&urls, &room, clients, extra);
+        eprintln!("two nodes, {clients} clients {extra:?}: {r}");
+        // Each node's copy is the same document.
+        assert_eq!(read_doc(&url(&a), &room), read_doc(&url(&b), &room));
+    }
+    // An edit made through node B while its editor stays connected; B is killed (no snapshot on
+    // the way out) and restarted: the document comes back from Redis (snapshot + stream).
+    let room = "docs.redis-restart";
+    rt().block_on(async {
+        let mut editor = YjsClient::connect(b.public, room, &token("bob")).await;
+        editor.edit_and_confirm("kept through a crash").await;
+        b.signal(9);
+        let _ = b.wait_exit(Duration::from_secs(5));
+    });
+    b = start(pb);
+    let text = read_doc(&url(&b), room);
+    assert_eq!(text, "kept through a crash");
+    assert_eq!(read_doc(&url(&a), room), text);
+}
+
+#[test]
+fn a_restart_keeps_the_document_in_the_snapshot_directory() {
+    let dir = std::env::temp_dir().join(format!("ringcast-crdt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let extra = format!(
+        "[crdt]\nsnapshot_dir = \"{}\"\nsnapshot_interval_ms = 60000\n",
+        dir.display()
+    );
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let start = || Server::launch(2, &config(&extra), &[("RINGCAST_LISTEN", listen.as_str())]);
+    let mut server = start();
+    let u = url(&server);
+    // A document written by Node clients, snapshotted when they leave.
+    let r = converge(&u, "docs.disk", 3, &[]);
+    let before = read_doc(&u, "docs.disk");
+    assert_eq!(
+        before.chars().count() as u64,
+        r["length"].as_u64().unwrap_or(0)
+    );
+    // An edit whose editor is still connected when the process is killed: it is in the update
+    // log, not in a snapshot (the interval is a minute).
+    rt().block_on(async {
+        let mut editor = YjsClient::connect(server.public, "docs.disk", &token("alice")).await;
+        editor.edit_and_confirm("+crash").await;
+        server.signal(9);
+        let _ = server.wait_exit(Duration::from_secs(5));
+    });
+    let mut server = start();
+    let after = read_doc(&url(&server), "docs.disk");
+    assert_eq!(after, format!("+crash{before}"), "kill -9 lost an edit");
+    // A graceful restart keeps it too.
+    server.sigterm();
+    let _ = server.wait_exit(Duration::from_secs(10));
+    let server = start();
+    assert_eq!(read_doc(&url(&server), "docs.disk"), after);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_updates_are_refused_and_never_applied() {
+    let server = Server::start_strict(1, &config(""));
+    let u = url(&server);
+    let alice = token("alice");
+    let (w, ok) = node(
+        "yjs-doc.mjs",
+        &[
+            "--url", &u, "--room", "docs.bad", "--token", &alice, "--mode", "write", "--text",
+            "good",
+        ],
+    );
+    assert!(ok, "{w}");
+    // A malformed update closes the y-websocket connection with 4004, and is not applied.
+    let (bad, _) = node(
+        "yjs-bad.mjs",
+        &["--url", &format!("{u}/docs.bad?token={alice}")],
+    );
+    assert_eq!(bad["close_code"], 4004, "{bad}");
+    assert_eq!(read_doc(&u, "docs.bad"), "good");
+    rt().block_on(async {
+        // A read-only token syncs, but an edit closes with 4403 (y-websocket stops retrying on
+        // 4400-4499) and is not applied.
+        let mut reader = YjsClient::connect(server.public, "docs.bad", &token("rita")).await;
+        assert_eq!(reader.sync().await, "good");
+        reader.send(&reader.local_edit("evil")).await;
+        assert_eq!(reader.close_code().await, 4403);
+        // Over max_document_bytes (200,000): the update that would pass it is refused (1009
+        // for y-websocket) and not applied; the three before it are.
+        let mut big = YjsClient::connect(server.public, "docs.big", &alice).await;
+        big.sync().await;
+        for c in ["x", "y", "z", "w"] {
+            big.send(&big.local_edit(&c.repeat(60_000))).await;
+        }
+        assert_eq!(big.close_code().await, 1009);
+        let mut check = YjsClient::connect(server.public, "docs.big", &alice).await;
+        let text = check.sync().await;
+        assert_eq!(text.len(), 180_000, "three updates kept");
+        assert!(!text.contains('w'), "the refused update was applied");
+        // The app protocol: a binary publish into a collaborative room must be a Yjs update.
+        let mut app = common::try_connect(
+            server.public,
+            std::net::Ipv4Addr::LOCALHOST,
+            "/ws",
+            &format!("Authorization: Bearer {alice}\r\nSec-WebSocket-Protocol: ringcast.v1\r\n"),
+        )
+        .await
+        .expect("app connection");
+        app.publish_binary(Some(3), "docs.bad", b"\xff\xff\xff")
+            .await;
+        let e = app.recv().await;
+        assert_eq!(
+            (e["code"].as_str(), e["id"].as_u64()),
+            (Some("bad_request"), Some(3)),
+            "{e}"
+        );
+        app.send(json!({"op": "publish", "id": 4, "room": "docs.bad", "data": {"a": 1}}))
+            .await;
+        let e = app.recv().await;
+        assert_eq!(e["code"], "bad_request", "{e}");
+    });
+    assert_eq!(read_doc(&u, "docs.bad"), "good");
+    // Only collaborative namespaces have /yjs; without a valid token the upgrade is closed
+    // with 4401 (which y-websocket does not retry; a refused upgrade it would retry forever).
+    rt().block_on(async {
+        let (_, head) = raw_upgrade(server.public, &format!("/yjs/chat.x?token={alice}"), "").await;
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+        let (_, head) = raw_upgrade(server.public, "/yjs/a%20b", "").await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+        let mut anonymous = YjsClient::connect(server.public, "docs.bad", "").await;
+        assert_eq!(anonymous.close_code().await, 4401);
+        let mut forged = YjsClient::connect(server.public, "docs.bad", "not-a-jwt").await;
+        assert_eq!(forged.close_code().await, 4401);
+    });
+}
+
+#[test]
+fn a_browser_textarea_syncs_with_a_node_client() {
+    let server = Server::start_strict(1, &config(""));
+    let t = token("alice");
+    let (result, ok) = node(
+        "yjs-browser.mjs",
+        &[
+            "--url",
+            &url(&server),
+            "--room",
+            "docs.browser",
+            "--token",
+            &t,
+        ],
+    );
+    assert!(ok, "{result}");
+    assert_eq!(result["browser_to_node"], true, "{result}");
+    assert_eq!(result["node_to_browser"], true, "{result}");
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A minimal y-websocket client on yrs (an independent implementation of the same protocol),
+/// for what the Node scripts cannot do: stay connected through a crash, send crafted updates.
+struct YjsClient {
+    ws: FragmentCollector<tokio::net::TcpStream>,
+    doc: yrs::Doc,
+}
+
+impl YjsClient {
+    async fn connect(addr: std::net::SocketAddr, room: &str, token: &str) -> YjsClient {
+        let (stream, head) = raw_upgrade(addr, &format!("/yjs/{room}?token={token}"), "").await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let mut ws = WebSocket::after_handshake(stream, Role::Client);
+        ws.set_auto_close(false);
+        ws.set_auto_pong(true);
+        YjsClient {
+            ws: FragmentCollector::new(ws),
+            doc: yrs::Doc::new(),
+        }
+    }
+
+    async fn send(&mut self, msg: &[u8]) {
+        self.ws
+            .write_frame(Frame::binary(Payload::Owned(msg.to_vec())))
+            .await
+            .expect("send");
+    }
+
+    fn text(&self) -> String {
+        let text = self.doc.get_or_insert_text("text");
+        let s = text.get_string(&self.doc.transact());
+        s
+    }
+
+    /// An update inserting `s` at the start, applied locally too.
+    fn local_edit(&self, s: &str) -> Vec<u8> {
+        let text = self.doc.get_or_insert_text("text");
+        let mut txn = self.doc.transact_mut();
+        text.insert(&mut txn, 0, s);
+        let update = txn.encode_update_v1();
+        yrs::sync::Message::Sync(yrs::sync::SyncMessage::Update(update)).encode_v1()
+    }
+
+    /// Sends sync step 1 and applies the server's step 2; returns the text.
+    async fn sync(&mut self) -> String {
+        let sv = self.doc.transact().state_vector();
+        self.send(&yrs::sync::Message::Sync(yrs::sync::SyncMessage::SyncStep1(sv)).encode_v1())
+            .await;
+        let read = async {
+            loop {
+                let frame = self.ws.read_frame().await.expect("read");
+                if frame.opcode != OpCode::Binary {
+                    assert_ne!(frame.opcode, OpCode::Close, "closed while syncing");
+                    continue;
+                }
+                if let Ok(yrs::sync::Message::Sync(yrs::sync::SyncMessage::SyncStep2(u))) =
+                    yrs::sync::Message::decode_v1(&frame.payload)
+                {
+                    let update = yrs::Update::decode_v1(&u).expect("server update");
+                    self.doc.transact_mut().apply_update(update).expect("apply");
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("sync step 2 within 10 s");
+        self.text()
+    }
+
+    /// Edits, then syncs again: the server's answer holds the edit, so the server merged (and
+    /// stored) it before answering.
+    async fn edit_and_confirm(&mut self, s: &str) {
+        self.sync().await;
+        let msg = self.local_edit(s);
+        self.send(&msg).await;
+        let mut check = YjsClientView::default();
+        for _ in 0..50 {
+            let sv = yrs::StateVector::default();
+            self.send(&yrs::sync::Message::Sync(yrs::sync::SyncMessage::SyncStep1(sv)).encode_v1())
+                .await;
+            check.doc = yrs::Doc::new();
+            let server_text = {
+                let read = async {
+                    loop {
+                        let frame = self.ws.read_frame().await.expect("read");
+                        if let Ok(yrs::sync::Message::Sync(yrs::sync::SyncMessage::SyncStep2(u))) =
+                            yrs::sync::Message::decode_v1(&frame.payload)
+                        {
+                            return u;
+                        }
+                    }
+                };
+                let u = tokio::time::timeout(Duration::from_secs(10), read)
+                    .await
+                    .expect("step 2");
+                check
+                    .doc
+                    .transact_mut()
+                    .apply_update(yrs::Update::decode_v1(&u).expect("update"))
+                    .expect("apply");
+                let t = check.doc.get_or_insert_text("text");
+                let s = t.get_string(&check.doc.transact());
+                s
+            };
+            if server_text.contains(s) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the server never showed the edit");
+    }
+
+    /// The close code the server sends next.
+    async fn close_code(&mut self) -> u16 {
+        let read = async {
+            loop {
+                let frame = self.ws.read_frame().await.expect("read");
+                if frame.opcode == OpCode::Close {
+                    let p = frame.payload.to_vec();
+                    return if p.len() >= 2 {
+                        u16::from_be_bytes([p[0], p[1]])
+                    } else {
+                        1005
+                    };
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("a close within 10 s")
+    }
+}
+
+#[derive(Default)]
+struct YjsClientView {
+    doc: yrs::Doc,
+}
