@@ -71,6 +71,44 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// Collaborative (`kind = "crdt"`) rooms: where their documents are kept.
     pub crdt: CrdtConfig,
+    /// Pusher Channels protocol compatibility (`/app/<key>`, `/apps/<id>/…`): its apps.
+    pub pusher: PusherConfig,
+}
+
+/// Pusher Channels protocol compatibility (docs/pusher.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PusherConfig {
+    /// The apps; none: the Pusher endpoints answer 404.
+    pub apps: Vec<PusherApp>,
+    /// The `activity_timeout` told to clients (seconds): a client pings after this long
+    /// without a message.
+    pub activity_timeout_s: u64,
+}
+
+impl Default for PusherConfig {
+    fn default() -> PusherConfig {
+        PusherConfig {
+            apps: Vec::new(),
+            activity_timeout_s: 120,
+        }
+    }
+}
+
+/// One Pusher app: its credentials and what it allows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PusherApp {
+    /// The app id (in `/apps/<id>/…` and the rooms `pusher.<id>/<channel>`): letters, digits,
+    /// `-` and `_`.
+    pub id: String,
+    /// The public key clients connect with (`/app/<key>`).
+    pub key: String,
+    /// The secret that signs channel auth, user sign-in, API requests and webhooks.
+    pub secret: String,
+    /// Whether clients may send `client-*` events (on private and presence channels).
+    #[serde(default)]
+    pub enable_client_messages: bool,
 }
 
 /// Collaborative rooms (`kind = "crdt"` namespaces, docs/collaboration.md).
@@ -470,6 +508,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             broker: BrokerConfig::default(),
             crdt: CrdtConfig::default(),
+            pusher: PusherConfig::default(),
         }
     }
 }
@@ -772,6 +811,37 @@ impl Config {
         }
         if self.crdt.snapshot_interval_ms == 0 {
             return Err(invalid("crdt.snapshot_interval_ms", "must be above 0"));
+        }
+        let mut keys = std::collections::HashSet::new();
+        let mut ids = std::collections::HashSet::new();
+        for app in &self.pusher.apps {
+            let bad = |reason: String| ConfigError::Invalid {
+                key: "pusher.apps",
+                reason,
+            };
+            if app.id.is_empty()
+                || !app
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(bad(format!(
+                    "app id `{}` must be letters, digits, `-` or `_`",
+                    app.id
+                )));
+            }
+            if app.key.is_empty() || app.key.contains(['/', '?', ' ']) || app.secret.is_empty() {
+                return Err(bad(format!(
+                    "app `{}`: key (no `/`, `?` or space) and secret must be set",
+                    app.id
+                )));
+            }
+            if !ids.insert(app.id.as_str()) || !keys.insert(app.key.as_str()) {
+                return Err(bad(format!(
+                    "app `{}`: ids and keys must be unique",
+                    app.id
+                )));
+            }
         }
         for name in self.namespaces.keys() {
             if name.is_empty()

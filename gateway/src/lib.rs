@@ -12,6 +12,7 @@ pub mod listener;
 pub mod mailbox;
 pub mod metrics;
 pub mod namespaces;
+pub mod pusher;
 pub mod ratelimit;
 pub mod rooms;
 pub mod runtime;

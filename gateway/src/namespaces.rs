@@ -33,14 +33,33 @@ pub struct Namespaces {
 impl Namespaces {
     /// From the configuration: the default namespace (`[rooms]`) first, then `[namespaces.*]`.
     pub fn from_config(config: &Config) -> Namespaces {
-        let mut all = Vec::with_capacity(1 + config.namespaces.len());
+        let mut all = Vec::with_capacity(2 + config.namespaces.len());
         let mut by_name = HashMap::new();
-        let entries = std::iter::once(("", &config.rooms)).chain(
-            config
+        // Pusher apps' channels are rooms of the `pusher` namespace (docs/pusher.md): unless it
+        // is configured, it is the default policy with presence and join/leave on (member
+        // events are part of the Pusher protocol).
+        let pusher_default = (!config.pusher.apps.is_empty()
+            && !config
                 .namespaces
-                .iter()
-                .map(|(name, policy)| (name.as_str(), policy)),
-        );
+                .contains_key(proto_codec::pusher::NAMESPACE))
+        .then(|| NamespacePolicy {
+            presence: true,
+            join_leave: true,
+            kind: crate::config::RoomKind::Messages,
+            ..config.rooms.clone()
+        });
+        let entries = std::iter::once(("", &config.rooms))
+            .chain(
+                config
+                    .namespaces
+                    .iter()
+                    .map(|(name, policy)| (name.as_str(), policy)),
+            )
+            .chain(
+                pusher_default
+                    .as_ref()
+                    .map(|p| (proto_codec::pusher::NAMESPACE, p)),
+            );
         for (index, (name, policy)) in entries.enumerate() {
             by_name.insert(name.into(), index);
             all.push(Namespace {

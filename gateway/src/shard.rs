@@ -309,6 +309,31 @@ impl ShardCtx {
         since: Option<(String, u64)>,
         presence: Option<bool>,
     ) {
+        let member = presence.map(|_| self.member_of(conn));
+        self.subscribe_with(conn, id, room, since, member, presence.unwrap_or(false));
+    }
+
+    /// A connection subscribes to a room as the given presence member (a Pusher presence
+    /// channel's member comes from its signed `channel_data`, not from a token).
+    pub fn subscribe_member(
+        &self,
+        conn: &Rc<ConnShared>,
+        room: &str,
+        member: Option<Member>,
+        join_leave: bool,
+    ) {
+        self.subscribe_with(conn, None, room, None, member, join_leave);
+    }
+
+    fn subscribe_with(
+        &self,
+        conn: &Rc<ConnShared>,
+        id: Option<u64>,
+        room: &str,
+        since: Option<(String, u64)>,
+        member: Option<Member>,
+        join_leave: bool,
+    ) {
         let error = |code, reason: &str| {
             self.metrics.op_errors.increment(1);
             conn.push(error_frame(id, code, reason));
@@ -344,8 +369,8 @@ impl ShardCtx {
                 seq,
                 since,
                 deflate: conn.takes_shared_deflate,
-                member: presence.map(|_| self.member_of(conn)),
-                join_leave: presence.unwrap_or(false),
+                member,
+                join_leave,
             })),
         );
     }
@@ -500,7 +525,12 @@ impl ShardCtx {
                     self.broker
                         .borrow_mut()
                         .presence_set(&room, &member.client, None);
-                    if self.join_leave(&room) {
+                    let user_stays = self.per_user_presence(&room)
+                        && member
+                            .user
+                            .as_deref()
+                            .is_some_and(|u| self.presence.borrow().has_user(&room, u));
+                    if self.join_leave(&room) && !user_stays {
                         let frame = ServerEvent::Leave {
                             room: room.as_ref().into(),
                             member,
@@ -615,6 +645,11 @@ impl ShardCtx {
 
     fn count_fanout(&self, n: usize) {
         self.fanout_work.set(self.fanout_work.get().wrapping_add(n));
+    }
+
+    /// Whether a room counts presence per user rather than per connection (Pusher channels).
+    fn per_user_presence(&self, room: &str) -> bool {
+        proto_codec::protocol::namespace_of(room) == proto_codec::pusher::NAMESPACE
     }
 
     /// Whether a room's namespace sends join/leave events.
@@ -840,7 +875,14 @@ impl ShardCtx {
             join_leave,
         } = req;
         if let Some(member) = member {
-            if join_leave {
+            // In Pusher channels presence is per user: a second connection of a user is no
+            // `member_added` (docs/pusher.md).
+            let known_user = self.per_user_presence(&room)
+                && member
+                    .user
+                    .as_deref()
+                    .is_some_and(|u| self.presence.borrow().has_user(&room, u));
+            if join_leave && !known_user {
                 let frame = ServerEvent::Join {
                     room: room.as_ref().into(),
                     member: member.clone(),

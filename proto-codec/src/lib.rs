@@ -14,5 +14,6 @@
 pub mod handshake;
 pub mod http;
 pub mod protocol;
+pub mod pusher;
 pub mod sse;
 pub mod ws;

@@ -31,6 +31,9 @@ pub struct Upgraded {
     pub raw: Option<(String, bool)>,
     /// For a y-websocket connection: its collaborative room.
     pub yjs: Option<YjsTarget>,
+    /// For a Pusher connection: its app's index, and the close that answers it when the app
+    /// or the protocol version is not served.
+    pub pusher: Option<(usize, Option<(u16, String)>)>,
     /// Who connected.
     pub principal: Principal,
     /// What the connection is now.
@@ -64,6 +67,13 @@ pub enum Mode {
         rooms: Vec<StreamRoom>,
         /// The origin to echo for CORS.
         cors: Option<String>,
+    },
+    /// A Pusher HTTP API request with its body.
+    PusherApi {
+        /// The request line and query.
+        request: crate::http::public::PusherRequest,
+        /// The body.
+        body: Vec<u8>,
     },
     /// An HTTP publish (`POST /publish`) with its body.
     Publish {
@@ -133,6 +143,8 @@ pub enum Decision {
         raw: Option<(String, bool)>,
         /// For a y-websocket connection: its collaborative room.
         yjs: Option<YjsTarget>,
+        /// For a Pusher connection: its app and any refusal.
+        pusher: Option<(usize, Option<(u16, String)>)>,
         /// Who connected.
         principal: Principal,
     },
@@ -201,8 +213,10 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
             return refuse(429, gate.admission.label(), reason, &[("Retry-After", "1")])
         }
     }
-    if matches!(req.path, "/sse" | "/poll" | "/publish") {
+    let pusher_api = req.path.starts_with("/apps/") && !config.pusher.apps.is_empty();
+    if pusher_api || matches!(req.path, "/sse" | "/poll" | "/publish") {
         let decision = match req.path {
+            _ if pusher_api => public::pusher_api_request(&req, gate),
             "/publish" => public::publish_request(&req, gate),
             path => public::stream_request(&req, gate, path == "/poll"),
         };
@@ -213,8 +227,30 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
     }
     let mut raw = None;
     let mut yjs = None;
+    let mut pusher = None;
     let kind = match req.path {
         "/ws" => ConnKind::App,
+        path if path.starts_with("/app/") && !config.pusher.apps.is_empty() => {
+            // Pusher protocol: an unknown app or version is a close with Pusher's code after
+            // the upgrade, which is where pusher-js reads it.
+            let key = &path["/app/".len()..];
+            let version = req.query_param("protocol");
+            let refusal = match (
+                crate::pusher::app_by_key(config, key),
+                version.as_deref().map(str::parse::<u8>),
+            ) {
+                (None, _) => Some((4001, format!("App key {key} not in this cluster"))),
+                (_, None) => Some((4008, "No protocol version supplied".to_string())),
+                (_, Some(Err(_))) => Some((4006, "Invalid version string format".to_string())),
+                (_, Some(Ok(v))) if !(5..=7).contains(&v) => {
+                    Some((4007, format!("Unsupported protocol version {v}")))
+                }
+                _ => None,
+            };
+            let app = crate::pusher::app_by_key(config, key).map_or(0, |(i, _)| i);
+            pusher = Some((app, refusal));
+            ConnKind::Pusher
+        }
         path if path.starts_with("/yjs/") => {
             let room = &path["/yjs/".len()..];
             if proto_codec::protocol::validate_room(room).is_err() {
@@ -298,7 +334,10 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
             }
         },
         // Test and benchmark endpoints, off by default (docs/security.md).
-        ConnKind::Echo | ConnKind::Raw | ConnKind::Sse | ConnKind::Poll => Principal::anonymous(),
+        // Pusher connections authorize per channel (signatures), not with a token.
+        ConnKind::Echo | ConnKind::Raw | ConnKind::Sse | ConnKind::Poll | ConnKind::Pusher => {
+            Principal::anonymous()
+        }
     };
     // A y-websocket connection is a subscription to its room: closed right after the upgrade
     // when the token may not read it (see `YjsTarget`).
@@ -326,7 +365,12 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
     };
     let protocol = match kind {
         ConnKind::App => select_protocol(&upgrade.protocols, &[SUBPROTOCOL]),
-        ConnKind::Echo | ConnKind::Raw | ConnKind::Sse | ConnKind::Poll | ConnKind::Yjs => None,
+        ConnKind::Echo
+        | ConnKind::Raw
+        | ConnKind::Sse
+        | ConnKind::Poll
+        | ConnKind::Yjs
+        | ConnKind::Pusher => None,
     };
     let mut response = Vec::with_capacity(256);
     write_upgrade_response(
@@ -342,6 +386,7 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
         head_len: req.head_len,
         raw,
         yjs,
+        pusher,
         principal,
     })
 }
@@ -397,6 +442,7 @@ where
                 head_len,
                 raw,
                 yjs,
+                pusher,
                 principal,
             }) => {
                 stream.write_all(&response).await?;
@@ -407,6 +453,7 @@ where
                     leftover: head.split_off(head_len),
                     raw,
                     yjs,
+                    pusher,
                     principal,
                     mode: Mode::WebSocket,
                 });
@@ -435,6 +482,7 @@ where
         leftover,
         raw: None,
         yjs: None,
+        pusher: None,
         principal,
         mode,
     };
@@ -481,6 +529,29 @@ where
             Mode::Poll { rooms, cors },
             Vec::new(),
         )),
+        HttpDecision::PusherApi {
+            content_length,
+            request,
+        } => {
+            let mut body = head.split_off(head_len);
+            let mut chunk = [0u8; 2048];
+            while body.len() < content_length {
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(HandshakeFailure::Io(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    ));
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+            body.truncate(content_length);
+            Ok(upgraded(
+                ConnKind::App,
+                Principal::anonymous(),
+                Mode::PusherApi { request, body },
+                Vec::new(),
+            ))
+        }
         HttpDecision::Publish {
             content_length,
             principal,

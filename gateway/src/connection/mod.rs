@@ -181,6 +181,9 @@ where
         handshake::Mode::Poll { rooms, cors } => {
             http::long_poll(ctx, upgraded.principal, rooms, cors).await
         }
+        handshake::Mode::PusherApi { request, body } => {
+            crate::pusher::api::answer(ctx, &request, &body).await
+        }
         handshake::Mode::WebSocket | handshake::Mode::Stream(_) | handshake::Mode::Answered => {
             return
         }
@@ -198,8 +201,9 @@ fn start(ctx: &Rc<ShardCtx>, upgraded: handshake::Upgraded) -> (Rc<ConnShared>, 
     if let Some(p) = upgraded.deflate {
         decoder_config = decoder_config.with_deflate(p.client_no_context_takeover);
     }
-    // A y-websocket client takes its own form of room messages, never the shared frames.
-    let takes_shared_deflate = upgraded.kind != ConnKind::Yjs
+    // A y-websocket or Pusher client takes its own form of room messages, never the shared
+    // frames.
+    let takes_shared_deflate = !matches!(upgraded.kind, ConnKind::Yjs | ConnKind::Pusher)
         && upgraded
             .deflate
             .is_some_and(|p| p.server_max_window_bits == 15);
@@ -237,6 +241,15 @@ fn start(ctx: &Rc<ShardCtx>, upgraded: handshake::Upgraded) -> (Rc<ConnShared>, 
                 .and_then(|ns| ns.policy.presence.then_some(ns.policy.join_leave));
             ctx.subscribe(&conn, None, room, None, presence);
         }
+        None => {}
+    }
+    match &upgraded.pusher {
+        Some((_, Some((code, reason)))) => conn.request_close(CloseRequest {
+            code: CloseCode(*code),
+            reason: reason.clone(),
+            discard_queue: false,
+        }),
+        Some((app, None)) => conn.push_control(crate::pusher::conn::established(ctx, &conn, *app)),
         None => {}
     }
     // An event stream subscribes to its rooms (checked before the stream started).
@@ -539,6 +552,20 @@ fn on_message(ctx: &ShardCtx, conn: &Rc<ConnShared>, io: &mut ConnIo, message: M
                 CloseRequest {
                     code: CloseCode::UNSUPPORTED_DATA,
                     reason: "y-websocket speaks binary messages".into(),
+                    discard_queue: false,
+                },
+            ),
+            ConnKind::Pusher if kind == DataKind::Text => {
+                conn.last_op.set(ctx.now.get());
+                crate::pusher::conn::handle(ctx, conn, &payload);
+            }
+            ConnKind::Pusher => begin_close(
+                ctx,
+                conn,
+                io,
+                CloseRequest {
+                    code: CloseCode::UNSUPPORTED_DATA,
+                    reason: "the Pusher protocol speaks text messages".into(),
                     discard_queue: false,
                 },
             ),

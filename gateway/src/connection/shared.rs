@@ -33,6 +33,8 @@ pub enum ConnKind {
     /// A y-websocket client (`/yjs/<room>`): y-protocols sync and awareness messages of one
     /// collaborative room, in binary frames.
     Yjs,
+    /// A Pusher Channels client (`/app/<key>`): Pusher protocol 7 frames (docs/pusher.md).
+    Pusher,
 }
 
 /// A subscription as the connection sees it.
@@ -95,6 +97,8 @@ pub struct ConnShared {
     pub limiter: RefCell<ConnLimiter>,
     /// Used up its turn: listed for the shard's next round and idle until then.
     pub deferred: Cell<bool>,
+    /// A Pusher protocol connection's state (`ConnKind::Pusher` only).
+    pub pusher: RefCell<Option<Box<crate::pusher::PusherConn>>>,
 }
 
 impl ConnShared {
@@ -126,6 +130,7 @@ impl ConnShared {
             expiry_warned: Cell::new(false),
             limiter: RefCell::new(ConnLimiter::default()),
             deferred: Cell::new(false),
+            pusher: RefCell::new(None),
         }
     }
 
@@ -244,6 +249,8 @@ impl ConnShared {
             // A y-websocket client reads y-protocols messages only: app events (acks, errors,
             // `token_expiring`) have no form there (errors close the connection instead).
             ConnKind::Yjs => (frame.first() != Some(&0x81)).then_some(frame),
+            // A Pusher client reads Pusher frames: app events are translated (or dropped).
+            ConnKind::Pusher => crate::pusher::wire::translate(self, frame),
             _ => Some(frame),
         }
     }

@@ -44,6 +44,13 @@ pub enum HttpDecision {
         /// The `Origin` to echo in `Access-Control-Allow-Origin`.
         cors: Option<String>,
     },
+    /// Read a body of `content_length` bytes, then answer a Pusher HTTP API request.
+    PusherApi {
+        /// The body's length (0 without one).
+        content_length: usize,
+        /// The request line and query, for the signature.
+        request: PusherRequest,
+    },
     /// Answer and close (a refusal, or a CORS preflight).
     Reply {
         /// The status.
@@ -53,6 +60,37 @@ pub enum HttpDecision {
         /// The whole response.
         response: Vec<u8>,
     },
+}
+
+/// A Pusher HTTP API request (`/apps/<id>/…`), before its body is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PusherRequest {
+    /// The method.
+    pub method: String,
+    /// The path.
+    pub path: String,
+    /// The raw query string.
+    pub query: String,
+}
+
+/// `/apps/<id>/…` (the Pusher HTTP API, docs/pusher.md): the body is read, then answered on
+/// the shard.
+pub fn pusher_api_request(req: &Request<'_>, gate: &Gate<'_>) -> HttpDecision {
+    let content_length = req
+        .header_str("content-length")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    if content_length > gate.config.websocket.max_message_bytes {
+        return reply(413, "too_large", "body is over the size limit", &[]);
+    }
+    HttpDecision::PusherApi {
+        content_length,
+        request: PusherRequest {
+            method: req.method.to_string(),
+            path: req.path.to_string(),
+            query: req.query.unwrap_or_default().to_string(),
+        },
+    }
 }
 
 fn reply(status: u16, label: &'static str, reason: &str, headers: &[(&str, &str)]) -> HttpDecision {

@@ -92,9 +92,25 @@ impl LocalRooms {
         // this shard (not at all without one).
         let mut sse: Option<Option<Bytes>> = None;
         let mut yjs: Option<Option<Bytes>> = None;
+        let mut pusher: Option<Option<(Bytes, Option<String>)>> = None;
         for conn in &r.subscribers {
             let f = match deflated {
                 Some(d) if conn.takes_shared_deflate => d,
+                _ if conn.kind == ConnKind::Pusher => {
+                    match pusher.get_or_insert_with(|| crate::pusher::wire::room_message(frame)) {
+                        Some((f, exclude)) => {
+                            // The server API's `socket_id`: every subscriber but that one.
+                            if exclude.is_some()
+                                && conn.pusher.borrow().as_ref().map(|s| &s.socket_id)
+                                    == exclude.as_ref()
+                            {
+                                continue;
+                            }
+                            f
+                        }
+                        None => continue,
+                    }
+                }
                 _ if conn.kind == ConnKind::Sse => {
                     match sse.get_or_insert_with(|| sse_form(frame, msg)) {
                         Some(f) => f,

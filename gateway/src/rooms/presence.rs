@@ -47,6 +47,13 @@ impl Presence {
             .unwrap_or_default()
     }
 
+    /// Whether a member of the room has this user.
+    pub fn has_user(&self, room: &str, user: &str) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|l| l.iter().any(|(_, m)| m.user.as_deref() == Some(user)))
+    }
+
     /// How many members a room has.
     pub fn count(&self, room: &str) -> usize {
         self.rooms.get(room).map_or(0, Vec::len)

@@ -1,0 +1,66 @@
+//! Pusher Channels protocol compatibility (docs/pusher.md): pusher-js and the Pusher server
+//! libraries talk to ringcast unchanged. A Pusher channel is a room of the `pusher` namespace
+//! (`proto_codec::pusher::room_of`), so subscriptions, fan-out, presence and ephemeral events
+//! are the engine's own; this module only speaks the protocol: signatures ([`auth`]), the
+//! client's frames ([`conn`]), the translation of the engine's events into Pusher frames
+//! ([`wire`]) and the HTTP API ([`api`]).
+
+pub mod api;
+pub mod auth;
+pub mod conn;
+pub mod wire;
+
+use std::collections::HashMap;
+
+use broker_bridge::RoomName;
+
+use crate::config::{Config, PusherApp};
+use crate::mailbox::{ConnId, ShardId};
+
+/// A Pusher connection's state.
+#[derive(Debug, Clone)]
+pub struct PusherConn {
+    /// The app's index in `pusher.apps`.
+    pub app: usize,
+    /// The socket id given in `connection_established`.
+    pub socket_id: String,
+    /// The signed-in user (`pusher:signin`).
+    pub user: Option<String>,
+    /// The user id of each presence channel joined (for client events' `user_id`).
+    pub presence_users: HashMap<RoomName, String>,
+}
+
+/// The app with this key.
+pub fn app_by_key<'c>(config: &'c Config, key: &str) -> Option<(usize, &'c PusherApp)> {
+    config
+        .pusher
+        .apps
+        .iter()
+        .enumerate()
+        .find(|(_, a)| a.key == key)
+}
+
+/// The app with this id.
+pub fn app_by_id<'c>(config: &'c Config, id: &str) -> Option<&'c PusherApp> {
+    config.pusher.apps.iter().find(|a| a.id == id)
+}
+
+/// A connection's socket id: unique on the node (`<node and shard>.<connection>`), in the
+/// `digits.digits` form Pusher clients expect.
+pub fn socket_id(node: &str, shard: ShardId, conn: ConnId) -> String {
+    let node_hash = node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }) % 1_000_000;
+    format!("{}.{conn}", node_hash * 1000 + shard as u64)
+}
+
+/// The room a signed-in user's server events go to (`#server-to-user-<id>` on the API side).
+/// `+` is a room character no Pusher channel has, so no client can subscribe to it.
+pub fn user_room(app: &str, user: &str) -> Option<String> {
+    let escaped = proto_codec::pusher::room_of(app, user)?;
+    let room = escaped.replacen('/', "/+user/", 1);
+    (room.len() <= proto_codec::protocol::room::MAX_ROOM_BYTES).then_some(room)
+}
+
+/// The channel name the server libraries use for a user's events.
+pub const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
