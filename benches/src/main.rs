@@ -3,6 +3,7 @@
 
 mod client;
 mod procstat;
+mod pusher;
 mod report;
 mod scenarios;
 mod tls;

@@ -109,6 +109,10 @@ pub struct PusherApp {
     /// Whether clients may send `client-*` events (on private and presence channels).
     #[serde(default)]
     pub enable_client_messages: bool,
+    /// Webhook URLs (`http://host:port/path`) that get `channel_occupied`, `channel_vacated`,
+    /// `member_added` and `member_removed`, signed with the secret.
+    #[serde(default)]
+    pub webhooks: Vec<String>,
 }
 
 /// Collaborative rooms (`kind = "crdt"` namespaces, docs/collaboration.md).
@@ -841,6 +845,17 @@ impl Config {
                     "app `{}`: ids and keys must be unique",
                     app.id
                 )));
+            }
+            for url in &app.webhooks {
+                let host = url
+                    .strip_prefix("http://")
+                    .map(|r| r.split('/').next().unwrap_or(""));
+                if host.is_none_or(|h| !h.contains(':')) {
+                    return Err(bad(format!(
+                        "app `{}`: webhook `{url}` must be http://host:port/path",
+                        app.id
+                    )));
+                }
             }
         }
         for name in self.namespaces.keys() {

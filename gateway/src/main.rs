@@ -249,6 +249,7 @@ fn build_policy(config: &Config) -> anyhow::Result<Policy> {
         namespaces,
         admission: Arc::new(Admission::new(&config.limits)),
         tls,
+        webhooks: gateway::pusher::webhooks::start(&config.pusher.apps)?,
     })
 }
 

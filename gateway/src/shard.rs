@@ -97,6 +97,8 @@ pub struct Policy {
     pub admission: Arc<Admission>,
     /// TLS, when a TLS listener is configured.
     pub tls: Option<Tls>,
+    /// Pusher webhooks, when an app has some.
+    pub webhooks: Option<Arc<crate::pusher::webhooks::Webhooks>>,
 }
 
 /// A shard's state. Lives in an `Rc` on the shard's thread.
@@ -127,6 +129,7 @@ pub struct ShardCtx {
     pub admission: Arc<Admission>,
     /// TLS, when a TLS listener is configured.
     pub tls: Option<Tls>,
+    webhooks: Option<Arc<crate::pusher::webhooks::Webhooks>>,
     anonymous: Rc<Principal>,
     sweeps: Cell<u64>,
     conns: RefCell<HashMap<ConnId, Rc<ConnShared>>>,
@@ -169,6 +172,7 @@ impl ShardCtx {
             namespaces: policy.namespaces,
             admission: policy.admission,
             tls: policy.tls,
+            webhooks: policy.webhooks,
             anonymous: Rc::new(Principal::anonymous()),
             sweeps: Cell::new(0),
             id,
@@ -530,6 +534,9 @@ impl ShardCtx {
                             .user
                             .as_deref()
                             .is_some_and(|u| self.presence.borrow().has_user(&room, u));
+                    if self.per_user_presence(&room) && !user_stays {
+                        self.pusher_webhook(&room, "member_removed", member.user.as_deref());
+                    }
                     if self.join_leave(&room) && !user_stays {
                         let frame = ServerEvent::Leave {
                             room: room.as_ref().into(),
@@ -543,6 +550,7 @@ impl ShardCtx {
                 self.crdt_left(&room, (origin, conn), change == InterestChange::Last);
                 if change == InterestChange::Last {
                     self.broker.borrow_mut().set_interest(&room, false);
+                    self.pusher_webhook(&room, "channel_vacated", None);
                 }
             }
             ShardMsg::DeliverLive {
@@ -645,6 +653,29 @@ impl ShardCtx {
 
     fn count_fanout(&self, n: usize) {
         self.fanout_work.set(self.fanout_work.get().wrapping_add(n));
+    }
+
+    /// Sends a Pusher webhook event for a room of a Pusher app with webhooks.
+    fn pusher_webhook(&self, room: &str, name: &'static str, user_id: Option<&str>) {
+        let Some(hooks) = &self.webhooks else {
+            return;
+        };
+        let Some((app, channel)) = proto_codec::pusher::channel_of(room) else {
+            return;
+        };
+        // A signed-in user's room is no channel.
+        if !proto_codec::pusher::valid_channel(&channel) {
+            return;
+        }
+        let Some(index) = self.config.pusher.apps.iter().position(|a| a.id == app) else {
+            return;
+        };
+        hooks.push(crate::pusher::webhooks::WebhookEvent {
+            app: index,
+            name,
+            channel,
+            user_id: user_id.map(str::to_string),
+        });
     }
 
     /// Whether a room counts presence per user rather than per connection (Pusher channels).
@@ -882,6 +913,9 @@ impl ShardCtx {
                     .user
                     .as_deref()
                     .is_some_and(|u| self.presence.borrow().has_user(&room, u));
+            if self.per_user_presence(&room) && !known_user {
+                self.pusher_webhook(&room, "member_added", member.user.as_deref());
+            }
             if join_leave && !known_user {
                 let frame = ServerEvent::Join {
                     room: room.as_ref().into(),
@@ -903,6 +937,7 @@ impl ShardCtx {
         }
         if self.home.borrow_mut().add(&room, origin, deflate) == InterestChange::First {
             self.broker.borrow_mut().set_interest(&room, true);
+            self.pusher_webhook(&room, "channel_occupied", None);
         }
         // A collaborative room's document is loaded while the room has interest here.
         self.crdt_open(&room);

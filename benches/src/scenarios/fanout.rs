@@ -40,9 +40,13 @@ pub struct Args {
     /// A label for the server in the report.
     #[arg(long, default_value = "server")]
     pub label: String,
-    /// `app`: the ringcast protocol on /ws. `raw`: raw broadcast on /raw/<room>.
+    /// `app`: the ringcast protocol on /ws. `raw`: raw broadcast on /raw/<room>. `socketio`,
+    /// `pusher`: those protocols.
     #[arg(long, value_enum, default_value_t = Mode::App)]
     pub mode: Mode,
+    /// With `--mode pusher`: the app as `id:key:secret`.
+    #[arg(long, default_value = "1:bench-key:bench-secret")]
+    pub pusher_app: crate::pusher::App,
     /// Read CPU and RSS of this server process (when not spawning).
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -111,6 +115,10 @@ pub enum Mode {
     /// Socket.IO 4 (Engine.IO v4 over WebSocket): subscribers join the room on connect,
     /// publishers emit `pub`, the server broadcasts `msg` to the room.
     Socketio,
+    /// The Pusher Channels protocol 7: subscribers on `/app/<key>` subscribe to public channels;
+    /// each message is a signed `POST /apps/<id>/events` (one HTTP request per message, as the
+    /// Pusher server libraries send them).
+    Pusher,
 }
 
 /// Connects a Socket.IO 4 client over WebSocket: the Engine.IO open packet, then the namespace
@@ -274,10 +282,14 @@ where
             continue;
         }
         let now = ns_since_base(Instant::now());
+        // Pusher events carry the data as a JSON string: its quotes are escaped.
+        let field = |key: &[u8], escaped: &[u8]| {
+            find_u64(&frame, key).or_else(|| find_u64(&frame, escaped))
+        };
         let (Some(t), Some(p), Some(k)) = (
-            find_u64(&frame, b"\"t\":"),
-            find_u64(&frame, b"\"p\":"),
-            find_u64(&frame, b"\"k\":"),
+            field(b"\"t\":", b"\\\"t\\\":"),
+            field(b"\"p\":", b"\\\"p\\\":"),
+            field(b"\"k\":", b"\\\"k\\\":"),
         ) else {
             continue;
         };
@@ -399,7 +411,7 @@ pub fn measure(args: &Args) -> anyhow::Result<Report> {
     if args.rooms == 0 || args.publishers == 0 || args.rate <= 0.0 {
         bail!("rooms, publishers and rate must be above 0");
     }
-    if args.mode != Mode::App && args.publishers < args.rooms {
+    if !matches!(args.mode, Mode::App | Mode::Pusher) && args.publishers < args.rooms {
         bail!("raw mode needs at least one publisher per room");
     }
     let spawned = match &args.spawn {
@@ -457,8 +469,15 @@ async fn drive(
     publish_addr: SocketAddr,
     server_pid: Option<u32>,
 ) -> anyhow::Result<Report> {
-    let rooms: Arc<Vec<String>> =
-        Arc::new((0..args.rooms).map(|r| format!("bench.room{r}")).collect());
+    let rooms: Arc<Vec<String>> = Arc::new(
+        (0..args.rooms)
+            .map(|r| match args.mode {
+                // A Pusher channel name (no ringcast namespace).
+                Mode::Pusher => format!("bench-room{r}"),
+                _ => format!("bench.room{r}"),
+            })
+            .collect(),
+    );
     // Connect and subscribe every subscriber (in waves, to stay under the accept backlog).
     let mut subs = Vec::with_capacity(args.subscribers);
     let indices: Vec<usize> = (0..args.subscribers).collect();
@@ -467,12 +486,16 @@ async fn drive(
         for &i in wave {
             let room = rooms[i % rooms.len()].clone();
             let mode = args.mode;
+            let app = args.pusher_app.clone();
             joins.push(tokio::spawn(async move {
                 if mode == Mode::Raw {
                     return connect(addr, &format!("/raw/{room}"), false).await;
                 }
                 if mode == Mode::Socketio {
                     return socketio_connect(addr, &room, "sub").await;
+                }
+                if mode == Mode::Pusher {
+                    return crate::pusher::subscribe(addr, &app, &room).await;
                 }
                 let mut ws = connect(addr, "/ws", true).await?;
                 send(
@@ -495,13 +518,15 @@ async fn drive(
     let mut pubs = Vec::with_capacity(args.publishers);
     for p in 0..args.publishers {
         pubs.push(match args.mode {
-            Mode::App => connect(publish_addr, "/ws", true).await?,
+            // Events go through the HTTP API: no publisher connection.
+            Mode::Pusher => None,
+            Mode::App => Some(connect(publish_addr, "/ws", true).await?),
             Mode::Raw => {
                 let path = format!("/raw/{}?role=pub", rooms[p % rooms.len()]);
-                connect(publish_addr, &path, false).await?
+                Some(connect(publish_addr, &path, false).await?)
             }
             Mode::Socketio => {
-                socketio_connect(publish_addr, &rooms[p % rooms.len()], "pub").await?
+                Some(socketio_connect(publish_addr, &rooms[p % rooms.len()], "pub").await?)
             }
         });
     }
@@ -532,6 +557,7 @@ async fn drive(
     let behind = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut pub_tasks = Vec::new();
     for (p, mut ws) in pubs.into_iter().enumerate() {
+        let app = args.pusher_app.clone();
         let rooms = rooms.clone();
         let counts = published_per_room.clone();
         let pad = pad.clone();
@@ -563,8 +589,15 @@ async fn drive(
                     }
                     Mode::Raw => (p % rooms.len(), data),
                     Mode::Socketio => (p % rooms.len(), format!(r#"42["pub",{data}]"#)),
+                    Mode::Pusher => ((k as usize * publishers + p) % rooms.len(), data),
                 };
-                if send(&mut ws, frame).await.is_err() {
+                let sent = match ws.as_mut() {
+                    Some(ws) => send(ws, frame).await.is_ok(),
+                    None => crate::pusher::trigger(publish_addr, &app, &rooms[r], &frame)
+                        .await
+                        .is_ok(),
+                };
+                if !sent {
                     break;
                 }
                 counts[r].fetch_add(1, Ordering::Relaxed);

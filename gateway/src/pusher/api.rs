@@ -431,6 +431,7 @@ mod tests {
             key: "k".into(),
             secret: "s".into(),
             enable_client_messages: false,
+            webhooks: Vec::new(),
         };
         let body = br#"{"name":"e","channel":"c","data":"x"}"#;
         let md5 = auth::hex(&Md5::digest(body));

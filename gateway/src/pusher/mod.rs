@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod conn;
+pub mod webhooks;
 pub mod wire;
 
 use std::collections::HashMap;

@@ -46,7 +46,7 @@ pub fn room_message(frame: &[u8]) -> Option<(Bytes, Option<String>)> {
     event_frame(&channel, data.get().as_bytes())
 }
 
-/// A frame for a Pusher connection: Pusher frames (`{"event":…}`) pass; the engine's events are
+/// A frame for a Pusher connection: Pusher frames pass; the engine's events (`{"ev":…}`) are
 /// translated or dropped (`hello`, acks, `unsubscribed`, binary messages, …).
 pub fn translate(conn: &ConnShared, frame: Bytes) -> Option<Bytes> {
     let first = *frame.first()?;
@@ -55,7 +55,8 @@ pub fn translate(conn: &ConnShared, frame: Bytes) -> Option<Bytes> {
         return (first & 0x0f >= 0x8).then_some(frame);
     }
     let payload = proto_codec::sse::text_payload(&frame)?;
-    if payload.starts_with(b"{\"event\":") {
+    // The engine's events start with `"ev"`; anything else is already a Pusher frame.
+    if !payload.starts_with(b"{\"ev\":") {
         return Some(frame);
     }
     let event = ServerEvent::decode(payload).ok()?;
