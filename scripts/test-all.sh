@@ -68,6 +68,9 @@ benches/tls-cost.sh --short 2>&1 | tee -a "$log"
 step "cross-node smoke test (embedded, one Redis node, two Redis nodes: no loss, no duplicates)"
 benches/crossnode.sh --short 2>&1 | tee -a "$log"
 
+step "Pusher harness smoke test (pusher-protocol subscribers, signed HTTP API events: no loss, no duplicates)"
+benches/pusher-compare.sh --short 2>&1 | tee -a "$log"
+
 step "fair egress smoke test (a calm room keeps its p99 within 10 ms beside a flood)"
 benches/fairness.sh --short 2>&1 | tee -a "$log"
 
@@ -90,6 +93,7 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += 
      /^crossnode smoke: [0-9]+ passed/ { p += $3; f += $5 }
      /^fairness smoke: [0-9]+ passed/ { p += $3; f += $5 }
      /^soak smoke: [0-9]+ passed/ { p += $3; f += $5 }
+     /^pusher smoke: [0-9]+ passed/ { p += $3; f += $5 }
      /^deploy checks: [0-9]+ passed/ { p += $3; f += $5 }
      /^# pass [0-9]+$/ { p += $3 }
      /^# fail [0-9]+$/ { f += $3 }

@@ -159,6 +159,14 @@ pub enum ShardMsg {
         /// The asking connection.
         from: (ShardId, ConnId),
     },
+    /// To every shard: close the Pusher connections signed in as a user of an app (the API's
+    /// `terminate_connections`).
+    PusherTerminate {
+        /// The app's index.
+        app: usize,
+        /// The signed-in user id.
+        user: String,
+    },
     /// Close one connection (a y-websocket client whose document could not be loaded).
     CloseConn {
         /// The connection.

@@ -600,6 +600,23 @@ impl ShardCtx {
                     }
                 }
             }
+            ShardMsg::PusherTerminate { app, user } => {
+                let targets: Vec<Rc<ConnShared>> = self
+                    .conns
+                    .borrow()
+                    .values()
+                    .filter(|c| {
+                        c.pusher
+                            .borrow()
+                            .as_ref()
+                            .is_some_and(|s| s.app == app && s.user.as_deref() == Some(&user))
+                    })
+                    .cloned()
+                    .collect();
+                for c in targets {
+                    crate::pusher::conn::terminate(&c);
+                }
+            }
             ShardMsg::CloseConn { conn, code, reason } => {
                 let target = self.conns.borrow().get(&conn).cloned();
                 if let Some(c) = target {

@@ -62,10 +62,18 @@ pub async fn answer(ctx: &ShardCtx, req: &PusherRequest, body: &[u8]) -> Vec<u8>
                 None => channel_info(ctx, app, r, param("info")).await,
             }
         }
-        ("POST", r) if r.starts_with("users/") && r.ends_with("/terminate_connections") => error(
-            501,
-            "terminate_connections is not supported by this server (docs/pusher.md)",
-        ),
+        ("POST", r) if r.starts_with("users/") && r.ends_with("/terminate_connections") => {
+            let user = &r["users/".len()..r.len() - "/terminate_connections".len()];
+            let user = decode(user);
+            let Some(index) = ctx.config.pusher.apps.iter().position(|a| a.id == app.id) else {
+                return error(404, "unknown app");
+            };
+            ctx.mailboxes.broadcast(|| ShardMsg::PusherTerminate {
+                app: index,
+                user: user.clone(),
+            });
+            json_response(200, b"{}", None)
+        }
         _ => error(404, "no such API endpoint"),
     }
 }

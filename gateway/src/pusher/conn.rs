@@ -91,6 +91,22 @@ fn subscribe(
     sub: p::Subscribe,
 ) {
     let channel = sub.channel;
+    // A signed-in user's own channel (pusher-js subscribes to it after `signin_success`).
+    if let Some(user) = channel.strip_prefix(super::USER_CHANNEL_PREFIX) {
+        let signed_in = conn.pusher.borrow().as_ref().and_then(|s| s.user.clone());
+        let room = super::user_room(&app.id, user);
+        return match (signed_in.as_deref() == Some(user), room) {
+            (true, Some(room)) => {
+                if !conn.rooms.borrow().contains_key(room.as_str()) {
+                    ctx.subscribe_member(conn, &room, None, false);
+                }
+            }
+            _ => send(
+                conn,
+                p::subscription_error(&channel, "AuthError", "not signed in as this user", 403),
+            ),
+        };
+    }
     let Some(room) = p::room_of(&app.id, &channel) else {
         return send(
             conn,
@@ -279,15 +295,24 @@ fn signin_user(
         .borrow_mut()
         .as_mut()
         .and_then(|s| s.user.replace(id));
+    // Signing in as someone else ends the previous user's channel.
     if let Some(old) = previous.and_then(|old| super::user_room(&app.id, &old)) {
         if old != room && conn.rooms.borrow().contains_key(old.as_str()) {
             ctx.unsubscribe(conn, None, &old);
         }
     }
-    if !conn.rooms.borrow().contains_key(room.as_str()) {
-        ctx.subscribe_member(conn, &room, None, false);
-    }
     send(conn, p::signin_success(&signin.user_data));
+}
+
+/// Ends a connection for the API's `terminate_connections`: `pusher:error` 4009, then close
+/// 4009 (pusher-js does not reconnect on 4000-4099).
+pub fn terminate(conn: &ConnShared) {
+    send(conn, p::error(4009, "Connection terminated by the server"));
+    conn.request_close(crate::connection::shared::CloseRequest {
+        code: proto_codec::ws::CloseCode(4009),
+        reason: "terminated".into(),
+        discard_queue: false,
+    });
 }
 
 /// What a new Pusher connection is told first.

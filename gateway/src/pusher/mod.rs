@@ -65,3 +65,12 @@ pub fn user_room(app: &str, user: &str) -> Option<String> {
 
 /// The channel name the server libraries use for a user's events.
 pub const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
+
+/// The Pusher channel of a room (a signed-in user's room is `#server-to-user-<id>`).
+pub fn channel_name(room: &str) -> Option<String> {
+    let (_, channel) = proto_codec::pusher::channel_of(room)?;
+    Some(match channel.strip_prefix("+user/") {
+        Some(user) => format!("{USER_CHANNEL_PREFIX}{user}"),
+        None => channel,
+    })
+}

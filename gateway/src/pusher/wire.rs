@@ -42,7 +42,7 @@ pub fn room_message(frame: &[u8]) -> Option<(Bytes, Option<String>)> {
     let ServerEvent::Msg { room, data, .. } = ServerEvent::decode(payload).ok()? else {
         return None;
     };
-    let (_, channel) = p::channel_of(&room)?;
+    let channel = super::channel_name(&room)?;
     event_frame(&channel, data.get().as_bytes())
 }
 
@@ -60,7 +60,7 @@ pub fn translate(conn: &ConnShared, frame: Bytes) -> Option<Bytes> {
         return Some(frame);
     }
     let event = ServerEvent::decode(payload).ok()?;
-    let channel_of = |room: &str| p::channel_of(room).map(|(_, c)| c);
+    let channel_of = |room: &str| super::channel_name(room);
     let out = match event {
         ServerEvent::Subscribed { room, .. } => {
             let channel = channel_of(&room)?;

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The Pusher protocol, like for like: the same `fanout --mode pusher` load (subscribers on
+# /app/<key>, events through the signed HTTP API) against ringcast and, where they are installed,
+# Soketi and Sockudo, side by side in one run. Writes the Pusher section of docs/benchmarks.md
+# (or, with --short, only checks that ringcast delivers everything exactly once).
+#
+#   SOCKUDO=/path/to/sockudo SOKETI="node /path/to/soketi/bin/server.js start" benches/pusher-compare.sh
+#   benches/pusher-compare.sh --short
+#
+# A peer that is not installed is recorded as such (with the reason in PEER_NOTES) in the
+# section, not silently left out.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+short=0
+[ "${1:-}" = "--short" ] && short=1
+cargo build --release -p gateway -p ringcast-bench >&2
+ulimit -n 20000 || true
+load="taskset -c 1 target/release/ringcast-bench fanout --mode pusher --pusher-app app-id:app-key:app-secret --json"
+duration=${DURATION:-10}
+[ "$short" = 1 ] && duration=2
+conf=$(mktemp --suffix .toml)
+cat > "$conf" <<'TOML'
+[[pusher.apps]]
+id = "app-id"
+key = "app-key"
+secret = "app-secret"
+TOML
+out=$(mktemp)
+run_cases() { # label, then the harness's server arguments
+    local label=$1; shift
+    for subs in 100 1000; do
+        $load --label "$label:$subs" --subscribers "$subs" --rooms 1 --rate 100 \
+            --duration-secs "$duration" --warmup-secs 1 "$@" | tee -a "$out" | grep -v '^{' >&2
+        [ "$short" = 1 ] && break
+    done
+}
+run_cases ringcast --spawn "taskset -c 0 target/release/ringcast --config $conf --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --shards 1 --no-pin --log-level warn"
+if [ "$short" = 1 ]; then
+    python3 scripts/pusher-report.py --check "$out"
+    exit 0
+fi
+# A peer on a fixed port: started here, loaded by address and pid.
+peer() { # label, port, command...
+    local label=$1 port=$2; shift 2
+    taskset -c 0 "$@" > "/tmp/ringcast-peer-$label.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 1 100); do
+        (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.2
+    done
+    sleep 1
+    run_cases "$label" --addr "127.0.0.1:$port" --server-pid "$pid" || echo "{\"label\":\"$label:failed\"}" >> "$out"
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+if [ -n "${SOCKUDO:-}" ]; then
+    peer sockudo 6001 env PORT=6001 SOCKUDO_DEFAULT_APP_ENABLED=true $SOCKUDO
+fi
+if [ -n "${SOKETI:-}" ]; then
+    peer soketi 6002 env SOKETI_PORT=6002 $SOKETI
+fi
+python3 scripts/pusher-report.py --write docs/benchmarks.md \
+    --command "benches/pusher-compare.sh  (DURATION=$duration)" \
+    --notes "${PEER_NOTES:-}" "$out"
+echo "docs/benchmarks.md updated" >&2

@@ -1,0 +1,326 @@
+//! Pusher Channels compatibility (docs/pusher.md) against libraries no one here wrote: npm
+//! `pusher-js` (in Node and in headless Chromium) and the npm `pusher` server library, run by
+//! `gateway/tests/clients/pusher-*.mjs`, plus the protocol's refusals and signed webhooks.
+//!
+//! The Node scripts need `npm ci` in gateway/tests/clients (scripts/test-all.sh runs it); a
+//! missing `node` or package fails the test, it never skips.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{http, raw_upgrade, Server};
+use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload, Role, WebSocket};
+use serde_json::{json, Value};
+
+const KEY: &str = "app-key";
+const SECRET: &str = "app-secret";
+
+fn config(webhook: Option<&str>) -> String {
+    let hooks = webhook.map_or(String::new(), |u| format!("webhooks = [\"{u}\"]\n"));
+    format!(
+        r#"
+[[pusher.apps]]
+id = "1"
+key = "{KEY}"
+secret = "{SECRET}"
+enable_client_messages = true
+{hooks}
+[[pusher.apps]]
+id = "2"
+key = "quiet-key"
+secret = "quiet-secret"
+"#
+    )
+}
+
+/// Runs a client script; returns its last stdout line as JSON and whether it exited 0.
+fn node(script: &str, args: &[&str]) -> (Value, bool) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
+    let out = Command::new("timeout")
+        .arg("150")
+        .arg("node")
+        .arg(script)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("node (and npm ci in gateway/tests/clients) is required");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("").to_string();
+    let value = serde_json::from_str(&last).unwrap_or_else(|_| {
+        let cut = |s: &str| s.chars().take(3000).collect::<String>();
+        panic!(
+            "{script}: no JSON result line\nstdout: {}\nstderr: {}",
+            cut(&stdout),
+            cut(&String::from_utf8_lossy(&out.stderr))
+        )
+    });
+    (value, out.status.success())
+}
+
+/// What the webhook receiver got: (X-Pusher-Key, X-Pusher-Signature, body) per POST.
+type Received = Arc<Mutex<Vec<(String, String, String)>>>;
+
+/// A webhook receiver: collects every POST.
+fn webhook_receiver() -> (String, Received) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let (mut key, mut signature, mut length) = (String::new(), String::new(), 0usize);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                let value = line
+                    .split_once(':')
+                    .map_or("", |(_, v)| v.trim())
+                    .to_string();
+                if lower.starts_with("x-pusher-key:") {
+                    key = value;
+                } else if lower.starts_with("x-pusher-signature:") {
+                    signature = value;
+                } else if lower.starts_with("content-length:") {
+                    length = value.parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; length];
+            let _ = reader.read_exact(&mut body);
+            sink.lock().expect("lock").push((
+                key,
+                signature,
+                String::from_utf8_lossy(&body).into(),
+            ));
+            let mut stream = reader.into_inner();
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    (url, got)
+}
+
+fn hmac_hex(secret: &str, message: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(message.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn pusher_js_and_the_pusher_server_library_work_unchanged() {
+    let (hook_url, hooks) = webhook_receiver();
+    let server = Server::start_strict(2, &config(Some(&hook_url)));
+    let port = server.public.port().to_string();
+    let (result, ok) = node(
+        "pusher-check.mjs",
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--app-id",
+            "1",
+            "--key",
+            KEY,
+            "--secret",
+            SECRET,
+            "--bad-secret",
+            "not-the-secret",
+        ],
+    );
+    let failed: Vec<&Value> = result["checks"]
+        .as_array()
+        .map(|c| c.iter().filter(|c| c["ok"] != true).collect())
+        .unwrap_or_default();
+    for c in result["checks"].as_array().into_iter().flatten() {
+        eprintln!(
+            "{} {}: {}",
+            if c["ok"] == true { "ok  " } else { "FAIL" },
+            c["name"],
+            c["detail"]
+        );
+    }
+    assert!(
+        ok && failed.is_empty() && result["ok"] == true,
+        "failed checks: {failed:?}"
+    );
+    // Webhooks: occupancy and members, each batch signed with the app's secret.
+    std::thread::sleep(Duration::from_millis(800));
+    let got = hooks.lock().expect("lock").clone();
+    let mut names = std::collections::BTreeSet::new();
+    for (key, signature, body) in &got {
+        assert_eq!(key, KEY);
+        assert_eq!(signature, &hmac_hex(SECRET, body), "signature of {body}");
+        let v: Value = serde_json::from_str(body).expect("webhook JSON");
+        assert!(v["time_ms"].as_u64().is_some(), "{body}");
+        for e in v["events"].as_array().into_iter().flatten() {
+            names.insert(e["name"].as_str().unwrap_or_default().to_string());
+            if e["name"].as_str().is_some_and(|n| n.starts_with("member_")) {
+                assert!(e["user_id"].is_string(), "{e}");
+            }
+        }
+    }
+    for want in [
+        "channel_occupied",
+        "channel_vacated",
+        "member_added",
+        "member_removed",
+    ] {
+        assert!(names.contains(want), "no {want} webhook in {names:?}");
+    }
+}
+
+#[test]
+fn pusher_js_in_headless_chromium() {
+    let server = Server::start_strict(1, &config(None));
+    let port = server.public.port().to_string();
+    let (result, ok) = node(
+        "pusher-browser.mjs",
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--app-id",
+            "1",
+            "--key",
+            KEY,
+            "--secret",
+            SECRET,
+        ],
+    );
+    assert!(ok && result["ok"] == true, "{result}");
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+struct Raw {
+    ws: FragmentCollector<tokio::net::TcpStream>,
+}
+
+impl Raw {
+    async fn connect(server: &Server, path: &str) -> Raw {
+        let (stream, head) = raw_upgrade(server.public, path, "").await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let mut ws = WebSocket::after_handshake(stream, Role::Client);
+        ws.set_auto_close(false);
+        Raw {
+            ws: FragmentCollector::new(ws),
+        }
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.ws
+            .write_frame(Frame::text(Payload::Owned(v.to_string().into_bytes())))
+            .await
+            .expect("send");
+    }
+
+    /// The next text frame as JSON, or the close code as `{"close": code}`.
+    async fn next(&mut self) -> Value {
+        let read = async {
+            loop {
+                let f = self.ws.read_frame().await.expect("read");
+                match f.opcode {
+                    OpCode::Text => return serde_json::from_slice(&f.payload).expect("JSON"),
+                    OpCode::Close => {
+                        let p = f.payload.to_vec();
+                        let code = if p.len() >= 2 {
+                            u16::from_be_bytes([p[0], p[1]])
+                        } else {
+                            1005
+                        };
+                        return json!({ "close": code });
+                    }
+                    _ => continue,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("a frame within 10 s")
+    }
+}
+
+#[test]
+fn refusals_use_the_protocols_codes() {
+    let server = Server::start_strict(1, &config(None));
+    rt().block_on(async {
+        // Unknown app key, and protocol versions: closes with Pusher's codes after the upgrade.
+        for (path, code) in [
+            ("/app/nope?protocol=7", 4001),
+            ("/app/app-key", 4008),
+            ("/app/app-key?protocol=x", 4006),
+            ("/app/app-key?protocol=3", 4007),
+        ] {
+            let mut c = Raw::connect(&server, path).await;
+            assert_eq!(c.next().await, json!({ "close": code }), "{path}");
+        }
+        let mut c = Raw::connect(&server, "/app/app-key?protocol=7&client=raw").await;
+        let hello = c.next().await;
+        assert_eq!(hello["event"], "pusher:connection_established");
+        let data: Value = serde_json::from_str(hello["data"].as_str().unwrap_or("")).expect("data");
+        let socket_id = data["socket_id"].as_str().unwrap_or_default().to_string();
+        // A private channel with a signature for another socket: subscription_error 401.
+        let wrong = hmac_hex(SECRET, "1.1:private-x");
+        c.send(json!({"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": format!("{KEY}:{wrong}")}}))
+            .await;
+        let e = c.next().await;
+        assert_eq!((e["event"].as_str(), e["data"]["status"].as_u64()), (Some("pusher:subscription_error"), Some(401)), "{e}");
+        // Client events: only on private and presence channels one is subscribed to.
+        c.send(json!({"event": "pusher:subscribe", "data": {"channel": "public-1"}})).await;
+        assert_eq!(c.next().await["event"], "pusher_internal:subscription_succeeded");
+        c.send(json!({"event": "client-x", "channel": "public-1", "data": {}})).await;
+        let e = c.next().await;
+        assert_eq!((e["event"].as_str(), e["data"]["code"].as_u64()), (Some("pusher:error"), Some(4301)), "{e}");
+        // The correct signature works; ping is answered.
+        let good = hmac_hex(SECRET, &format!("{socket_id}:private-x"));
+        c.send(json!({"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": format!("{KEY}:{good}")}}))
+            .await;
+        assert_eq!(c.next().await["event"], "pusher_internal:subscription_succeeded");
+        c.send(json!({"event": "pusher:ping", "data": {}})).await;
+        assert_eq!(c.next().await["event"], "pusher:pong");
+        // Not JSON: a pusher:error, the connection stays.
+        c.ws.write_frame(Frame::text(Payload::Owned(b"{nope".to_vec()))).await.expect("send");
+        assert_eq!(c.next().await["event"], "pusher:error");
+        // A presence channel without channel_data is refused.
+        let sig = hmac_hex(SECRET, &format!("{socket_id}:presence-p"));
+        c.send(json!({"event": "pusher:subscribe", "data": {"channel": "presence-p", "auth": format!("{KEY}:{sig}")}}))
+            .await;
+        assert_eq!(c.next().await["event"], "pusher:subscription_error");
+    });
+    // The HTTP API: unsigned, wrong key, unknown app.
+    let (status, body) = http(
+        server.public,
+        "POST",
+        "/apps/1/events",
+        &[],
+        r#"{"name":"e","channel":"c","data":"x"}"#,
+    );
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = http(
+        server.public,
+        "GET",
+        "/apps/9/channels?auth_key=app-key",
+        &[],
+        "",
+    );
+    assert_eq!(status, 404);
+}
