@@ -4,7 +4,12 @@
 # Soketi and Sockudo, side by side in one run. Writes the Pusher section of docs/benchmarks.md
 # (or, with --short, only checks that ringcast delivers everything exactly once).
 #
-#   SOCKUDO=/path/to/sockudo SOKETI="node /path/to/soketi/bin/server.js start" benches/pusher-compare.sh
+#   SOCKUDO=/path/to/sockudo \
+#   SOKETI="node /tmp/soketi/node_modules/@soketi/soketi/bin/server.js start" benches/pusher-compare.sh
+#
+# Soketi installs with gateway/tests/clients/soketi-reference.sh (an npm override replaces its
+# GitHub-hosted uWebSockets.js); Sockudo with `cargo install sockudo --no-default-features
+# --features local,v2` (needs protoc: apt-get install protobuf-compiler).
 #   benches/pusher-compare.sh --short
 #
 # A peer that is not installed is recorded as such (with the reason in PEER_NOTES) in the
@@ -53,11 +58,18 @@ peer() { # label, port, command...
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
+# Both peers get the same app and no limit that a 1,000-subscriber run would hit (their defaults
+# cap connections and events per second per app).
 if [ -n "${SOCKUDO:-}" ]; then
-    peer sockudo 6001 env PORT=6001 SOCKUDO_DEFAULT_APP_ENABLED=true $SOCKUDO
+    peer sockudo 6001 env HOST=127.0.0.1 PORT=6001 METRICS_ENABLED=false RATE_LIMITER_ENABLED=false \
+        SOCKUDO_DEFAULT_APP_ID=app-id SOCKUDO_DEFAULT_APP_KEY=app-key SOCKUDO_DEFAULT_APP_SECRET=app-secret \
+        SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=100000 SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND=100000 \
+        $SOCKUDO
 fi
 if [ -n "${SOKETI:-}" ]; then
-    peer soketi 6002 env SOKETI_PORT=6002 $SOKETI
+    peer soketi 6002 env SOKETI_HOST=127.0.0.1 SOKETI_PORT=6002 SOKETI_METRICS_ENABLED=false \
+        SOKETI_DEFAULT_APP_ID=app-id SOKETI_DEFAULT_APP_KEY=app-key SOKETI_DEFAULT_APP_SECRET=app-secret \
+        $SOKETI
 fi
 python3 scripts/pusher-report.py --write docs/benchmarks.md \
     --command "benches/pusher-compare.sh  (DURATION=$duration)" \
