@@ -109,6 +109,14 @@ pub struct PusherApp {
     /// Whether clients may send `client-*` events (on private and presence channels).
     #[serde(default)]
     pub enable_client_messages: bool,
+    /// Open connections of this app on one node (0: no limit beyond `limits`); past it a new
+    /// connection is closed with 4004.
+    #[serde(default)]
+    pub max_connections: usize,
+    /// Client events per second one connection of this app may send (0: the `pusher`
+    /// namespace's `event_rate` and `event_burst`).
+    #[serde(default)]
+    pub max_client_events_per_second: u32,
     /// Webhook URLs (`http://host:port/path`) that get `channel_occupied`, `channel_vacated`,
     /// `member_added` and `member_removed`, signed with the secret.
     #[serde(default)]

@@ -349,7 +349,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let mailboxes = Mailboxes::new(shards);
     let (brokers, bridge) = start_brokers(&config, shards, &mailboxes, bridge_cores)?;
-    let global = Arc::new(Global::default());
+    let global = Arc::new(Global::new(&config));
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let mut threads = Vec::with_capacity(shards);
     for ((id, listeners), broker) in per_shard.into_iter().enumerate().zip(brokers) {

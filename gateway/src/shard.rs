@@ -58,6 +58,23 @@ pub struct Global {
     /// Open connections over all shards (a shard keeps serving its mailbox during a drain until
     /// every shard's connections are gone, so no message to a room it homes is lost).
     pub connections: AtomicUsize,
+    /// Open Pusher connections per app (index of `pusher.apps`), for `max_connections`.
+    pub pusher_connections: Box<[AtomicUsize]>,
+}
+
+impl Global {
+    /// Process-wide state for this configuration.
+    pub fn new(config: &Config) -> Global {
+        Global {
+            pusher_connections: config
+                .pusher
+                .apps
+                .iter()
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
+            ..Global::default()
+        }
+    }
 }
 
 /// What a shard thread needs to start.
@@ -274,6 +291,11 @@ impl ShardCtx {
     pub fn unregister_conn(&self, conn: &ConnShared) {
         if self.conns.borrow_mut().remove(&conn.id).is_some() {
             self.global.connections.fetch_sub(1, Ordering::SeqCst);
+        }
+        if let Some(app) = conn.pusher.borrow().as_ref().map(|s| s.app) {
+            if let Some(n) = self.global.pusher_connections.get(app) {
+                n.fetch_sub(1, Ordering::SeqCst);
+            }
         }
         self.metrics.connections.decrement(1.0);
         if let Some(user) = conn.principal.borrow().user.as_deref() {

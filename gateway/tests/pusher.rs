@@ -34,6 +34,7 @@ enable_client_messages = true
 id = "2"
 key = "quiet-key"
 secret = "quiet-secret"
+max_connections = 1
 "#
     )
 }
@@ -273,6 +274,14 @@ fn refusals_use_the_protocols_codes() {
             let mut c = Raw::connect(&server, path).await;
             assert_eq!(c.next().await, json!({ "close": code }), "{path}");
         }
+        // An app at its max_connections: pusher:error 4004, then close 4004.
+        let mut first = Raw::connect(&server, "/app/quiet-key?protocol=7").await;
+        assert_eq!(first.next().await["event"], "pusher:connection_established");
+        let mut second = Raw::connect(&server, "/app/quiet-key?protocol=7").await;
+        let e = second.next().await;
+        assert_eq!((e["event"].as_str(), e["data"]["code"].as_u64()), (Some("pusher:error"), Some(4004)), "{e}");
+        assert_eq!(second.next().await, json!({ "close": 4004 }));
+        drop(first);
         let mut c = Raw::connect(&server, "/app/app-key?protocol=7&client=raw").await;
         let hello = c.next().await;
         assert_eq!(hello["event"], "pusher:connection_established");

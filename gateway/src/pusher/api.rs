@@ -439,6 +439,8 @@ mod tests {
             key: "k".into(),
             secret: "s".into(),
             enable_client_messages: false,
+            max_connections: 0,
+            max_client_events_per_second: 0,
             webhooks: Vec::new(),
         };
         let body = br#"{"name":"e","channel":"c","data":"x"}"#;

@@ -217,7 +217,10 @@ fn client_event(
     let Ok(ns) = ctx.namespaces.of(&room) else {
         return;
     };
-    let limit = Rate::new(ns.policy.event_rate, ns.policy.event_burst);
+    let limit = match app.max_client_events_per_second {
+        0 => Rate::new(ns.policy.event_rate, ns.policy.event_burst),
+        n => Rate::new(n, n),
+    };
     if !conn
         .limiter
         .borrow_mut()
@@ -315,8 +318,29 @@ pub fn terminate(conn: &ConnShared) {
     });
 }
 
-/// What a new Pusher connection is told first.
+/// What a new Pusher connection is told first: `connection_established`, or `pusher:error`
+/// 4004 (and close 4004) when its app is at `max_connections` on this node.
 pub fn established(ctx: &ShardCtx, conn: &ConnShared, app: usize) -> Bytes {
+    let limit = ctx
+        .config
+        .pusher
+        .apps
+        .get(app)
+        .map_or(0, |a| a.max_connections);
+    if let Some(open) = ctx.global.pusher_connections.get(app) {
+        let before = open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if limit > 0 && before >= limit {
+            open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            crate::metrics::limit_hit("pusher_app_connections");
+            conn.request_close(crate::connection::shared::CloseRequest {
+                code: proto_codec::ws::CloseCode(4004),
+                reason: "Application is over connection quota".into(),
+                discard_queue: false,
+            });
+            let frame = p::error(4004, "Application is over connection quota");
+            return encode_frame(OpCode::Text, false, frame.as_bytes());
+        }
+    }
     let socket_id = super::socket_id(&ctx.node, ctx.id, conn.id);
     let frame = p::connection_established(&socket_id, ctx.config.pusher.activity_timeout_s);
     *conn.pusher.borrow_mut() = Some(Box::new(super::PusherConn {
