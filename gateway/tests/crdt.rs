@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{raw_upgrade, Redis, Server};
@@ -60,28 +59,8 @@ secret = "{SECRET}"
     )
 }
 
-/// Runs a client script; returns its last stdout line as JSON and whether it exited 0.
 fn node(script: &str, args: &[&str]) -> (Value, bool) {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
-    let out = Command::new("timeout")
-        .arg("120")
-        .arg("node")
-        .arg(script)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("node (and npm ci in gateway/tests/clients) is required");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or("").to_string();
-    let value = serde_json::from_str(&last).unwrap_or_else(|_| {
-        let cut = |s: &str| s.chars().take(2000).collect::<String>();
-        panic!(
-            "{script}: no JSON result line\nstdout: {}\nstderr: {}",
-            cut(&stdout),
-            cut(&String::from_utf8_lossy(&out.stderr))
-        )
-    });
-    (value, out.status.success())
+    common::node_script(script, args, 120)
 }
 
 fn url(server: &Server) -> String {
@@ -157,14 +136,7 @@ fn yjs_connections_are_presence_members_and_app_subscribers_get_binary_updates()
     let server = Server::start_strict(2, &config(""));
     let alice = token("alice");
     rt().block_on(async {
-        let mut app = common::try_connect(
-            server.public,
-            std::net::Ipv4Addr::LOCALHOST,
-            "/ws",
-            &format!("Authorization: Bearer {alice}\r\nSec-WebSocket-Protocol: ringcast.v1\r\n"),
-        )
-        .await
-        .expect("app connection");
+        let mut app = app_client(&server, &alice).await;
         app.subscribe(1, "docs.p", None).await;
         let mut editor = YjsClient::connect(server.public, "docs.p", &token("bob")).await;
         editor.edit_and_confirm("hi").await;
@@ -326,14 +298,7 @@ fn bad_updates_are_refused_and_never_applied() {
         assert_eq!(text.len(), 180_000, "three updates kept");
         assert!(!text.contains('w'), "the refused update was applied");
         // The app protocol: a binary publish into a collaborative room must be a Yjs update.
-        let mut app = common::try_connect(
-            server.public,
-            std::net::Ipv4Addr::LOCALHOST,
-            "/ws",
-            &format!("Authorization: Bearer {alice}\r\nSec-WebSocket-Protocol: ringcast.v1\r\n"),
-        )
-        .await
-        .expect("app connection");
+        let mut app = app_client(&server, &alice).await;
         app.publish_binary(Some(3), "docs.bad", b"\xff\xff\xff")
             .await;
         let e = app.recv().await;
@@ -380,6 +345,18 @@ fn a_browser_textarea_syncs_with_a_node_client() {
     assert!(ok, "{result}");
     assert_eq!(result["browser_to_node"], true, "{result}");
     assert_eq!(result["node_to_browser"], true, "{result}");
+}
+
+/// A ringcast-protocol client with a token.
+async fn app_client(server: &Server, token: &str) -> common::Client {
+    common::try_connect(
+        server.public,
+        std::net::Ipv4Addr::LOCALHOST,
+        "/ws",
+        &format!("Authorization: Bearer {token}\r\nSec-WebSocket-Protocol: ringcast.v1\r\n"),
+    )
+    .await
+    .expect("app connection")
 }
 
 fn rt() -> tokio::runtime::Runtime {

@@ -9,7 +9,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,28 +38,23 @@ max_connections = 1
     )
 }
 
-/// Runs a client script; returns its last stdout line as JSON and whether it exited 0.
-fn node(script: &str, args: &[&str]) -> (Value, bool) {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
-    let out = Command::new("timeout")
-        .arg("150")
-        .arg("node")
-        .arg(script)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("node (and npm ci in gateway/tests/clients) is required");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or("").to_string();
-    let value = serde_json::from_str(&last).unwrap_or_else(|_| {
-        let cut = |s: &str| s.chars().take(3000).collect::<String>();
-        panic!(
-            "{script}: no JSON result line\nstdout: {}\nstderr: {}",
-            cut(&stdout),
-            cut(&String::from_utf8_lossy(&out.stderr))
-        )
-    });
-    (value, out.status.success())
+/// Runs a Pusher client script against app 1 of `server`.
+fn run_app_script(script: &str, server: &Server, extra: &[&str]) -> (Value, bool) {
+    let port = server.public.port().to_string();
+    let mut args = vec![
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--app-id",
+        "1",
+        "--key",
+        KEY,
+        "--secret",
+        SECRET,
+    ];
+    args.extend_from_slice(extra);
+    common::node_script(script, &args, 150)
 }
 
 /// What the webhook receiver got: (X-Pusher-Key, X-Pusher-Signature, body) per POST.
@@ -123,23 +117,10 @@ fn hmac_hex(secret: &str, message: &str) -> String {
 fn pusher_js_and_the_pusher_server_library_work_unchanged() {
     let (hook_url, hooks) = webhook_receiver();
     let server = Server::start_strict(2, &config(Some(&hook_url)));
-    let port = server.public.port().to_string();
-    let (result, ok) = node(
+    let (result, ok) = run_app_script(
         "pusher-check.mjs",
-        &[
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--app-id",
-            "1",
-            "--key",
-            KEY,
-            "--secret",
-            SECRET,
-            "--bad-secret",
-            "not-the-secret",
-        ],
+        &server,
+        &["--bad-secret", "not-the-secret"],
     );
     let failed: Vec<&Value> = result["checks"]
         .as_array()
@@ -186,22 +167,7 @@ fn pusher_js_and_the_pusher_server_library_work_unchanged() {
 #[test]
 fn pusher_js_in_headless_chromium() {
     let server = Server::start_strict(1, &config(None));
-    let port = server.public.port().to_string();
-    let (result, ok) = node(
-        "pusher-browser.mjs",
-        &[
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--app-id",
-            "1",
-            "--key",
-            KEY,
-            "--secret",
-            SECRET,
-        ],
-    );
+    let (result, ok) = run_app_script("pusher-browser.mjs", &server, &[]);
     assert!(ok && result["ok"] == true, "{result}");
 }
 

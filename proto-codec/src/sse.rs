@@ -116,8 +116,9 @@ pub fn text_payload(frame: &[u8]) -> Option<&[u8]> {
     payload_of(frame, 0x81)
 }
 
-/// The payload of an unmasked server frame whose first byte is `b0` (FIN, no RSV, the opcode).
-fn payload_of(frame: &[u8], first: u8) -> Option<&[u8]> {
+/// The payload of an unmasked, unfragmented, uncompressed server frame whose first byte is
+/// `first` (FIN, no RSV bits, the opcode: `0x81` text, `0x82` binary).
+pub fn payload_of(frame: &[u8], first: u8) -> Option<&[u8]> {
     let (&b0, rest) = frame.split_first()?;
     let (&b1, rest) = rest.split_first()?;
     // FIN + the opcode, no RSV bits, no mask.

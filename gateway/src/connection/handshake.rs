@@ -465,6 +465,31 @@ where
     }
 }
 
+/// Reads a request body of `content_length` bytes: what came with the head, then the rest.
+async fn read_body<S>(
+    stream: &mut S,
+    head: &mut Vec<u8>,
+    head_len: usize,
+    content_length: usize,
+) -> Result<Vec<u8>, HandshakeFailure>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut body = head.split_off(head_len);
+    let mut chunk = [0u8; 2048];
+    while body.len() < content_length {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(HandshakeFailure::Io(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(content_length);
+    Ok(body)
+}
+
 /// Carries out an HTTP endpoint's decision: writes a reply, or the stream head, or reads a
 /// publish body.
 async fn answer_http<S>(
@@ -533,18 +558,7 @@ where
             content_length,
             request,
         } => {
-            let mut body = head.split_off(head_len);
-            let mut chunk = [0u8; 2048];
-            while body.len() < content_length {
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    return Err(HandshakeFailure::Io(
-                        std::io::ErrorKind::UnexpectedEof.into(),
-                    ));
-                }
-                body.extend_from_slice(&chunk[..n]);
-            }
-            body.truncate(content_length);
+            let body = read_body(stream, &mut head, head_len, content_length).await?;
             Ok(upgraded(
                 ConnKind::App,
                 Principal::anonymous(),
@@ -557,18 +571,7 @@ where
             principal,
             cors,
         } => {
-            let mut body = head.split_off(head_len);
-            let mut chunk = [0u8; 2048];
-            while body.len() < content_length {
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    return Err(HandshakeFailure::Io(
-                        std::io::ErrorKind::UnexpectedEof.into(),
-                    ));
-                }
-                body.extend_from_slice(&chunk[..n]);
-            }
-            body.truncate(content_length);
+            let body = read_body(stream, &mut head, head_len, content_length).await?;
             Ok(upgraded(
                 ConnKind::App,
                 principal,

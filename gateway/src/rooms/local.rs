@@ -19,24 +19,9 @@ fn sse_form(frame: &Bytes, msg: &RoomMsg) -> Option<Bytes> {
 
 /// A room message as a y-protocols sync `update` (a collaborative room's binary message).
 fn yjs_form(frame: &Bytes) -> Option<Bytes> {
-    let payload = frame_payload(frame, 0x82)?;
+    let payload = proto_codec::sse::payload_of(frame, 0x82)?;
     let msg = proto_codec::protocol::decode_binary_msg(payload).ok()?;
     Some(crate::rooms::crdt::update_frame(msg.data))
-}
-
-/// The payload of an unmasked, unfragmented, uncompressed server frame whose first byte is
-/// `first`.
-fn frame_payload(frame: &[u8], first: u8) -> Option<&[u8]> {
-    let (&b0, rest) = frame.split_first()?;
-    let (&b1, rest) = rest.split_first()?;
-    if b0 != first || b1 & 0x80 != 0 {
-        return None;
-    }
-    match b1 & 0x7f {
-        126 => rest.get(2..),
-        127 => rest.get(8..),
-        _ => Some(rest),
-    }
 }
 
 /// Subscribers of one room on this shard.
@@ -148,7 +133,8 @@ impl LocalRooms {
             }
             if (conn.kind == ConnKind::Yjs) != binary {
                 if conn.kind == ConnKind::Yjs
-                    && frame_payload(frame, 0x81).is_some_and(|p| p.starts_with(br#"{"ev":"gap""#))
+                    && proto_codec::sse::payload_of(frame, 0x81)
+                        .is_some_and(|p| p.starts_with(br#"{"ev":"gap""#))
                 {
                     conn.request_close(crate::connection::shared::CloseRequest {
                         code: proto_codec::ws::CloseCode::TRY_AGAIN_LATER,
