@@ -55,7 +55,10 @@ peer() { # label, port, command...
     done
     sleep 1
     run_cases "$label" --addr "127.0.0.1:$port" --server-pid "$pid" || echo "{\"label\":\"$label:failed\"}" >> "$out"
+    # Sockudo drains for a while on SIGTERM: give it 5 s, then SIGKILL.
     kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
 # Both peers get the same app and no limit that a 1,000-subscriber run would hit (their defaults
