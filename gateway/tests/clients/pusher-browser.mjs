@@ -19,53 +19,16 @@
 // Last stdout line: {"ok":true,"public_event":true,"member_added":true,"client_event":true,
 //                    "member_removed":true,"ms":...}. Exit 0 iff all held; 1 otherwise ("error").
 
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import http from 'node:http';
-import os from 'node:os';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import * as esbuild from 'esbuild';
-import { chromium } from 'playwright-core';
-import {
-  PUSHER_JS_VERSION,
-  capturePusherJsLog,
-  finish,
-  hardTimeout,
-  jsonEqual,
-  makeClient,
-  makeLog,
-  makeServerLib,
-  nonce,
-  parseArgs,
-  sleep,
-  waitUntil,
-} from './pusher-common.mjs';
-
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const CHROME_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
+import { closeBrowser, launchChromium, openPage, servePage } from './browser.mjs';
+import { finish, hardTimeout, jsonEqual, makeLog, nonce, parseArgs, sleep } from './common.mjs';
+import { APP_ARGS, PUSHER_JS_VERSION, appArgErrors, capturePusherJsLog, makeClient, makeServerLib } from './pusher-common.mjs';
 
 const log = makeLog('pusher-browser');
 const started = Date.now();
 let phase = 'parsing arguments';
 const result = { ok: false, public_event: false, member_added: false, client_event: false, member_removed: false, pusher_js: PUSHER_JS_VERSION };
-const pageProblems = [];
+const pageProblems = []; // uncaught page exceptions and console errors, reported on failure
 const authRequests = [];
-let tmpDir;
-function cleanupTmp() {
-  if (tmpDir) rmSync(tmpDir, { recursive: true, force: true });
-  tmpDir = undefined;
-}
-process.on('exit', cleanupTmp);
 
 let browser;
 let failing = false;
@@ -74,12 +37,13 @@ async function pageState() {
   if (!page) return null;
   return Promise.race([page.evaluate(() => window.pusherTest).catch(() => null), sleep(1000).then(() => null)]);
 }
+/** Reports the failure with the page's state, after closing Chromium (at most 2 s). */
 async function fail(err) {
   const report = { ...result, phase, error: `${phase}: ${err?.message ?? err}`, page_problems: pageProblems.slice(0, 10), auth_requests: authRequests.slice(0, 10) };
   if (!failing) {
     failing = true;
     report.page_state = await pageState();
-    if (browser) await Promise.race([browser.close().catch(() => {}), sleep(2000)]);
+    if (browser) await closeBrowser(browser, 2000).catch(() => {});
   }
   finish({ ...report, ms: Date.now() - started }, 1);
 }
@@ -89,11 +53,7 @@ process.on('unhandledRejection', fail);
 let opts;
 try {
   opts = parseArgs(process.argv.slice(2), {
-    host: { type: 'string', default: '127.0.0.1' },
-    port: { type: 'int', default: 0 },
-    'app-id': { type: 'string', default: '' },
-    key: { type: 'string', default: '' },
-    secret: { type: 'string', default: '' },
+    ...APP_ARGS,
     'timeout-ms': { type: 'int', default: 60000 },
     screenshot: { type: 'string', default: '' },
     verbose: { type: 'bool', default: false },
@@ -101,9 +61,7 @@ try {
 } catch (e) {
   finish({ ...result, error: `bad arguments: ${e.message}` }, 2);
 }
-const argErrors = [];
-if (!opts.port) argErrors.push('--port is required');
-for (const k of ['app-id', 'key', 'secret']) if (!opts[k]) argErrors.push(`--${k} is required`);
+const argErrors = appArgErrors(opts);
 if (opts['timeout-ms'] < 8000) argErrors.push('--timeout-ms must be at least 8000');
 if (argErrors.length) finish({ ...result, error: `bad arguments: ${argErrors.join('; ')}` }, 2);
 
@@ -113,7 +71,7 @@ capturePusherJsLog({ verbose: opts.verbose, log });
 const lib = makeServerLib({ host, port, appId, key, secret });
 
 const timeoutMs = opts['timeout-ms'];
-hardTimeout(timeoutMs, () => ({ ...result, phase, page_problems: pageProblems.slice(0, 10) }));
+hardTimeout(timeoutMs, () => ({ ...result, phase, page_problems: pageProblems.slice(0, 10) }), { unref: true });
 const deadline = started + timeoutMs - 3000;
 const remaining = () => Math.max(1, deadline - Date.now());
 
@@ -127,66 +85,34 @@ const INDEX_HTML = `<!doctype html>
 <script src="/bundle.js"></script>
 </body></html>`;
 
-async function bundlePage(dir) {
-  const outfile = path.join(dir, 'bundle.js');
-  await esbuild.build({
-    entryPoints: [path.join(HERE, 'pusher-browser-page.mjs')],
-    bundle: true,
-    format: 'iife',
-    platform: 'browser',
-    target: 'es2020',
-    outfile,
-    logLevel: 'silent',
-  });
-  return readFileSync(outfile);
-}
-
 const N = nonce();
 const PUB = `browser-pub-${N}`;
 const PRES = `presence-browser-${N}`;
 const BROWSER_USER = { user_id: 'u-browser', user_info: { name: 'Chromium' } };
 
-/** The page, its bundle, and the auth endpoint pusher-js POSTs to (form-encoded). */
-function serve(bundle) {
-  const server = http.createServer((req, res) => {
-    const p = new URL(req.url, 'http://x').pathname;
-    if (req.method === 'POST' && p === '/pusher/auth') {
-      let body = '';
-      req.on('data', (d) => {
-        body += d;
-        if (body.length > 65536) req.destroy();
-      });
-      req.on('end', () => {
-        const form = new URLSearchParams(body);
-        const socketId = form.get('socket_id');
-        const channel = form.get('channel_name');
-        authRequests.push({ content_type: req.headers['content-type'], socket_id: socketId, channel_name: channel });
-        try {
-          const auth = channel.startsWith('presence-') ? lib.authorizeChannel(socketId, channel, BROWSER_USER) : lib.authorizeChannel(socketId, channel);
-          res.writeHead(200, { 'content-type': 'application/json' });
-          res.end(JSON.stringify(auth));
-        } catch (e) {
-          res.writeHead(403, { 'content-type': 'text/plain' });
-          res.end(e.message);
-        }
-      });
-    } else if (p === '/') {
-      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
-      res.end(INDEX_HTML);
-    } else if (p === '/bundle.js') {
-      res.writeHead(200, { 'content-type': 'text/javascript; charset=utf-8', 'cache-control': 'no-store' });
-      res.end(bundle);
-    } else if (p === '/favicon.ico') {
-      res.writeHead(204);
-      res.end();
-    } else {
-      res.writeHead(404, { 'content-type': 'text/plain' });
-      res.end('not found');
-    }
+/**
+ * The auth endpoint pusher-js POSTs to (form-encoded socket_id & channel_name), served next to
+ * the page: answered with the server lib's channel authorization (BROWSER_USER on presence).
+ */
+function pusherAuth(req, res) {
+  let body = '';
+  req.on('data', (d) => {
+    body += d;
+    if (body.length > 65536) req.destroy();
   });
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve(server));
+  req.on('end', () => {
+    const form = new URLSearchParams(body);
+    const socketId = form.get('socket_id');
+    const channel = form.get('channel_name');
+    authRequests.push({ content_type: req.headers['content-type'], socket_id: socketId, channel_name: channel });
+    try {
+      const auth = channel.startsWith('presence-') ? lib.authorizeChannel(socketId, channel, BROWSER_USER) : lib.authorizeChannel(socketId, channel);
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(auth));
+    } catch (e) {
+      res.writeHead(403, { 'content-type': 'text/plain' });
+      res.end(e.message);
+    }
   });
 }
 
@@ -194,25 +120,18 @@ let node;
 let httpServer;
 try {
   phase = 'bundling the page';
-  tmpDir = mkdtempSync(path.join(os.tmpdir(), 'ringcast-pusher-browser-'));
-  const bundle = await bundlePage(tmpDir);
-  httpServer = await serve(bundle);
+  httpServer = await servePage({
+    entry: 'pusher-browser-page.mjs',
+    tmpPrefix: 'ringcast-pusher-browser-',
+    html: INDEX_HTML,
+    routes: { 'POST /pusher/auth': pusherAuth },
+    log,
+  });
   const pagePort = httpServer.address().port;
-  log(`page bundle ${bundle.length} bytes, served on 127.0.0.1:${pagePort}`);
 
   phase = 'launching chromium';
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROME_ARGS, timeout: remaining() });
-  page = await browser.newPage({ viewport: { width: 900, height: 500 } });
-  page.on('pageerror', (e) => {
-    pageProblems.push(`pageerror: ${e.message}`);
-    log(`page error: ${e.message}`);
-  });
-  page.on('console', (m) => {
-    if (m.type() === 'error' || m.type() === 'warning') {
-      pageProblems.push(`console.${m.type()}: ${m.text()}`);
-      log(`page console.${m.type()}: ${m.text()}`);
-    }
-  });
+  browser = await launchChromium(remaining());
+  page = await openPage(browser, { viewport: { width: 900, height: 500 }, problems: pageProblems, log });
 
   phase = 'opening the page';
   const q = new URLSearchParams({ key, host, port: String(port), pub: PUB, presence: PRES });
@@ -272,7 +191,7 @@ try {
   result.auth_requests = authRequests;
   result.ok = true;
   phase = 'closing';
-  await Promise.race([browser.close(), sleep(5000)]);
+  await closeBrowser(browser, 5000);
   httpServer.close();
   finish({ ...result, ms: Date.now() - started }, 0);
 } catch (e) {

@@ -17,24 +17,17 @@
 
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import WebSocket from 'ws';
+import { finish, hardTimeout, jsonEqual, makeLog, nonce, parseArgs, sleep, splitList, waitUntil } from './common.mjs';
 import {
+  APP_ARGS,
   PUSHER_JS_VERSION,
   PUSHER_LIB_VERSION,
   apiCall,
+  appArgErrors,
   capturePusherJsLog,
-  clip,
-  finish,
-  hardTimeout,
-  jsonEqual,
   makeClient,
-  makeLog,
   makeServerLib,
-  nonce,
-  parseArgs,
   pusherJsLogTail,
-  sleep,
-  splitList,
-  waitUntil,
 } from './pusher-common.mjs';
 
 const log = makeLog('pusher-check');
@@ -47,11 +40,7 @@ const base = () => ({ pusher_js: PUSHER_JS_VERSION, pusher: PUSHER_LIB_VERSION }
 let opts;
 try {
   opts = parseArgs(process.argv.slice(2), {
-    host: { type: 'string', default: '127.0.0.1' },
-    port: { type: 'int', default: 0 },
-    'app-id': { type: 'string', default: '' },
-    key: { type: 'string', default: '' },
-    secret: { type: 'string', default: '' },
+    ...APP_ARGS,
     'bad-secret': { type: 'string', default: '' },
     'timeout-ms': { type: 'int', default: 30000 },
     'check-timeout-ms': { type: 'int', default: 6000 },
@@ -63,9 +52,7 @@ try {
 } catch (e) {
   finish({ ok: false, checks: [], error: `bad arguments: ${e.message}`, ...base() }, 2);
 }
-const argErrors = [];
-if (!opts.port) argErrors.push('--port is required');
-for (const k of ['app-id', 'key', 'secret']) if (!opts[k]) argErrors.push(`--${k} is required`);
+const argErrors = appArgErrors(opts);
 if (opts['timeout-ms'] < 5000) argErrors.push('--timeout-ms must be at least 5000');
 if (opts['check-timeout-ms'] < 1000) argErrors.push('--check-timeout-ms must be at least 1000');
 if (argErrors.length) finish({ ok: false, checks: [], error: `bad arguments: ${argErrors.join('; ')}`, ...base() }, 2);
@@ -83,12 +70,16 @@ const badLib = makeServerLib({ host, port, appId, key, secret: badSecret });
 
 // Checks stop 1.5 s before the hard timeout, so the result is always printed by the normal path.
 const globalDeadline = started + opts['timeout-ms'] - 1500;
-hardTimeout(opts['timeout-ms'], () => ({
-  ok: false,
-  checks: currentCheck ? [...checks, { name: currentCheck, ok: false, detail: { error: 'interrupted by the hard timeout' } }] : checks,
-  skipped,
-  ...base(),
-}));
+hardTimeout(
+  opts['timeout-ms'],
+  () => ({
+    ok: false,
+    checks: currentCheck ? [...checks, { name: currentCheck, ok: false, detail: { error: 'interrupted by the hard timeout' } }] : checks,
+    skipped,
+    ...base(),
+  }),
+  { unref: true },
+);
 
 let noServer = ''; // set when the connect check failed: the other checks are not run
 const clientsToClose = new Set();

@@ -1,11 +1,7 @@
-// Shared helpers of the Pusher Channels test clients (pusher-*.mjs): argument parsing, the one-line
-// JSON result, a hard process timeout, bounded waits, and wrappers around the unmodified npm
-// packages `pusher-js` (the client, Node build) and `pusher` (the server/HTTP API library).
-//
-// Conventions every script follows (the same as the yjs-*.mjs scripts):
-// - diagnostics go to stderr; stdout carries exactly one line, the JSON result, printed last;
-// - every wait is bounded by a deadline, and the whole process by `hardTimeout`, so a script
-//   never hangs (it prints a failure result and exits 1 instead).
+// What the Pusher Channels test clients (pusher-*.mjs) share beyond common.mjs: wrappers around
+// the unmodified npm packages `pusher-js` (the client, Node build) and `pusher` (the server/HTTP
+// API library), and the versions of both. The conventions (one JSON line on stdout, bounded
+// waits, hard timeout) are those of common.mjs.
 //
 // How the clients are configured (what an application does against a self-hosted server):
 //   new Pusher(key, { cluster: 'mt1', wsHost: host, wsPort: port, forceTLS: false,
@@ -19,6 +15,7 @@ import Pusher from 'pusher-js'; // Node build (dist/node/pusher.js, CommonJS; de
 import PusherServer from 'pusher';
 import nacl from 'tweetnacl';
 import { createRequire } from 'node:module';
+import { clip, waitUntil } from './common.mjs';
 
 export { Pusher, PusherServer, nacl };
 
@@ -27,122 +24,25 @@ const require = createRequire(import.meta.url);
 export const PUSHER_JS_VERSION = require('pusher-js/package.json').version;
 export const PUSHER_LIB_VERSION = require('pusher/package.json').version;
 
-export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** A diagnostic line on stderr, tagged with the script name. */
-export function makeLog(tag) {
-  return (...parts) => process.stderr.write(`[${tag}] ${parts.join(' ')}\n`);
-}
-
 /**
- * Parses `--name value` and `--flag` arguments against `spec`, a map from option name to
- * { type: 'string' | 'int' | 'bool', default }. An unknown option, a missing value or a
- * non-integer for an 'int' option throws.
+ * The options every pusher-*.mjs script starts with (a parseArgs spec, spread first into the
+ * script's own): the app under test, served on one host and port (WebSocket and HTTP API).
  */
-export function parseArgs(argv, spec) {
-  const out = {};
-  for (const [name, s] of Object.entries(spec)) out[name] = s.default;
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    if (!arg.startsWith('--')) throw new Error(`unexpected argument '${arg}'`);
-    let name = arg.slice(2);
-    let value;
-    const eq = name.indexOf('=');
-    if (eq >= 0) {
-      value = name.slice(eq + 1);
-      name = name.slice(0, eq);
-    }
-    const s = spec[name];
-    if (!s) throw new Error(`unknown option --${name} (known: ${Object.keys(spec).map((k) => `--${k}`).join(' ')})`);
-    if (s.type === 'bool') {
-      if (value !== undefined) throw new Error(`--${name} takes no value`);
-      out[name] = true;
-      continue;
-    }
-    if (value === undefined) {
-      if (i + 1 >= argv.length) throw new Error(`--${name} needs a value`);
-      value = argv[++i];
-    }
-    if (s.type === 'int') {
-      if (!/^-?\d+$/.test(value)) throw new Error(`--${name} must be an integer, got '${value}'`);
-      out[name] = Number.parseInt(value, 10);
-    } else {
-      out[name] = value;
-    }
-  }
-  return out;
-}
+export const APP_ARGS = {
+  host: { type: 'string', default: '127.0.0.1' },
+  port: { type: 'int', default: 0 },
+  'app-id': { type: 'string', default: '' },
+  key: { type: 'string', default: '' },
+  secret: { type: 'string', default: '' },
+};
 
-/** Splits a comma-separated list; empty items are dropped ('' gives []). */
-export function splitList(s) {
-  return (s ?? '')
-    .split(',')
-    .map((x) => x.trim())
-    .filter((x) => x.length > 0);
+/** The "bad arguments" messages for APP_ARGS missing from parsed `opts` (an array to extend). */
+export function appArgErrors(opts) {
+  const errors = [];
+  if (!opts.port) errors.push('--port is required');
+  for (const k of ['app-id', 'key', 'secret']) if (!opts[k]) errors.push(`--${k} is required`);
+  return errors;
 }
-
-/**
- * Prints `result` as the single JSON line on stdout and exits with `code`. Only the first call
- * counts (a late hard timeout cannot print a second line).
- */
-let finished = false;
-export function finish(result, code) {
-  if (finished) return;
-  finished = true;
-  process.stdout.write(`${JSON.stringify(result)}\n`);
-  process.exit(code);
-}
-
-/**
- * Arms the hard timeout of the process: after `ms` it prints `onTimeout()` (a result object, to
- * which `error` is added) and exits 1.
- */
-export function hardTimeout(ms, onTimeout) {
-  const timer = setTimeout(() => {
-    let result;
-    try {
-      result = onTimeout();
-    } catch (e) {
-      result = { error: `timeout handler failed: ${e.message}` };
-    }
-    finish({ ...result, error: `hard timeout after ${ms} ms${result.error ? `: ${result.error}` : ''}` }, 1);
-  }, ms);
-  timer.unref?.();
-  return timer;
-}
-
-/**
- * Polls `fn` every `intervalMs` until it returns a truthy value (returned) or `deadline` (a
- * Date.now() value) passes, then throws naming `what` (a string, or a function giving one).
- * `fn` may throw to abort at once.
- */
-export async function waitUntil(fn, deadline, what, intervalMs = 10) {
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() >= deadline) throw new Error(`timed out waiting for ${typeof what === 'function' ? what() : what}`);
-    await sleep(Math.min(intervalMs, Math.max(1, deadline - Date.now())));
-  }
-}
-
-/** A short random id (base36), unique enough to keep the channels of concurrent runs apart. */
-export function nonce() {
-  return `${process.pid.toString(36)}${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}`;
-}
-
-/** Deep equality of JSON values (objects compared by keys, order-insensitive). */
-export function jsonEqual(a, b) {
-  if (a === b) return true;
-  if (typeof a !== typeof b || a === null || b === null || typeof a !== 'object') return false;
-  if (Array.isArray(a) !== Array.isArray(b)) return false;
-  if (Array.isArray(a)) return a.length === b.length && a.every((x, i) => jsonEqual(x, b[i]));
-  const ka = Object.keys(a);
-  const kb = Object.keys(b);
-  return ka.length === kb.length && ka.every((k) => Object.prototype.hasOwnProperty.call(b, k) && jsonEqual(a[k], b[k]));
-}
-
-/** Truncates long strings in diagnostics. */
-export const clip = (s, n = 300) => (typeof s === 'string' && s.length > n ? `${s.slice(0, n)}…(${s.length} chars)` : s);
 
 // pusher-js logs through Pusher.log when it is set (never to the console then). The last lines are
 // kept for failure reports; with `verbose` they also go to stderr.

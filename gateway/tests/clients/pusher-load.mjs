@@ -25,18 +25,15 @@
 import http from 'node:http';
 import { performance } from 'node:perf_hooks';
 import WebSocket from 'ws';
+import { finish, hardTimeout, makeLog, nonce, parseArgs, sleep } from './common.mjs';
 import {
+  APP_ARGS,
   PUSHER_JS_VERSION,
   PUSHER_LIB_VERSION,
+  appArgErrors,
   capturePusherJsLog,
-  finish,
-  hardTimeout,
   makeClient,
-  makeLog,
   makeServerLib,
-  nonce,
-  parseArgs,
-  sleep,
 } from './pusher-common.mjs';
 
 const log = makeLog('pusher-load');
@@ -46,11 +43,7 @@ let phase = 'parsing arguments';
 let opts;
 try {
   opts = parseArgs(process.argv.slice(2), {
-    host: { type: 'string', default: '127.0.0.1' },
-    port: { type: 'int', default: 0 },
-    'app-id': { type: 'string', default: '' },
-    key: { type: 'string', default: '' },
-    secret: { type: 'string', default: '' },
+    ...APP_ARGS,
     subscribers: { type: 'int', default: 100 },
     channels: { type: 'int', default: 10 },
     rate: { type: 'int', default: 100 },
@@ -68,9 +61,7 @@ try {
 } catch (e) {
   finish({ ok: false, error: `bad arguments: ${e.message}` }, 2);
 }
-const argErrors = [];
-if (!opts.port) argErrors.push('--port is required');
-for (const k of ['app-id', 'key', 'secret']) if (!opts[k]) argErrors.push(`--${k} is required`);
+const argErrors = appArgErrors(opts);
 for (const k of ['subscribers', 'channels', 'rate', 'duration-secs', 'http-concurrency', 'connect-concurrency']) if (!(opts[k] >= 1)) argErrors.push(`--${k} must be >= 1`);
 if (opts.channels > opts.subscribers) argErrors.push('--channels must be <= --subscribers (every channel needs a subscriber)');
 if (!['ws', 'pusher-js'].includes(opts.client)) argErrors.push("--client must be 'ws' or 'pusher-js'");
@@ -310,7 +301,7 @@ function report(extra = {}) {
   };
 }
 
-hardTimeout(timeoutMs, () => ({ ...report(), ok: false, phase }));
+hardTimeout(timeoutMs, () => ({ ...report(), ok: false, phase }), { unref: true });
 process.on('uncaughtException', (e) => finish({ ...report(), ok: false, phase, error: `uncaught: ${e.stack ?? e}` }, 1));
 process.on('unhandledRejection', (e) => finish({ ...report(), ok: false, phase, error: `unhandled rejection: ${e?.stack ?? e}` }, 1));
 

@@ -19,7 +19,7 @@
 // refused or failed connection, with "error" set), except for bad arguments (exit 2).
 
 import WebSocket from 'ws';
-import { finish, makeLog, parseArgs } from './yjs-common.mjs';
+import { finish, makeLog, parseArgs } from './common.mjs';
 
 const log = makeLog('yjs-bad');
 const started = Date.now();

@@ -15,41 +15,15 @@
 // Last stdout line: {"ok":true,"browser_to_node":true,"node_to_browser":true,"ms":...}
 // Exit 0 only when all of that held; 1 otherwise (with "error" in the JSON).
 
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import http from 'node:http';
-import os from 'node:os';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import * as esbuild from 'esbuild';
-import { chromium } from 'playwright-core';
-import { connectDoc, finish, hardTimeout, makeLog, parseArgs, sleep, waitUntil } from './yjs-common.mjs';
-
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const CHROME_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
+import { closeBrowser, launchChromium, openPage, servePage } from './browser.mjs';
+import { finish, hardTimeout, makeLog, parseArgs, waitUntil } from './common.mjs';
+import { connectDoc } from './yjs-common.mjs';
 
 const log = makeLog('yjs-browser');
 const started = Date.now();
 let phase = 'parsing arguments';
 const result = { ok: false, browser_to_node: false, node_to_browser: false };
 const pageProblems = []; // uncaught page exceptions and console errors, reported on failure
-let tmpDir;
-
-function cleanupTmp() {
-  if (tmpDir) rmSync(tmpDir, { recursive: true, force: true });
-  tmpDir = undefined;
-}
-// Chromium itself is killed by playwright's own exit handler.
-process.on('exit', cleanupTmp);
 
 let browser;
 let failing = false;
@@ -58,7 +32,7 @@ async function fail(err) {
   const report = { ...result, phase, error: `${phase}: ${err.message ?? err}`, page_problems: pageProblems.slice(0, 10) };
   if (!failing && browser) {
     failing = true;
-    await Promise.race([browser.close().catch(() => {}), sleep(2000)]);
+    await closeBrowser(browser, 2000).catch(() => {});
   }
   finish({ ...report, ms: Date.now() - started }, 1);
 }
@@ -99,73 +73,17 @@ const INDEX_HTML = `<!doctype html>
 <script src="/bundle.js"></script>
 </body></html>`;
 
-/** Bundles the page script (yjs + y-websocket + the binding) into `dir`/bundle.js. */
-async function bundlePage(dir) {
-  const outfile = path.join(dir, 'bundle.js');
-  await esbuild.build({
-    entryPoints: [path.join(HERE, 'yjs-browser-page.mjs')],
-    bundle: true,
-    format: 'iife',
-    platform: 'browser',
-    target: 'es2020',
-    outfile,
-    logLevel: 'silent',
-  });
-  return readFileSync(outfile);
-}
-
-/** Serves the page and its bundle on 127.0.0.1 (a free port); resolves to the server. */
-function serve(bundle) {
-  const server = http.createServer((req, res) => {
-    const p = new URL(req.url, 'http://x').pathname;
-    if (p === '/') {
-      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
-      res.end(INDEX_HTML);
-    } else if (p === '/bundle.js') {
-      res.writeHead(200, { 'content-type': 'text/javascript; charset=utf-8', 'cache-control': 'no-store' });
-      res.end(bundle);
-    } else if (p === '/favicon.ico') {
-      res.writeHead(204); // no icon, and no 404 in the page's console
-      res.end();
-    } else {
-      res.writeHead(404, { 'content-type': 'text/plain' });
-      res.end('not found');
-    }
-  });
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve(server));
-  });
-}
-
 let httpServer;
 let node;
 try {
   phase = 'bundling the page';
-  tmpDir = mkdtempSync(path.join(os.tmpdir(), 'ringcast-yjs-browser-'));
-  const bundle = await bundlePage(tmpDir);
-  httpServer = await serve(bundle);
+  // The page script: yjs + y-websocket + the textarea binding.
+  httpServer = await servePage({ entry: 'yjs-browser-page.mjs', tmpPrefix: 'ringcast-yjs-browser-', html: INDEX_HTML, log });
   const pagePort = httpServer.address().port;
-  log(`page bundle ${bundle.length} bytes, served on 127.0.0.1:${pagePort}`);
 
   phase = 'launching chromium';
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: CHROME_ARGS,
-    timeout: remaining(),
-  });
-  const page = await browser.newPage({ viewport: { width: 800, height: 400 } });
-  page.on('pageerror', (e) => {
-    pageProblems.push(`pageerror: ${e.message}`);
-    log(`page error: ${e.message}`);
-  });
-  page.on('console', (m) => {
-    if (m.type() === 'error' || m.type() === 'warning') {
-      pageProblems.push(`console.${m.type()}: ${m.text()}`);
-      log(`page console.${m.type()}: ${m.text()}`);
-    }
-  });
+  browser = await launchChromium(remaining());
+  const page = await openPage(browser, { viewport: { width: 800, height: 400 }, problems: pageProblems, log });
 
   phase = 'opening the page';
   const q = new URLSearchParams({ ws: opts.url, room: opts.room, token: opts.token });
@@ -243,7 +161,7 @@ try {
   result.length = finalText.length;
   phase = 'closing';
   node.destroy();
-  await Promise.race([browser.close(), sleep(5000)]);
+  await closeBrowser(browser, 5000);
   httpServer.close();
   finish({ ...result, ms: Date.now() - started }, 0);
 } catch (e) {

@@ -18,20 +18,8 @@
 // Last stdout line: {"converged":true,"clients":3,"ops":600,"length":...,"sha256":...,"ms":...}
 // Exit 0 only when converged; 1 on divergence, timeout or error (with "error" in the JSON).
 
-import {
-  bytesEqual,
-  connectDoc,
-  finish,
-  hardTimeout,
-  makeLog,
-  parseArgs,
-  prng,
-  sha256,
-  sleep,
-  splitList,
-  waitUntil,
-  Y,
-} from './yjs-common.mjs';
+import { bytesEqual, finish, hardTimeout, makeLog, parseArgs, prng, sha256, sleep, splitList, waitUntil } from './common.mjs';
+import { connectDoc, Y } from './yjs-common.mjs';
 
 const log = makeLog('yjs-converge');
 const started = Date.now();

@@ -13,7 +13,8 @@
 //   {"text":"..."}.
 // Exit 1 (with "error" in the JSON) on a timeout, a permanent close by the server or bad options.
 
-import { connectDoc, finish, hardTimeout, makeLog, parseArgs, sleep, waitUntil } from './yjs-common.mjs';
+import { finish, hardTimeout, makeLog, parseArgs, sleep, waitUntil } from './common.mjs';
+import { connectDoc } from './yjs-common.mjs';
 
 const log = makeLog('yjs-doc');
 const started = Date.now();
