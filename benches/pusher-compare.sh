@@ -36,7 +36,7 @@ run_cases() { # label, then the harness's server arguments
     for subs in 100 1000; do
         $load --label "$label:$subs" --subscribers "$subs" --rooms 1 --rate 100 \
             --duration-secs "$duration" --warmup-secs 1 "$@" | tee -a "$out" | grep -v '^{' >&2
-        [ "$short" = 1 ] && break
+        if [ "$short" = 1 ]; then break; fi
     done
 }
 run_cases ringcast --spawn "taskset -c 0 target/release/ringcast --config $conf --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --shards 1 --no-pin --log-level warn"
