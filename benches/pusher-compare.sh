@@ -31,11 +31,15 @@ key = "app-key"
 secret = "app-secret"
 TOML
 out=$(mktemp)
-run_cases() { # label, then the harness's server arguments
+runs=${RUNS:-2}
+[ "$short" = 1 ] && runs=1
+run_cases() { # label, then the harness's server arguments (each case RUNS times: single runs vary)
     local label=$1; shift
     for subs in 100 1000; do
-        $load --label "$label:$subs" --subscribers "$subs" --rooms 1 --rate 100 \
-            --duration-secs "$duration" --warmup-secs 1 "$@" | tee -a "$out" | grep -v '^{' >&2
+        for run in $(seq 1 "$runs"); do
+            $load --label "$label:$subs:$run" --subscribers "$subs" --rooms 1 --rate 100 \
+                --duration-secs "$duration" --warmup-secs 1 "$@" | tee -a "$out" | grep -v '^{' >&2
+        done
         if [ "$short" = 1 ]; then break; fi
     done
 }
@@ -75,6 +79,6 @@ if [ -n "${SOKETI:-}" ]; then
         $SOKETI
 fi
 python3 scripts/pusher-report.py --write docs/benchmarks.md \
-    --command "benches/pusher-compare.sh  (DURATION=$duration)" \
+    --command "benches/pusher-compare.sh  (DURATION=$duration RUNS=$runs; SOCKUDO and SOKETI as in its header)" \
     --notes "${PEER_NOTES:-}" "$out"
 echo "docs/benchmarks.md updated" >&2
