@@ -1112,9 +1112,12 @@ impl ShardCtx {
         // not the shard's coarse clock, which a busy shard refreshes late.
         let now = Instant::now();
         self.now.set(now);
+        // A collaborative room's update is merged before it is stored (or refused).
+        let mut merged = false;
         if let Some(ns) = self.crdt_namespace(&room) {
-            if let Err(refusal) = self.crdt_accept(&room, &data, ns) {
-                return self.answer_publish(origin, Err(refusal));
+            match self.crdt_accept(&room, &data, ns) {
+                Ok(m) => merged = m,
+                Err(refusal) => return self.answer_publish(origin, Err(refusal)),
             }
         }
         let result = self
@@ -1122,7 +1125,7 @@ impl ShardCtx {
             .borrow_mut()
             .publish(&room, data, policy, token, now);
         match result {
-            Ok(Completion::Ready(appended)) => self.fan_out(appended, Some(origin)),
+            Ok(Completion::Ready(appended)) => self.fan_out(appended, Some(origin), merged),
             Ok(Completion::Pending) => {
                 self.pending
                     .borrow_mut()
@@ -1145,7 +1148,7 @@ impl ShardCtx {
                             Pending::Publish(origin) => Some(origin),
                             _ => None,
                         });
-                    self.fan_out(message, origin);
+                    self.fan_out(message, origin, false);
                 }
                 BrokerEvent::Acked {
                     token,
@@ -1247,9 +1250,12 @@ impl ShardCtx {
     }
 
     /// Encodes a message once and sends it to every shard with subscribers.
-    fn fan_out(&self, m: Appended, origin: Option<PublishOrigin>) {
+    ///
+    /// `merged`: a collaborative room's update is already in the room's document (merged when it
+    /// was accepted on this shard).
+    fn fan_out(&self, m: Appended, origin: Option<PublishOrigin>, merged: bool) {
         self.metrics.publishes.increment(1);
-        self.crdt_appended(&m);
+        self.crdt_appended(&m, merged);
         // Raw broadcast sends the published text as is; app rooms get the `msg` envelope.
         let frame = if m.room.starts_with(RAW_ROOM_PREFIX) {
             encode_frame(OpCode::Text, false, &m.data)

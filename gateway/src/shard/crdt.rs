@@ -29,13 +29,14 @@ impl ShardCtx {
     }
 
     /// Home: checks and merges an update published to a collaborative room before it is stored;
-    /// a refused update is never stored nor applied.
+    /// a refused update is never stored nor applied. Returns whether it was merged into a loaded
+    /// document.
     pub(super) fn crdt_accept(
         &self,
         room: &RoomName,
         data: &Bytes,
         ns: &Namespace,
-    ) -> Result<(), (ErrorCode, String)> {
+    ) -> Result<bool, (ErrorCode, String)> {
         let Some(update) = binary_payload(data) else {
             return Err((
                 ErrorCode::BadRequest,
@@ -50,21 +51,30 @@ impl ShardCtx {
             crate::metrics::crdt_refused(code.as_str());
             (code, e.to_string())
         };
-        match self.crdt.borrow_mut().rooms.get_mut(room) {
-            Some(doc) => doc
-                .accept(update, ns.policy.max_document_bytes)
-                .map_err(refused)?,
+        let merged = match self.crdt.borrow_mut().rooms.get_mut(room) {
+            Some(doc) => {
+                doc.accept(update, ns.policy.max_document_bytes)
+                    .map_err(refused)?;
+                true
+            }
             // No document loaded on this node: checked now, merged when one loads.
-            None => check_update(update).map_err(refused)?,
-        }
+            None => {
+                check_update(update).map_err(refused)?;
+                false
+            }
+        };
         self.broker
             .borrow_mut()
             .doc_append(room, update)
-            .map_err(|e| (ErrorCode::Unavailable, e.to_string()))
+            .map_err(|e| (ErrorCode::Unavailable, e.to_string()))?;
+        Ok(merged)
     }
 
-    /// Home: a stored update (this node's or another's) is merged into the loaded document.
-    pub(super) fn crdt_appended(&self, m: &Appended) {
+    /// Home: a stored update (this node's or another's) is merged into the loaded document,
+    /// unless `merged` says it already is (accepted here and stored at once: the embedded
+    /// broker). A networked broker's echo of an update accepted here is merged again, which
+    /// changes nothing.
+    pub(super) fn crdt_appended(&self, m: &Appended, merged: bool) {
         let Some(ns) = self.crdt_namespace(&m.room) else {
             return;
         };
@@ -75,9 +85,11 @@ impl ShardCtx {
         let Some(doc) = rooms.rooms.get_mut(&m.room) else {
             return;
         };
-        if let Err(e) = doc.apply(update) {
-            tracing::warn!(room = %m.room, offset = m.offset, error = %e, "stored update not merged");
-            return;
+        if !merged {
+            if let Err(e) = doc.apply(update) {
+                tracing::warn!(room = %m.room, offset = m.offset, error = %e, "stored update not merged");
+                return;
+            }
         }
         doc.merged((m.epoch.clone(), m.offset), self.now.get());
         if doc.load == Load::Ready && doc.unsnapshotted >= (ns.policy.history_size / 2).max(1) {
