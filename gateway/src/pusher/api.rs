@@ -87,30 +87,9 @@ fn query_pairs(query: &str) -> BTreeMap<&str, &str> {
         .collect()
 }
 
-/// Percent-decodes a query value (`+` is a space).
+/// A query value, percent-decoded (`+` is a space); as sent when it is not valid encoding.
 fn decode(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    proto_codec::http::percent_decode(v).map_or_else(|| v.to_string(), |d| d.into_owned())
 }
 
 /// Checks the request signature: `auth_signature` is the HMAC-SHA256 of

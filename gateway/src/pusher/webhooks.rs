@@ -10,7 +10,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -40,20 +40,16 @@ pub struct WebhookEvent {
     pub user_id: Option<String>,
 }
 
-/// Where shards send webhook events.
+/// Where shards send webhook events (`Sender` is `Sync`: every shard sends through it).
 #[derive(Debug)]
 pub struct Webhooks {
-    // A `Sender` is cloned per use: the mutex is held only for the clone.
-    tx: Mutex<Sender<WebhookEvent>>,
+    tx: Sender<WebhookEvent>,
 }
 
 impl Webhooks {
     /// Queues an event (never blocks on the network).
     pub fn push(&self, event: WebhookEvent) {
-        let tx = self.tx.lock().map(|tx| tx.clone());
-        if let Ok(tx) = tx {
-            let _ = tx.send(event);
-        }
+        let _ = self.tx.send(event);
     }
 }
 
@@ -67,7 +63,7 @@ pub fn start(apps: &[PusherApp]) -> std::io::Result<Option<Arc<Webhooks>>> {
     std::thread::Builder::new()
         .name("ringcast-webhooks".into())
         .spawn(move || run(&rx, &apps))?;
-    Ok(Some(Arc::new(Webhooks { tx: Mutex::new(tx) })))
+    Ok(Some(Arc::new(Webhooks { tx })))
 }
 
 fn run(rx: &Receiver<WebhookEvent>, apps: &[PusherApp]) {

@@ -46,6 +46,30 @@ pub fn room_message(frame: &[u8]) -> Option<(Bytes, Option<String>)> {
     event_frame(&channel, data.get().as_bytes())
 }
 
+/// The Pusher frame of a live event (a client event, a member added or removed), the same for
+/// every connection: `LocalRooms::deliver_live` builds it once per shard.
+pub fn live_frame(frame: &[u8]) -> Option<Bytes> {
+    let payload = proto_codec::sse::text_payload(frame)?;
+    live_event(ServerEvent::decode(payload).ok()?).map(text)
+}
+
+fn live_event(event: ServerEvent<'_>) -> Option<String> {
+    Some(match event {
+        ServerEvent::Event { data, .. } => serde_json::from_str::<StoredEvent>(data.get())
+            .ok()?
+            .to_frame(),
+        ServerEvent::Join { room, member } => p::member_added(
+            &super::channel_name(&room)?,
+            member.user.as_deref()?,
+            member.info.as_deref(),
+        ),
+        ServerEvent::Leave { room, member } => {
+            p::member_removed(&super::channel_name(&room)?, member.user.as_deref()?)
+        }
+        _ => return None,
+    })
+}
+
 /// A frame for a Pusher connection: Pusher frames pass; the engine's events (`{"ev":…}`) are
 /// translated or dropped (`hello`, acks, `unsubscribed`, binary messages, …).
 pub fn translate(conn: &ConnShared, frame: Bytes) -> Option<Bytes> {
@@ -92,16 +116,8 @@ pub fn translate(conn: &ConnShared, frame: Bytes) -> Option<Bytes> {
             }
             return Some(frame);
         }
-        ServerEvent::Event { data, .. } => serde_json::from_str::<StoredEvent>(data.get())
-            .ok()?
-            .to_frame(),
-        ServerEvent::Join { room, member } => p::member_added(
-            &channel_of(&room)?,
-            member.user.as_deref()?,
-            member.info.as_deref(),
-        ),
-        ServerEvent::Leave { room, member } => {
-            p::member_removed(&channel_of(&room)?, member.user.as_deref()?)
+        ev @ (ServerEvent::Event { .. } | ServerEvent::Join { .. } | ServerEvent::Leave { .. }) => {
+            live_event(ev)?
         }
         ServerEvent::Error { code, reason, .. } => {
             p::error(4200, &format!("{}: {reason}", code.as_str()))

@@ -126,9 +126,20 @@ impl LocalRooms {
             return 0;
         };
         let binary = frame.first() == Some(&0x82);
+        // The Pusher form, built once for every Pusher connection on this shard.
+        let mut pusher: Option<Option<Bytes>> = None;
         let mut delivered = 0;
         for conn in &r.subscribers {
             if Some(conn.id) == except {
+                continue;
+            }
+            if conn.kind == ConnKind::Pusher {
+                let form = pusher.get_or_insert_with(|| crate::pusher::wire::live_frame(frame));
+                if let Some(f) = form {
+                    if conn.push_live(f.clone()) {
+                        delivered += 1;
+                    }
+                }
                 continue;
             }
             if (conn.kind == ConnKind::Yjs) != binary {
