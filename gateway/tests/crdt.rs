@@ -210,6 +210,18 @@ fn node_clients_on_two_nodes_converge_through_redis_and_a_node_restart_keeps_the
     rt().block_on(async {
         let mut editor = YjsClient::connect(b.public, room, &token("bob")).await;
         editor.edit_and_confirm("kept through a crash").await;
+        // Stored, not only merged on B: node A has it, which it can only get through Redis.
+        // (y-websocket has no acknowledgement; the edit is acknowledged once stored.)
+        let mut watcher = YjsClient::connect(a.public, room, &token("alice")).await;
+        let mut stored = false;
+        for _ in 0..100 {
+            if watcher.sync().await.contains("kept through a crash") {
+                stored = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(stored, "the edit never reached node A through Redis");
         b.signal(9);
         let _ = b.wait_exit(Duration::from_secs(5));
     });
