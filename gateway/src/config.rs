@@ -84,6 +84,11 @@ pub struct PusherConfig {
     /// The `activity_timeout` told to clients (seconds): a client pings after this long
     /// without a message.
     pub activity_timeout_s: u64,
+    /// Whether native clients (`/ws`, `/sse`, `/poll`) may use the rooms of Pusher channels,
+    /// under the `pusher` namespace's policy (`[namespaces.pusher]`; without it, a token's
+    /// grants only). Off: refused with `forbidden`, as the Pusher signatures are those rooms'
+    /// only authorization (docs/security.md).
+    pub native_access: bool,
 }
 
 impl Default for PusherConfig {
@@ -91,6 +96,7 @@ impl Default for PusherConfig {
         PusherConfig {
             apps: Vec::new(),
             activity_timeout_s: 120,
+            native_access: false,
         }
     }
 }
@@ -134,6 +140,13 @@ pub struct CrdtConfig {
     /// A room's document is snapshotted this long after its first unsnapshotted update (and on
     /// the last unsubscribe, on shutdown, and after half its namespace's `history_size` updates).
     pub snapshot_interval_ms: u64,
+    /// Awareness states (cursors, names) a room keeps, every node's clients together; a new
+    /// client's state past it is not kept nor relayed.
+    pub max_awareness_states: usize,
+    /// Bytes of one awareness state's JSON; a larger state is not kept nor relayed.
+    pub max_awareness_state_bytes: usize,
+    /// Client ids one connection may set awareness states for (y-websocket uses one).
+    pub max_awareness_clients_per_connection: usize,
 }
 
 impl Default for CrdtConfig {
@@ -141,6 +154,9 @@ impl Default for CrdtConfig {
         CrdtConfig {
             snapshot_dir: String::new(),
             snapshot_interval_ms: 5_000,
+            max_awareness_states: 200,
+            max_awareness_state_bytes: 2048,
+            max_awareness_clients_per_connection: 4,
         }
     }
 }
@@ -820,6 +836,26 @@ impl Config {
                     });
                 }
             }
+        }
+        let c = &self.crdt;
+        if c.max_awareness_states == 0
+            || c.max_awareness_state_bytes == 0
+            || c.max_awareness_clients_per_connection == 0
+        {
+            return Err(invalid(
+                "crdt.max_awareness_states",
+                "the awareness bounds (max_awareness_states, max_awareness_state_bytes, max_awareness_clients_per_connection) must be above 0",
+            ));
+        }
+        // A joiner is sent the whole table: it must fit in half its queue's high-water mark.
+        if c.max_awareness_states
+            .saturating_mul(c.max_awareness_state_bytes + 32)
+            > self.websocket.outbound_high_water_bytes / 2
+        {
+            return Err(invalid(
+                "crdt.max_awareness_states",
+                "max_awareness_states × (max_awareness_state_bytes + 32) must be at most half of websocket.outbound_high_water_bytes (a joiner gets the whole table)",
+            ));
         }
         if self.crdt.snapshot_interval_ms == 0 {
             return Err(invalid("crdt.snapshot_interval_ms", "must be above 0"));

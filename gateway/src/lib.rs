@@ -7,6 +7,7 @@ pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod contain;
 pub mod http;
 pub mod listener;
 pub mod mailbox;

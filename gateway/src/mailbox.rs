@@ -23,6 +23,18 @@ pub type ShardId = usize;
 /// A connection's id, unique within its shard.
 pub type ConnId = u64;
 
+/// Which protocol's path made a message or an event. A protocol bridge lets only its own paths
+/// speak its wire form: in a Pusher room, a native message is delivered to Pusher clients as the
+/// event `ringcast:message`, never as a Pusher event (docs/security.md, "Rooms two protocols
+/// reach").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The ringcast protocol, SSE, long-poll, y-websocket, the server API, raw broadcast.
+    Native,
+    /// The Pusher paths (`/app/<key>` client events, the Pusher HTTP API).
+    Pusher,
+}
+
 /// Where the answer to a publish goes.
 #[derive(Debug)]
 pub enum PublishOrigin {
@@ -65,6 +77,8 @@ pub enum ShardMsg {
         data: Bytes,
         /// Who gets the answer.
         origin: PublishOrigin,
+        /// Which protocol's path made it.
+        source: Source,
     },
     /// From a home shard: the subscription is in force; register the subscriber and send it
     /// these frames (the `subscribed` event, then any replayed messages).
@@ -109,6 +123,8 @@ pub enum ShardMsg {
         frame: Bytes,
         /// The sender (it does not get its own event).
         from: (ShardId, ConnId),
+        /// Which protocol's path made it.
+        source: Source,
     },
     /// To a room's home shard: who is present? The answer goes back as `ToConn`.
     Presence {

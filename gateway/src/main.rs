@@ -142,6 +142,7 @@ fn load_config(args: &RunArgs, file: Option<&std::path::Path>) -> anyhow::Result
 }
 
 fn main() -> anyhow::Result<()> {
+    gateway::contain::install_hook();
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::CheckConfig { file }) => {

@@ -185,6 +185,17 @@ pub fn limit_hit(limit: &'static str) {
     counter!("ringcast_limit_hits_total", "limit" => limit).increment(1);
 }
 
+/// Counts a panic contained while handling one client's input (`contain`).
+pub fn contained_panic(what: &'static str) {
+    counter!("ringcast_contained_panics_total", "what" => what).increment(1);
+}
+
+/// Counts an awareness state not kept (`reason`: `foreign`, `room_full`, `per_connection`,
+/// `size`).
+pub fn awareness_refused(reason: &'static str) {
+    counter!("ringcast_crdt_awareness_refused_total", "reason" => reason).increment(1);
+}
+
 /// Counts an update refused by a collaborative room.
 pub fn crdt_refused(code: &'static str) {
     counter!("ringcast_crdt_refused_total", "code" => code).increment(1);

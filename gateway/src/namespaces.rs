@@ -20,6 +20,9 @@ pub struct Namespace {
     pub policy: NamespacePolicy,
     /// Its history policy, as the broker takes it.
     pub history: HistoryPolicy,
+    /// Whether native clients may use its rooms (`false` only for the `pusher` namespace
+    /// without `[pusher] native_access`).
+    pub native: bool,
 }
 
 /// Every configured namespace.
@@ -37,7 +40,8 @@ impl Namespaces {
         let mut by_name = HashMap::new();
         // Pusher apps' channels are rooms of the `pusher` namespace (docs/pusher.md): unless it
         // is configured, it is the default policy with presence and join/leave on (member
-        // events are part of the Pusher protocol).
+        // events are part of the Pusher protocol) and no anonymous access (issue 19, finding 2:
+        // it inherited `[rooms] anonymous`).
         let pusher_default = (!config.pusher.apps.is_empty()
             && !config
                 .namespaces
@@ -46,6 +50,7 @@ impl Namespaces {
             presence: true,
             join_leave: true,
             kind: crate::config::RoomKind::Messages,
+            anonymous: Access::None,
             ..config.rooms.clone()
         });
         let entries = std::iter::once(("", &config.rooms))
@@ -70,6 +75,7 @@ impl Namespaces {
                     ttl: Duration::from_millis(policy.history_ttl_ms),
                 },
                 policy: policy.clone(),
+                native: name != proto_codec::pusher::NAMESPACE || config.pusher.native_access,
             });
         }
         Namespaces {

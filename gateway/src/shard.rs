@@ -29,7 +29,7 @@ use crate::connection::shared::{CloseRequest, ConnKind, ConnShared, SubState};
 use crate::connection::Transport;
 use crate::mailbox::{
     home_shard, AdminQuery, ConnId, DeliverMeta, Mailboxes, PublishOrigin, ShardId, ShardMsg,
-    SubscribeReq,
+    Source, SubscribeReq,
 };
 use crate::metrics::ShardMetrics;
 use crate::namespaces::Namespaces;
@@ -420,7 +420,7 @@ impl ShardCtx {
     }
 
     /// Sends an ephemeral event (already encoded) to a room's other subscribers.
-    pub fn send_event(&self, conn: &ConnShared, room: &str, frame: Bytes) {
+    pub fn send_event(&self, conn: &ConnShared, room: &str, frame: Bytes, source: Source) {
         let room: RoomName = room.into();
         self.route(
             home_shard(&room, self.mailboxes.len()),
@@ -428,6 +428,7 @@ impl ShardCtx {
                 room,
                 frame,
                 from: (self.id, conn.id),
+                source,
             },
         );
     }
@@ -517,11 +518,16 @@ impl ShardCtx {
     }
 
     /// Publishes to a room (from a connection or the API).
-    pub fn publish(&self, room: &str, data: Bytes, origin: PublishOrigin) {
+    pub fn publish(&self, room: &str, data: Bytes, origin: PublishOrigin, source: Source) {
         let room: RoomName = room.into();
         self.route(
             home_shard(&room, self.mailboxes.len()),
-            ShardMsg::Publish { room, data, origin },
+            ShardMsg::Publish {
+                room,
+                data,
+                origin,
+                source,
+            },
         );
     }
 
@@ -584,7 +590,16 @@ impl ShardCtx {
                 let n = self.local.borrow().deliver_live(&room, &frame, except);
                 self.count_fanout(n);
             }
-            ShardMsg::Event { room, frame, from } => self.broadcast_live(&room, frame, Some(from)),
+            ShardMsg::Event {
+                room,
+                frame,
+                from,
+                source,
+            } => {
+                if let Some(frame) = crate::pusher::wire::bridge_event(&room, frame, source) {
+                    self.broadcast_live(&room, frame, Some(from));
+                }
+            }
             ShardMsg::Presence { room, from, id } => {
                 self.home_members(room, Answer::Conn { to: from, id });
             }
@@ -596,7 +611,15 @@ impl ShardCtx {
                 limit,
             } => self.home_history(room, Answer::Conn { to: from, id }, since, limit),
             ShardMsg::BrokerReady => {}
-            ShardMsg::Publish { room, data, origin } => self.home_publish(room, data, origin),
+            ShardMsg::Publish {
+                room,
+                data,
+                origin,
+                source,
+            } => {
+                let data = crate::pusher::wire::bridge_message(&room, data, source);
+                self.home_publish(room, data, origin);
+            }
             ShardMsg::Subscribed {
                 room,
                 conn,
@@ -1112,11 +1135,15 @@ impl ShardCtx {
         // not the shard's coarse clock, which a busy shard refreshes late.
         let now = Instant::now();
         self.now.set(now);
-        // A collaborative room's update is merged before it is stored (or refused).
+        // A collaborative room's update is merged before it is stored (or refused), into its
+        // loaded document (it waits for the document to load).
         let mut merged = false;
         if let Some(ns) = self.crdt_namespace(&room) {
+            if !self.crdt_ready(&room) {
+                return self.crdt_park(&room, data, origin);
+            }
             match self.crdt_accept(&room, &data, ns) {
-                Ok(m) => merged = m,
+                Ok(()) => merged = true,
                 Err(refusal) => return self.answer_publish(origin, Err(refusal)),
             }
         }
@@ -1219,12 +1246,13 @@ impl ShardCtx {
                     // App events are JSON objects; anything else is a y-protocols awareness
                     // message of a collaborative room.
                     let frame = if payload.first() == Some(&b'{') {
-                        encode_frame(OpCode::Text, false, &payload)
+                        Some(encode_frame(OpCode::Text, false, &payload))
                     } else {
-                        self.crdt_remote_awareness(&room, &payload);
-                        encode_frame(OpCode::Binary, false, &payload)
+                        self.crdt_remote_awareness(&room, &payload)
                     };
-                    self.fan_out_live(&room, frame, None);
+                    if let Some(frame) = frame {
+                        self.fan_out_live(&room, frame, None);
+                    }
                 }
                 BrokerEvent::Gap {
                     room,

@@ -490,6 +490,28 @@ impl YjsClient {
         panic!("the server never showed the edit");
     }
 
+    /// The awareness states heard until nothing arrives for `quiet`, by client id.
+    async fn awareness_states(
+        &mut self,
+        quiet: Duration,
+    ) -> std::collections::HashMap<u64, String> {
+        let mut states = std::collections::HashMap::new();
+        self.send(&yrs::sync::Message::AwarenessQuery.encode_v1())
+            .await;
+        while let Ok(frame) = tokio::time::timeout(quiet, self.ws.read_frame()).await {
+            let frame = frame.expect("read");
+            assert_ne!(frame.opcode, OpCode::Close, "closed");
+            if let Ok(yrs::sync::Message::Awareness(u)) =
+                yrs::sync::Message::decode_v1(&frame.payload)
+            {
+                for (id, e) in u.clients {
+                    states.insert(id.get(), e.json.to_string());
+                }
+            }
+        }
+        states
+    }
+
     /// The close code the server sends next.
     async fn close_code(&mut self) -> u16 {
         let read = async {
@@ -514,4 +536,192 @@ impl YjsClient {
 #[derive(Default)]
 struct YjsClientView {
     doc: yrs::Doc,
+}
+
+/// Issue 19, finding 1: this 48-byte Yjs update made yrs 0.28.1 underflow and index out of
+/// bounds, which aborted the node (and every later load of a log that held it).
+const POISON_HEX: &str = "0101acdcdaa5b1d8b306fba185e9a9859c97820b000202acdcdaa5b1d8b30601000285e9a9859c9782730200050d01";
+
+fn poison() -> Vec<u8> {
+    (0..POISON_HEX.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&POISON_HEX[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+fn snapshot_dir_config(dir: &std::path::Path) -> String {
+    config(&format!(
+        "[crdt]\nsnapshot_dir = \"{}\"\nsnapshot_interval_ms = 60000\n",
+        dir.display()
+    ))
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringcast-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn finding_01_an_update_that_crashed_yrs_is_refused_unstored_and_the_node_keeps_serving() {
+    let dir = temp_dir("poison");
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let start = || {
+        Server::launch(
+            2,
+            &snapshot_dir_config(&dir),
+            &[("RINGCAST_LISTEN", listen.as_str())],
+        )
+    };
+    let mut server = start();
+    let alice = token("alice");
+    rt().block_on(async {
+        let mut editor = YjsClient::connect(server.public, "docs.poison", &alice).await;
+        editor.edit_and_confirm("good").await;
+        // Over /yjs: the documented close for a malformed update (4004), nothing applied.
+        let mut attacker = YjsClient::connect(server.public, "docs.poison", &alice).await;
+        attacker.sync().await;
+        let msg = yrs::sync::Message::Sync(yrs::sync::SyncMessage::Update(poison())).encode_v1();
+        attacker.send(&msg).await;
+        assert_eq!(attacker.close_code().await, 4004);
+        // As a binary publish into the open document and into one nobody has open.
+        let mut app = app_client(&server, &alice).await;
+        for (id, room) in [(1, "docs.poison"), (2, "docs.cold")] {
+            app.publish_binary(Some(id), room, &poison()).await;
+            let e = app.recv().await;
+            assert_eq!(
+                (e["code"].as_str(), e["id"].as_u64()),
+                (Some("bad_request"), Some(id)),
+                "{room}: {e}"
+            );
+        }
+        // The node keeps serving: the editor's connection works, a joiner gets the document.
+        editor.edit_and_confirm("+more").await;
+        let mut joiner = YjsClient::connect(server.public, "docs.poison", &alice).await;
+        assert_eq!(joiner.sync().await, "+moregood");
+    });
+    // Nothing was stored: after a restart both documents load (the poison in neither).
+    server.sigterm();
+    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
+    let server = start();
+    rt().block_on(async {
+        let mut joiner = YjsClient::connect(server.public, "docs.poison", &alice).await;
+        assert_eq!(joiner.sync().await, "+moregood");
+        let mut cold = YjsClient::connect(server.public, "docs.cold", &alice).await;
+        assert_eq!(cold.sync().await, "");
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A raw Yjs update inserting `s` at the start of the document `doc` (applied to it).
+fn raw_edit(doc: &yrs::Doc, s: &str) -> Vec<u8> {
+    let text = doc.get_or_insert_text("text");
+    let mut txn = doc.transact_mut();
+    text.insert(&mut txn, 0, s);
+    txn.encode_update_v1()
+}
+
+#[test]
+fn finding_07_max_document_bytes_bounds_a_document_nobody_has_open() {
+    let server = Server::start_strict(2, &config(""));
+    rt().block_on(async {
+        let mut app = app_client(&server, &token("alice")).await;
+        let doc = yrs::Doc::new();
+        // 200,000 bytes at most: three updates of 60,000 are stored, the fourth is refused.
+        for (id, c) in [(1u64, "x"), (2, "y"), (3, "z"), (4, "w")] {
+            app.publish_binary(
+                Some(id),
+                "docs.unopened",
+                &raw_edit(&doc, &c.repeat(60_000)),
+            )
+            .await;
+            let e = app.recv().await;
+            if id < 4 {
+                assert_eq!(e["ev"], "published", "{e}");
+            } else {
+                assert_eq!(e["code"], "too_large", "{e}");
+            }
+        }
+        let mut joiner = YjsClient::connect(server.public, "docs.unopened", &token("bob")).await;
+        let text = joiner.sync().await;
+        assert_eq!(text.len(), 180_000);
+        assert!(!text.contains('w'));
+    });
+}
+
+/// An awareness message setting `states` (client id, clock, JSON).
+fn awareness(states: &[(u64, u32, String)]) -> Vec<u8> {
+    let clients = states
+        .iter()
+        .map(|(id, clock, json)| {
+            (
+                yrs::block::ClientID::new(*id),
+                yrs::sync::awareness::AwarenessUpdateEntry {
+                    clock: *clock,
+                    json: json.as_str().into(),
+                },
+            )
+        })
+        .collect();
+    yrs::sync::Message::Awareness(yrs::sync::AwarenessUpdate { clients }).encode_v1()
+}
+
+#[test]
+fn finding_05_a_connection_sets_only_its_own_awareness_states_and_the_table_is_bounded() {
+    let server = Server::start_strict(2, &config(""));
+    rt().block_on(async {
+        let room = "docs.aware";
+        let mut alice = YjsClient::connect(server.public, room, &token("alice")).await;
+        alice.sync().await;
+        let alice_id = alice.doc.client_id().get();
+        alice
+            .send(&awareness(&[(alice_id, 1, r#"{"user":"alice"}"#.into())]))
+            .await;
+        // A read-only client names alice's id and 1,000 others.
+        let mut rita = YjsClient::connect(server.public, room, &token("rita")).await;
+        rita.sync().await;
+        let mut forged: Vec<(u64, u32, String)> = (1..=1000)
+            .map(|id| (id, 1, format!(r#"{{"n":{id}}}"#)))
+            .collect();
+        forged.push((alice_id, 99, r#"{"user":"forged"}"#.into()));
+        rita.send(&awareness(&forged)).await;
+        // A joiner is answered at once (no 4008) with alice's own state and at most four of
+        // rita's (`max_awareness_clients_per_connection`).
+        let mut bob = YjsClient::connect(server.public, room, &token("bob")).await;
+        bob.sync().await;
+        let states = bob.awareness_states(Duration::from_millis(500)).await;
+        assert_eq!(
+            states.get(&alice_id).map(String::as_str),
+            Some(r#"{"user":"alice"}"#)
+        );
+        assert!(states.len() <= 5, "{} states", states.len());
+    });
+    assert!(common::metric(server.admin, "ringcast_crdt_awareness_refused_total") >= 996.0);
+}
+
+#[test]
+fn finding_10_a_document_with_a_200_byte_name_persists() {
+    let dir = temp_dir("longname");
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let start = || {
+        Server::launch(
+            1,
+            &snapshot_dir_config(&dir),
+            &[("RINGCAST_LISTEN", listen.as_str())],
+        )
+    };
+    let room = format!("docs.{}", "n".repeat(195));
+    let mut server = start();
+    rt().block_on(async {
+        let mut editor = YjsClient::connect(server.public, &room, &token("alice")).await;
+        editor.edit_and_confirm("long").await;
+    });
+    server.sigterm();
+    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
+    let server = start();
+    rt().block_on(async {
+        let mut joiner = YjsClient::connect(server.public, &room, &token("alice")).await;
+        assert_eq!(joiner.sync().await, "long");
+    });
+    let _ = std::fs::remove_dir_all(&dir);
 }

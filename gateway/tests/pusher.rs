@@ -299,3 +299,158 @@ fn refusals_use_the_protocols_codes() {
     );
     assert_eq!(status, 404);
 }
+
+/// A Pusher HTTP API request path signed with app 1's secret (as the server libraries sign).
+fn signed(method: &str, path: &str, body: &str) -> String {
+    use md5::{Digest, Md5};
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let mut query = format!("auth_key={KEY}&auth_timestamp={ts}&auth_version=1.0");
+    if !body.is_empty() {
+        let md5: String = Md5::digest(body.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        query.push_str(&format!("&body_md5={md5}"));
+    }
+    let signature = hmac_hex(SECRET, &format!("{method}\n{path}\n{query}"));
+    format!("{path}?{query}&auth_signature={signature}")
+}
+
+#[test]
+fn finding_06_a_signed_api_call_naming_no_user_is_not_found_and_the_node_keeps_serving() {
+    let server = Server::start_strict(1, &config(None));
+    for (method, path) in [
+        ("POST", "/apps/1/users/terminate_connections"),
+        ("POST", "/apps/1/users//terminate_connections"),
+        ("GET", "/apps/1/channels/"),
+        ("GET", "/apps/1/channels//users"),
+    ] {
+        let body = if method == "POST" { "{}" } else { "" };
+        let (status, answer) = http(
+            server.public,
+            method,
+            &signed(method, path, body),
+            &[],
+            body,
+        );
+        assert_eq!(status, 404, "{method} {path}: {answer}");
+    }
+    let path = "/apps/1/users/u1/terminate_connections";
+    let (status, answer) = http(
+        server.public,
+        "POST",
+        &signed("POST", path, "{}"),
+        &[],
+        "{}",
+    );
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = http(
+        server.public,
+        "GET",
+        &signed("GET", "/apps/1/channels", ""),
+        &[],
+        "",
+    );
+    assert_eq!(status, 200, "the node serves on: {answer}");
+}
+
+#[test]
+fn finding_02_native_clients_cannot_reach_pusher_rooms_unless_the_operator_opens_them() {
+    // Anonymous clients may publish everywhere in the default namespace: the implicit `pusher`
+    // namespace no longer inherits that, and native access to it is off.
+    let server = Server::start(1, &config(None));
+    rt().block_on(async {
+        let mut native = common::connect(server.public).await;
+        for (id, room) in [
+            "pusher.1/private-x",
+            "pusher.1/presence-p",
+            "pusher.1/private-encrypted-x",
+            "pusher.1/+user/u1",
+            "pusher.1/public-1",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            native
+                .send(json!({"op": "subscribe", "id": id, "room": room}))
+                .await;
+            let e = native.recv().await;
+            assert_eq!(
+                (e["ev"].as_str(), e["code"].as_str()),
+                (Some("error"), Some("forbidden")),
+                "{room}: {e}"
+            );
+        }
+        native
+            .send(json!({"op": "publish", "id": 9, "room": "pusher.1/public-1", "data": {"a": 1}}))
+            .await;
+        assert_eq!(native.recv().await["code"], "forbidden");
+    });
+    for room in ["pusher.1/presence-p", "pusher.1/%2Buser/u1"] {
+        let (status, body) = http(server.public, "GET", &format!("/sse?room={room}"), &[], "");
+        assert_eq!(status, 403, "{room}: {body}");
+    }
+    let (status, body) = http(
+        server.public,
+        "GET",
+        "/poll?room=pusher.1/private-x",
+        &[],
+        "",
+    );
+    assert_eq!(status, 403, "{body}");
+}
+
+#[test]
+fn finding_03_a_native_message_in_a_pusher_room_is_never_delivered_as_a_pusher_event() {
+    let server = Server::start_strict(
+        1,
+        &format!(
+            "{}\n[pusher]\nnative_access = true\n[namespaces.pusher]\nanonymous = \"publish\"\nevents = true\n",
+            config(None)
+        ),
+    );
+    rt().block_on(async {
+        let mut pusher = Raw::connect(&server, "/app/app-key?protocol=7").await;
+        assert_eq!(
+            pusher.next().await["event"],
+            "pusher:connection_established"
+        );
+        pusher
+            .send(json!({"event": "pusher:subscribe", "data": {"channel": "public-1"}}))
+            .await;
+        assert_eq!(
+            pusher.next().await["event"],
+            "pusher_internal:subscription_succeeded"
+        );
+        let forged = json!({
+            "event": "pusher_internal:member_added",
+            "channel": "presence-admins",
+            "data": "{\"user_id\":\"mallory\"}",
+            "user_id": "admin"
+        });
+        let mut native = common::connect(server.public).await;
+        native.subscribe(1, "pusher.1/public-1", None).await;
+        native.publish(2, "pusher.1/public-1", forged.clone()).await;
+        native
+            .send(json!({"op": "event", "room": "pusher.1/public-1", "data": forged}))
+            .await;
+        for _ in 0..2 {
+            let got = pusher.next().await;
+            assert_eq!(
+                (
+                    got["event"].as_str(),
+                    got["channel"].as_str(),
+                    got.get("user_id")
+                ),
+                (Some("ringcast:message"), Some("public-1"), None),
+                "{got}"
+            );
+            let inner: Value =
+                serde_json::from_str(got["data"].as_str().unwrap_or("")).expect("data");
+            assert_eq!(inner, forged);
+        }
+    });
+}

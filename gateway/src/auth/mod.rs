@@ -140,6 +140,15 @@ impl Principal {
         room: &str,
         ns: &Namespace,
     ) -> Result<(), (ErrorCode, String)> {
+        if !ns.native {
+            return Err((
+                ErrorCode::Forbidden,
+                format!(
+                    "the rooms of namespace `{}` are reached through the Pusher protocol (/app/<key>); [pusher] native_access opens them to native clients",
+                    ns.name
+                ),
+            ));
+        }
         if action == Action::Publish && ns.policy.publish == Publishers::Server {
             return Err((
                 ErrorCode::Forbidden,

@@ -12,7 +12,7 @@ use proto_codec::protocol::{ErrorCode, ServerEvent};
 use super::shared::ConnKind;
 use crate::auth::Principal;
 use crate::http::public::{error_json, json_response, publish_body, StreamRoom};
-use crate::mailbox::PublishOrigin;
+use crate::mailbox::{PublishOrigin, Source};
 use crate::shard::ShardCtx;
 
 /// Publishes a checked HTTP body and returns the whole response: `200` with the `published`
@@ -35,7 +35,12 @@ pub async fn publish(
         return error_json(ErrorCode::Unavailable, "shutting down", cors);
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
-    ctx.publish(&p.room, Bytes::from(p.data), PublishOrigin::Api(tx));
+    ctx.publish(
+        &p.room,
+        Bytes::from(p.data),
+        PublishOrigin::Api(tx),
+        Source::Native,
+    );
     match monoio::time::timeout(Duration::from_secs(5), rx).await {
         Ok(Ok(Ok((epoch, offset)))) => {
             let event = ServerEvent::Published {

@@ -525,6 +525,7 @@ fn on_message(ctx: &ShardCtx, conn: &Rc<ConnShared>, io: &mut ConnIo, message: M
                         room,
                         bytes::Bytes::copy_from_slice(&payload),
                         crate::mailbox::PublishOrigin::Raw,
+                        crate::mailbox::Source::Native,
                     );
                 }
             }

@@ -11,7 +11,7 @@ use proto_codec::protocol::{
 
 use super::shared::{CloseRequest, ConnShared};
 use crate::auth::{Action, AuthError};
-use crate::mailbox::PublishOrigin;
+use crate::mailbox::{PublishOrigin, Source};
 use crate::namespaces::Namespace;
 use crate::ratelimit::{Bucket, Rate};
 use crate::shard::{error_frame, ShardCtx};
@@ -57,6 +57,7 @@ pub fn handle(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
                     conn: conn.id,
                     id,
                 },
+                Source::Native,
             );
         }
         ClientOp::Refresh { id, token } => refresh(ctx, conn, id, &token),
@@ -109,7 +110,7 @@ pub fn handle(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
                 data,
             }
             .to_frame();
-            ctx.send_event(conn, &room, frame);
+            ctx.send_event(conn, &room, frame, Source::Native);
         }
     }
 }
@@ -141,6 +142,7 @@ pub fn handle_binary(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
                     conn: conn.id,
                     id,
                 },
+                Source::Native,
             );
         }
     }

@@ -16,7 +16,7 @@ use proto_codec::ws::CloseCode;
 
 use super::shared::{CloseRequest, ConnShared};
 use crate::auth::Action;
-use crate::mailbox::{home_shard, PublishOrigin, ShardMsg};
+use crate::mailbox::{home_shard, PublishOrigin, ShardMsg, Source};
 use crate::ratelimit::{Bucket, Rate};
 use crate::rooms::crdt::{decode_client_message, ClientMessage};
 use crate::shard::ShardCtx;
@@ -93,6 +93,7 @@ pub fn handle(
                     conn: conn.id,
                     id: None,
                 },
+                Source::Native,
             );
         }
         ClientMessage::Awareness => {

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::admin::Admin;
 use crate::config::Config;
-use crate::mailbox::{home_shard, AdminQuery, PublishOrigin, ShardMsg};
+use crate::mailbox::{home_shard, AdminQuery, PublishOrigin, ShardMsg, Source};
 
 /// How long the API waits for shards to answer.
 const SHARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -148,6 +148,7 @@ fn send_publish(
             room: p.room.as_str().into(),
             data: Bytes::copy_from_slice(p.data.get().as_bytes()),
             origin: PublishOrigin::Api(tx),
+            source: Source::Native,
         },
     );
     rx

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use super::auth;
 use crate::config::PusherApp;
 use crate::http::public::{json_response, PusherRequest};
-use crate::mailbox::{home_shard, AdminQuery, PublishOrigin, ShardMsg};
+use crate::mailbox::{home_shard, AdminQuery, PublishOrigin, ShardMsg, Source};
 use crate::shard::ShardCtx;
 
 /// How far a request's `auth_timestamp` may be from the server's clock.
@@ -51,19 +51,13 @@ pub async fn answer(ctx: &ShardCtx, req: &PusherRequest, body: &[u8]) -> Vec<u8>
     }
     let params = query_pairs(&req.query);
     let param = |k: &str| params.get(k).map(|v| decode(v));
-    match (req.method.as_str(), route) {
-        ("POST", "events") => events(ctx, app, body).await,
-        ("POST", "batch_events") => batch_events(ctx, app, body).await,
-        ("GET", "channels") => channels(ctx, app, param("filter_by_prefix"), param("info")).await,
-        ("GET", r) if r.starts_with("channels/") => {
-            let r = &r["channels/".len()..];
-            match r.strip_suffix("/users") {
-                Some(channel) => users(ctx, app, channel).await,
-                None => channel_info(ctx, app, r, param("info")).await,
-            }
-        }
-        ("POST", r) if r.starts_with("users/") && r.ends_with("/terminate_connections") => {
-            let user = &r["users/".len()..r.len() - "/terminate_connections".len()];
+    match Route::of(&req.method, route) {
+        Route::Events => events(ctx, app, body).await,
+        Route::BatchEvents => batch_events(ctx, app, body).await,
+        Route::Channels => channels(ctx, app, param("filter_by_prefix"), param("info")).await,
+        Route::Channel(channel) => channel_info(ctx, app, channel, param("info")).await,
+        Route::ChannelUsers(channel) => users(ctx, app, channel).await,
+        Route::TerminateConnections(user) => {
             let user = decode(user);
             let Some(index) = ctx.config.pusher.apps.iter().position(|a| a.id == app.id) else {
                 return error(404, "unknown app");
@@ -74,7 +68,53 @@ pub async fn answer(ctx: &ShardCtx, req: &PusherRequest, body: &[u8]) -> Vec<u8>
             });
             json_response(200, b"{}", None)
         }
-        _ => error(404, "no such API endpoint"),
+        Route::NotFound => error(404, "no such API endpoint"),
+    }
+}
+
+/// An API endpoint, found from the method and the path after `/apps/<id>/` (names as sent,
+/// not decoded). Routing only slices at the prefixes and suffixes it found, so no path panics
+/// (`gateway/fuzz` target `pusher_api`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `POST events`.
+    Events,
+    /// `POST batch_events`.
+    BatchEvents,
+    /// `GET channels`.
+    Channels,
+    /// `GET channels/<name>`.
+    Channel(&'a str),
+    /// `GET channels/<name>/users`.
+    ChannelUsers(&'a str),
+    /// `POST users/<id>/terminate_connections`.
+    TerminateConnections(&'a str),
+    /// Anything else (404).
+    NotFound,
+}
+
+impl<'a> Route<'a> {
+    /// The endpoint of `method` and `route` (the path after `/apps/<id>/`).
+    pub fn of(method: &str, route: &'a str) -> Route<'a> {
+        let nonempty = |s: &'a str| Some(s).filter(|s| !s.is_empty());
+        match (method, route) {
+            ("POST", "events") => Route::Events,
+            ("POST", "batch_events") => Route::BatchEvents,
+            ("GET", "channels") => Route::Channels,
+            ("GET", r) => match r.strip_prefix("channels/") {
+                Some(r) => match r.strip_suffix("/users") {
+                    Some(channel) => nonempty(channel).map_or(Route::NotFound, Route::ChannelUsers),
+                    None => nonempty(r).map_or(Route::NotFound, Route::Channel),
+                },
+                None => Route::NotFound,
+            },
+            ("POST", r) => r
+                .strip_prefix("users/")
+                .and_then(|r| r.strip_suffix("/terminate_connections"))
+                .and_then(nonempty)
+                .map_or(Route::NotFound, Route::TerminateConnections),
+            _ => Route::NotFound,
+        }
     }
 }
 
@@ -211,7 +251,7 @@ async fn publish_all(ctx: &ShardCtx, items: Vec<(String, Bytes)>) -> Result<(), 
     let mut waits = Vec::with_capacity(items.len());
     for (room, data) in items {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        ctx.publish(&room, data, PublishOrigin::Api(tx));
+        ctx.publish(&room, data, PublishOrigin::Api(tx), Source::Pusher);
         waits.push(rx);
     }
     for rx in waits {
@@ -403,6 +443,28 @@ async fn users(ctx: &ShardCtx, app: &PusherApp, channel: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_are_found_by_prefix_and_suffix_and_never_overlap() {
+        use Route::*;
+        assert_eq!(Route::of("POST", "events"), Events);
+        assert_eq!(Route::of("POST", "batch_events"), BatchEvents);
+        assert_eq!(Route::of("GET", "channels"), Channels);
+        assert_eq!(Route::of("GET", "channels/a"), Channel("a"));
+        assert_eq!(Route::of("GET", "channels/a/users"), ChannelUsers("a"));
+        assert_eq!(
+            Route::of("POST", "users/u1/terminate_connections"),
+            TerminateConnections("u1")
+        );
+        // Finding 6: the prefix and the suffix overlap (`&r[6..5]` once).
+        assert_eq!(Route::of("POST", "users/terminate_connections"), NotFound);
+        assert_eq!(Route::of("POST", "users//terminate_connections"), NotFound);
+        assert_eq!(Route::of("GET", "channels/"), NotFound);
+        assert_eq!(Route::of("GET", "channels//users"), NotFound);
+        assert_eq!(Route::of("GET", "channels/users"), Channel("users"));
+        assert_eq!(Route::of("GET", "events"), NotFound);
+        assert_eq!(Route::of("DELETE", "channels"), NotFound);
+    }
 
     #[test]
     fn query_values_decode() {

@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 
 use super::auth;
 use crate::connection::shared::{ConnShared, SubState};
+use crate::mailbox::Source;
 use crate::ratelimit::{Bucket, Rate};
 use crate::shard::ShardCtx;
 
@@ -259,7 +260,7 @@ fn client_event(
         data: &raw,
     }
     .to_frame();
-    ctx.send_event(conn, &room, frame);
+    ctx.send_event(conn, &room, frame, Source::Pusher);
 }
 
 fn signin_user(

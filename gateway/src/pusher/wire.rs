@@ -9,9 +9,69 @@ use proto_codec::ws::{encode_frame, OpCode};
 use serde_json::value::RawValue;
 
 use crate::connection::shared::{ConnShared, SubState};
+use crate::mailbox::Source;
 
 fn text(frame: String) -> Bytes {
     encode_frame(OpCode::Text, false, frame.as_bytes())
+}
+
+/// Whether a room is a Pusher channel's (`pusher.<app>/<channel>`).
+fn is_pusher_room(room: &str) -> bool {
+    proto_codec::protocol::namespace_of(room) == p::NAMESPACE
+}
+
+/// A native message's JSON as the Pusher event `ringcast:message` of `channel` (its data the
+/// JSON as a string, as Pusher events carry data).
+fn native_event(channel: &str, json: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(json).ok()?;
+    let raw = RawValue::from_string(serde_json::to_string(text).ok()?).ok()?;
+    serde_json::to_string(&StoredEvent {
+        event: "ringcast:message".into(),
+        channel: channel.into(),
+        data: &raw,
+        user_id: None,
+        socket_id: None,
+    })
+    .ok()
+}
+
+/// The data a message of `room` is stored with, by the one rule of a room two protocols
+/// reach: a Pusher room holds only events the Pusher paths made, so a native message there is
+/// stored as the Pusher event `ringcast:message` (issue 19, finding 3: a native message shaped
+/// like a Pusher event was delivered as one). Binary messages (no Pusher form) and every other
+/// room pass unchanged.
+pub fn bridge_message(room: &str, data: Bytes, source: Source) -> Bytes {
+    if source == Source::Pusher
+        || !is_pusher_room(room)
+        || proto_codec::protocol::binary_payload(&data).is_some()
+    {
+        return data;
+    }
+    match super::channel_name(room).and_then(|c| native_event(&c, &data)) {
+        Some(wrapped) => Bytes::from(wrapped),
+        None => data,
+    }
+}
+
+/// The `event` frame a live event of `room` is relayed with, by the same rule: a native event
+/// in a Pusher room carries the Pusher event `ringcast:message` (`None`: not an event frame).
+pub fn bridge_event(room: &str, frame: Bytes, source: Source) -> Option<Bytes> {
+    if source == Source::Pusher || !is_pusher_room(room) {
+        return Some(frame);
+    }
+    let payload = proto_codec::sse::text_payload(&frame)?;
+    let ServerEvent::Event { data, .. } = ServerEvent::decode(payload).ok()? else {
+        return None;
+    };
+    let wrapped = native_event(&super::channel_name(room)?, data.get().as_bytes())?;
+    let raw = RawValue::from_string(wrapped).ok()?;
+    Some(
+        ServerEvent::Event {
+            room: room.into(),
+            data: &raw,
+        }
+        .to_frame(),
+    )
 }
 
 /// The Pusher frame of a room message's `data`: a stored Pusher event as it is (without its
@@ -23,17 +83,10 @@ pub fn event_frame(channel: &str, data: &[u8]) -> Option<(Bytes, Option<String>)
         let exclude = stored.socket_id.as_deref().map(str::to_string);
         return Some((text(stored.to_frame()), exclude));
     }
-    let data = std::str::from_utf8(data).ok()?;
-    let raw = RawValue::from_string(serde_json::to_string(data).ok()?).ok()?;
-    let frame = StoredEvent {
-        event: "ringcast:message".into(),
-        channel: channel.into(),
-        data: &raw,
-        user_id: None,
-        socket_id: None,
-    }
-    .to_frame();
-    Some((text(frame), None))
+    // Stored before native messages were wrapped at the home shard (`bridge_message`).
+    let stored = native_event(channel, data)?;
+    let stored: StoredEvent = serde_json::from_str(&stored).ok()?;
+    Some((text(stored.to_frame()), None))
 }
 
 /// The Pusher form of a shared `msg` frame (computed once per shard).

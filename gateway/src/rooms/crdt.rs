@@ -20,7 +20,8 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 
-use crate::mailbox::{ConnId, ShardId};
+use crate::contain::{contain, Contained};
+use crate::mailbox::{ConnId, PublishOrigin, ShardId};
 
 /// Why an update or message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +35,16 @@ pub enum CrdtError {
     /// The document would pass `max_document_bytes`.
     #[error("the document is at its size limit")]
     DocumentTooLarge,
+    /// The CRDT engine failed on it (a contained panic in yrs): refused, never stored, and the
+    /// document it was tried on is rebuilt.
+    #[error("Yjs update refused: the CRDT engine failed on it ({0})")]
+    EngineFailed(String),
+}
+
+impl From<Contained> for CrdtError {
+    fn from(c: Contained) -> CrdtError {
+        CrdtError::EngineFailed(c.message)
+    }
 }
 
 /// A y-websocket client message, decoded.
@@ -52,8 +63,12 @@ pub enum ClientMessage {
     Other,
 }
 
-/// Decodes a client's binary message.
+/// Decodes a client's binary message (a panic of the decoder is contained: refused).
 pub fn decode_client_message(payload: &[u8]) -> Result<ClientMessage, CrdtError> {
+    contain("yrs decode", || decode_client_message_inner(payload))?
+}
+
+fn decode_client_message_inner(payload: &[u8]) -> Result<ClientMessage, CrdtError> {
     let msg =
         Message::decode_v1(payload).map_err(|e| CrdtError::MalformedMessage(e.to_string()))?;
     Ok(match msg {
@@ -70,13 +85,6 @@ pub fn decode_client_message(payload: &[u8]) -> Result<ClientMessage, CrdtError>
         Message::AwarenessQuery => ClientMessage::AwarenessQuery,
         Message::Auth(_) | Message::Custom(..) => ClientMessage::Other,
     })
-}
-
-/// Checks that bytes are a Yjs update (without applying them anywhere).
-pub fn check_update(update: &[u8]) -> Result<(), CrdtError> {
-    Update::decode_v1(update)
-        .map(|_| ())
-        .map_err(|e| CrdtError::MalformedUpdate(e.to_string()))
 }
 
 /// A y-protocols message as one binary WebSocket frame.
@@ -110,6 +118,27 @@ struct AwarenessState {
     updated: Instant,
 }
 
+/// What a room keeps of its clients' awareness (`[crdt]`): the table is bounded in entries and
+/// bytes, and a connection sets only the states of the client ids it introduced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AwarenessLimits {
+    /// States kept per room (every node's clients together).
+    pub max_states: usize,
+    /// Bytes of one state's JSON.
+    pub max_state_bytes: usize,
+    /// Client ids one connection may own.
+    pub max_per_connection: usize,
+}
+
+/// A client id whose state was not renewed for this long may be set by another connection (the
+/// same client reconnected before its old connection was found dead; clients renew every 15 s).
+const AWARENESS_TAKEOVER: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The awareness sync answer is cut into messages of about this many bytes of states, so that
+/// no single frame is large (the whole table is bounded below the high-water mark by
+/// `Config::validate`).
+const AWARENESS_CHUNK_BYTES: usize = 16 * 1024;
+
 /// A sync step 1 waiting for the document to load.
 #[derive(Debug)]
 pub struct WaitingSync {
@@ -119,6 +148,16 @@ pub struct WaitingSync {
     pub state_vector: Bytes,
 }
 
+/// A publish that arrived before the room's document was loaded: it is checked against the
+/// complete document (size limit, engine) once it is.
+#[derive(Debug)]
+pub struct ParkedPublish {
+    /// The stored message (the binary mark, then the update).
+    pub data: Bytes,
+    /// Who to answer.
+    pub origin: PublishOrigin,
+}
+
 /// One collaborative room's document on its home shard.
 pub struct CrdtRoom {
     doc: Doc,
@@ -126,6 +165,14 @@ pub struct CrdtRoom {
     pub load: Load,
     /// Syncs to answer once loaded.
     pub waiting: Vec<WaitingSync>,
+    /// Publishes to take once loaded, in their order.
+    pub parked: Vec<ParkedPublish>,
+    /// The engine failed on an update of the loaded document: it must be rebuilt from the
+    /// store (which never holds a refused update).
+    pub poisoned: bool,
+    /// While loading: the updates merged so far, to rebuild from when the engine fails on a
+    /// stored update (one stored before the engine's failures were contained).
+    loaded: Vec<Bytes>,
     /// The newest stored message merged (the position a snapshot covers).
     pub position: Option<(Epoch, u64)>,
     /// Updates merged since the last snapshot.
@@ -135,6 +182,8 @@ pub struct CrdtRoom {
     /// The document's size, counted as its last encoded size plus the updates since.
     pub approx_bytes: usize,
     awareness: HashMap<u64, AwarenessState>,
+    /// Client ids per owning connection of this node.
+    owned: HashMap<(ShardId, ConnId), usize>,
 }
 
 impl std::fmt::Debug for CrdtRoom {
@@ -144,6 +193,7 @@ impl std::fmt::Debug for CrdtRoom {
             .field("position", &self.position)
             .field("unsnapshotted", &self.unsnapshotted)
             .field("approx_bytes", &self.approx_bytes)
+            .field("poisoned", &self.poisoned)
             .finish_non_exhaustive()
     }
 }
@@ -154,6 +204,17 @@ impl Default for CrdtRoom {
     }
 }
 
+/// Decodes and merges an update into `doc`, a panic of yrs contained.
+fn apply_to(doc: &Doc, update: &[u8]) -> Result<(), CrdtError> {
+    contain("yrs update", || {
+        let update =
+            Update::decode_v1(update).map_err(|e| CrdtError::MalformedUpdate(e.to_string()))?;
+        doc.transact_mut()
+            .apply_update(update)
+            .map_err(|e| CrdtError::MalformedUpdate(e.to_string()))
+    })?
+}
+
 impl CrdtRoom {
     /// An empty document, loading.
     pub fn new() -> CrdtRoom {
@@ -161,26 +222,61 @@ impl CrdtRoom {
             doc: Doc::new(),
             load: Load::Snapshot,
             waiting: Vec::new(),
+            parked: Vec::new(),
+            poisoned: false,
+            loaded: Vec::new(),
             position: None,
             unsnapshotted: 0,
             dirty_since: None,
             approx_bytes: 0,
             awareness: HashMap::new(),
+            owned: HashMap::new(),
         }
     }
 
-    /// Merges an update into the document.
-    pub fn apply(&mut self, update: &[u8]) -> Result<(), CrdtError> {
-        let update =
-            Update::decode_v1(update).map_err(|e| CrdtError::MalformedUpdate(e.to_string()))?;
-        self.doc
-            .transact_mut()
-            .apply_update(update)
-            .map_err(|e| CrdtError::MalformedUpdate(e.to_string()))
+    /// The same room with an empty document, loading again (after the engine failed on the
+    /// loaded one): the clients' awareness, the waiting syncs and the parked publishes stay.
+    pub fn reloading(self) -> CrdtRoom {
+        CrdtRoom {
+            waiting: self.waiting,
+            parked: self.parked,
+            awareness: self.awareness,
+            owned: self.owned,
+            ..CrdtRoom::new()
+        }
+    }
+
+    /// Merges an update into the document. While loading, an update the engine fails on is
+    /// skipped and the document rebuilt from the updates before it; once loaded, such a failure
+    /// sets [`CrdtRoom::poisoned`].
+    pub fn apply(&mut self, update: &Bytes) -> Result<(), CrdtError> {
+        let result = apply_to(&self.doc, update);
+        match (&result, self.load) {
+            (Ok(()), Load::Ready) => {}
+            (Ok(()), _) => self.loaded.push(update.clone()),
+            (Err(CrdtError::EngineFailed(_)), Load::Ready) => self.poisoned = true,
+            (Err(CrdtError::EngineFailed(_)), _) => self.rebuild(),
+            (Err(_), _) => {}
+        }
+        result
+    }
+
+    /// A new document from the updates merged while loading (each merged before without
+    /// failing; one that fails now is dropped too).
+    fn rebuild(&mut self) {
+        self.doc = Doc::new();
+        let doc = &self.doc;
+        self.loaded.retain(|u| apply_to(doc, u).is_ok());
+    }
+
+    /// The document is complete.
+    pub fn ready(&mut self) {
+        self.load = Load::Ready;
+        self.loaded = Vec::new();
     }
 
     /// Merges a client's update within the size limit (refused whole, never half-applied).
-    pub fn accept(&mut self, update: &[u8], max_bytes: usize) -> Result<(), CrdtError> {
+    pub fn accept(&mut self, update: &Bytes, max_bytes: usize) -> Result<(), CrdtError> {
         if self.approx_bytes.saturating_add(update.len()) > max_bytes {
             return Err(CrdtError::DocumentTooLarge);
         }
@@ -214,100 +310,150 @@ impl CrdtRoom {
 
     /// The answer to a client's sync step 1: what it lacks (step 2), the server's own state
     /// vector (step 1, so the client sends what the server lacks), and every awareness state.
+    /// The document is only read: a contained panic refuses the state vector.
     pub fn answer_sync(&self, state_vector: &[u8]) -> Result<Vec<Bytes>, CrdtError> {
-        let sv = StateVector::decode_v1(state_vector)
-            .map_err(|e| CrdtError::MalformedMessage(e.to_string()))?;
-        let txn = self.doc.transact();
+        let (step2, step1) = contain("yrs sync", || {
+            let sv = StateVector::decode_v1(state_vector)
+                .map_err(|e| CrdtError::MalformedMessage(e.to_string()))?;
+            let txn = self.doc.transact();
+            Ok::<_, CrdtError>((txn.encode_state_as_update_v1(&sv), txn.state_vector()))
+        })??;
         let mut frames = vec![
-            frame(&Message::Sync(SyncMessage::SyncStep2(
-                txn.encode_state_as_update_v1(&sv),
-            ))),
-            frame(&Message::Sync(SyncMessage::SyncStep1(txn.state_vector()))),
+            frame(&Message::Sync(SyncMessage::SyncStep2(step2))),
+            frame(&Message::Sync(SyncMessage::SyncStep1(step1))),
         ];
-        frames.extend(self.awareness_frame());
+        frames.extend(self.awareness_frames());
         Ok(frames)
     }
 
-    /// Every known awareness state as one message (`None` when there is none).
-    pub fn awareness_frame(&self) -> Option<Bytes> {
-        if self.awareness.is_empty() {
-            return None;
+    /// Every known awareness state, as messages of about [`AWARENESS_CHUNK_BYTES`] each (none
+    /// when there is no state).
+    pub fn awareness_frames(&self) -> Vec<Bytes> {
+        let mut frames = Vec::new();
+        let mut clients = HashMap::new();
+        let mut bytes = 0;
+        for (id, s) in &self.awareness {
+            bytes += s.json.len() + 16;
+            clients.insert(
+                ClientID::new(*id),
+                AwarenessUpdateEntry {
+                    clock: s.clock,
+                    json: s.json.clone(),
+                },
+            );
+            if bytes >= AWARENESS_CHUNK_BYTES {
+                let clients = std::mem::take(&mut clients);
+                frames.push(frame(&Message::Awareness(AwarenessUpdate { clients })));
+                bytes = 0;
+            }
         }
-        let clients = self
-            .awareness
-            .iter()
-            .map(|(id, s)| {
-                (
-                    ClientID::new(*id),
-                    AwarenessUpdateEntry {
-                        clock: s.clock,
-                        json: s.json.clone(),
-                    },
-                )
-            })
-            .collect();
-        Some(frame(&Message::Awareness(AwarenessUpdate { clients })))
+        if !clients.is_empty() {
+            frames.push(frame(&Message::Awareness(AwarenessUpdate { clients })));
+        }
+        frames
     }
 
     /// Takes in an awareness message (from a client of this node, or relayed from another
-    /// node); returns the frame to relay to the room's other clients.
+    /// node); returns the frame to relay to the room's other clients: the states it was allowed
+    /// to set (`None` when none). A connection sets only client ids that are free or its own,
+    /// at most `max_per_connection` of them; a room keeps at most `max_states`, each of at most
+    /// `max_state_bytes`; another node's message sets only ids no client of this node owns.
     pub fn awareness_update(
         &mut self,
         payload: &[u8],
         owner: Option<(ShardId, ConnId)>,
         now: Instant,
-    ) -> Result<Bytes, CrdtError> {
-        let Message::Awareness(update) =
-            Message::decode_v1(payload).map_err(|e| CrdtError::MalformedMessage(e.to_string()))?
+        limits: AwarenessLimits,
+    ) -> Result<Option<Bytes>, CrdtError> {
+        let Message::Awareness(update) = contain("yrs decode", || Message::decode_v1(payload))?
+            .map_err(|e| CrdtError::MalformedMessage(e.to_string()))?
         else {
             return Err(CrdtError::MalformedMessage(
                 "not an awareness message".into(),
             ));
         };
-        for (id, entry) in &update.clients {
-            let id = id.get();
-            let newer = self.awareness.get(&id).is_none_or(|s| {
-                entry.clock > s.clock || (entry.clock == s.clock && &*entry.json == "null")
-            });
-            if !newer {
+        let mut relayed = HashMap::new();
+        for (id, entry) in update.clients {
+            let key = id.get();
+            let removal = &*entry.json == "null";
+            let kept = self.awareness.get(&key);
+            if let Some(s) = kept {
+                if !(entry.clock > s.clock || (entry.clock == s.clock && removal)) {
+                    continue; // not newer than what is kept: not news
+                }
+            } else if removal {
                 continue;
             }
-            if &*entry.json == "null" {
-                self.awareness.remove(&id);
+            let owners_full = |o: &(ShardId, ConnId)| {
+                self.owned.get(o).copied().unwrap_or(0) >= limits.max_per_connection
+            };
+            let refused = match kept {
+                // Another connection's (or node's) client, still renewing its state.
+                Some(s)
+                    if s.owner != owner
+                        && now.saturating_duration_since(s.updated) < AWARENESS_TAKEOVER =>
+                {
+                    Some("foreign")
+                }
+                None if self.awareness.len() >= limits.max_states => Some("room_full"),
+                Some(s) if s.owner == owner => None,
+                _ if !removal && owner.as_ref().is_some_and(owners_full) => Some("per_connection"),
+                _ => None,
+            };
+            let refused = refused.or((entry.json.len() > limits.max_state_bytes).then_some("size"));
+            if let Some(reason) = refused {
+                crate::metrics::awareness_refused(reason);
+                continue;
+            }
+            let previous = if removal {
+                self.awareness.remove(&key)
             } else {
-                self.awareness.insert(
-                    id,
-                    AwarenessState {
-                        clock: entry.clock,
-                        json: entry.json.clone(),
-                        owner,
-                        updated: now,
-                    },
-                );
+                let state = AwarenessState {
+                    clock: entry.clock,
+                    json: entry.json.clone(),
+                    owner,
+                    updated: now,
+                };
+                if let Some(o) = owner {
+                    *self.owned.entry(o).or_default() += 1;
+                }
+                self.awareness.insert(key, state)
+            };
+            if let Some(o) = previous.and_then(|p| p.owner) {
+                self.disown(o);
+            }
+            relayed.insert(id, entry);
+        }
+        Ok((!relayed.is_empty())
+            .then(|| frame(&Message::Awareness(AwarenessUpdate { clients: relayed }))))
+    }
+
+    fn disown(&mut self, owner: (ShardId, ConnId)) {
+        if let Some(n) = self.owned.get_mut(&owner) {
+            *n -= 1;
+            if *n == 0 {
+                self.owned.remove(&owner);
             }
         }
-        Ok(encode_frame(OpCode::Binary, false, payload))
     }
 
     /// A connection left: its clients' awareness states are removed; returns the removal to
     /// relay (`None` if it had none).
     pub fn remove_owner(&mut self, owner: (ShardId, ConnId)) -> Option<Bytes> {
+        self.owned.remove(&owner)?;
         let gone: Vec<(u64, u32)> = self
             .awareness
             .iter()
             .filter(|(_, s)| s.owner == Some(owner))
             .map(|(id, s)| (*id, s.clock))
             .collect();
-        if gone.is_empty() {
-            return None;
-        }
         let mut clients = HashMap::new();
         for (id, clock) in gone {
             self.awareness.remove(&id);
             clients.insert(
                 ClientID::new(id),
                 AwarenessUpdateEntry {
-                    clock: clock + 1,
+                    clock: clock.saturating_add(1),
                     json: "null".into(),
                 },
             );
@@ -335,11 +481,60 @@ mod tests {
     use super::*;
     use yrs::{GetString, Text};
 
-    fn edit(doc: &Doc, at: u32, s: &str) -> Vec<u8> {
+    fn edit(doc: &Doc, at: u32, s: &str) -> Bytes {
         let text = doc.get_or_insert_text("text");
         let mut txn = doc.transact_mut();
         text.insert(&mut txn, at, s);
-        txn.encode_update_v1()
+        Bytes::from(txn.encode_update_v1())
+    }
+
+    /// Finding 1 of issue 19: this update made yrs 0.28.1 underflow and index out of bounds.
+    pub(crate) const POISON_HEX: &str = "0101acdcdaa5b1d8b306fba185e9a9859c97820b000202acdcdaa5b1d8b30601000285e9a9859c9782730200050d01";
+
+    fn unhex(hex: &str) -> Bytes {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    const LIMITS: AwarenessLimits = AwarenessLimits {
+        max_states: 3,
+        max_state_bytes: 20,
+        max_per_connection: 2,
+    };
+
+    #[test]
+    fn an_update_the_engine_fails_on_is_refused_and_the_document_flagged() {
+        let a = Doc::with_client_id(1);
+        let mut room = CrdtRoom::new();
+        room.ready();
+        room.accept(&edit(&a, 0, "kept"), 1 << 20).unwrap();
+        let err = room.accept(&unhex(POISON_HEX), 1 << 20).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CrdtError::EngineFailed(_) | CrdtError::MalformedUpdate(_)
+            ),
+            "{err:?}"
+        );
+        if matches!(err, CrdtError::EngineFailed(_)) {
+            assert!(room.poisoned);
+        }
+    }
+
+    #[test]
+    fn while_loading_an_update_the_engine_fails_on_is_skipped_and_the_rest_kept() {
+        let a = Doc::with_client_id(1);
+        let first = edit(&a, 0, "ab");
+        let second = edit(&a, 2, "cd");
+        let mut room = CrdtRoom::new();
+        room.apply(&first).unwrap();
+        assert!(room.apply(&unhex(POISON_HEX)).is_err());
+        room.apply(&second).unwrap();
+        room.ready();
+        assert!(!room.poisoned);
+        assert_eq!(text_of(&room.encode_state()), "abcd");
     }
 
     fn text_of(update: &[u8]) -> String {
@@ -385,10 +580,13 @@ mod tests {
     fn malformed_updates_and_the_size_limit_are_refused_unapplied() {
         let mut room = CrdtRoom::new();
         assert!(matches!(
-            room.accept(&[255, 255, 255, 255, 255], 1 << 20),
+            room.accept(&Bytes::from_static(&[255, 255, 255, 255, 255]), 1 << 20),
             Err(CrdtError::MalformedUpdate(_))
         ));
-        assert!(check_update(&[255, 255, 255]).is_err());
+        assert!(matches!(
+            room.accept(&Bytes::from_static(&[255, 255, 255]), 1 << 20),
+            Err(CrdtError::MalformedUpdate(_))
+        ));
         assert!(matches!(
             decode_client_message(&[0, 2, 5, 255, 255, 255, 255, 255]),
             Err(CrdtError::MalformedUpdate(_))
@@ -401,43 +599,115 @@ mod tests {
         assert_eq!(text_of(&room.encode_state()).len(), 1000);
     }
 
+    fn awareness_msg(entries: &[(u64, u32, &str)]) -> Vec<u8> {
+        let clients = entries
+            .iter()
+            .map(|(id, clock, json)| {
+                (
+                    ClientID::new(*id),
+                    AwarenessUpdateEntry {
+                        clock: *clock,
+                        json: (*json).into(),
+                    },
+                )
+            })
+            .collect();
+        Message::Awareness(AwarenessUpdate { clients }).encode_v1()
+    }
+
+    fn states_of(frames: &[Bytes]) -> HashMap<u64, (u32, String)> {
+        let mut all = HashMap::new();
+        for f in frames {
+            let payload = proto_codec::sse::payload_of(f, 0x82).unwrap();
+            let Message::Awareness(u) = Message::decode_v1(payload).unwrap() else {
+                panic!("not awareness")
+            };
+            for (id, e) in u.clients {
+                all.insert(id.get(), (e.clock, e.json.to_string()));
+            }
+        }
+        all
+    }
+
     #[test]
     fn awareness_is_kept_newest_first_and_removed_with_its_connection() {
         let mut room = CrdtRoom::new();
         let now = Instant::now();
-        let msg = |id: u64, clock: u32, json: &str| {
-            let mut clients = HashMap::new();
-            clients.insert(
-                ClientID::new(id),
-                AwarenessUpdateEntry {
-                    clock,
-                    json: json.into(),
-                },
-            );
-            Message::Awareness(AwarenessUpdate { clients }).encode_v1()
+        let up = |room: &mut CrdtRoom, e: &[(u64, u32, &str)], owner| {
+            room.awareness_update(&awareness_msg(e), owner, now, LIMITS)
+                .unwrap()
         };
-        room.awareness_update(&msg(7, 1, "{\"u\":1}"), Some((0, 1)), now)
-            .unwrap();
-        room.awareness_update(&msg(7, 0, "{\"u\":0}"), Some((0, 1)), now)
-            .unwrap();
-        room.awareness_update(&msg(8, 3, "{\"v\":3}"), None, now)
-            .unwrap();
-        let all = room.awareness_frame().unwrap();
-        let Message::Awareness(u) = Message::decode_v1(&all[2..]).unwrap() else {
-            panic!()
-        };
-        assert_eq!(u.clients.len(), 2);
-        assert_eq!(&*u.clients[&ClientID::new(7)].json, "{\"u\":1}");
+        assert!(up(&mut room, &[(7, 1, "{\"u\":1}")], Some((0, 1))).is_some());
+        assert!(up(&mut room, &[(7, 0, "{\"u\":0}")], Some((0, 1))).is_none());
+        assert!(up(&mut room, &[(8, 3, "{\"v\":3}")], None).is_some());
+        let all = states_of(&room.awareness_frames());
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[&7].1, "{\"u\":1}");
         let removal = room.remove_owner((0, 1)).unwrap();
-        let Message::Awareness(u) = Message::decode_v1(&removal[2..]).unwrap() else {
-            panic!()
-        };
-        assert_eq!(&*u.clients[&ClientID::new(7)].json, "null");
-        assert_eq!(u.clients[&ClientID::new(7)].clock, 2);
+        assert_eq!(states_of(&[removal])[&7], (2, "null".to_string()));
         room.expire_awareness(
             now + std::time::Duration::from_secs(60),
             std::time::Duration::from_secs(30),
         );
-        assert!(room.awareness_frame().is_none());
+        assert!(room.awareness_frames().is_empty());
+    }
+
+    #[test]
+    fn a_connection_sets_only_its_own_client_ids_within_the_caps() {
+        // Finding 5 of issue 19: one connection named client ids without bound.
+        let mut room = CrdtRoom::new();
+        let now = Instant::now();
+        let (alice, mallory) = (Some((0, 1)), Some((1, 9)));
+        let relay = |room: &mut CrdtRoom, e: &[(u64, u32, &str)], owner| {
+            room.awareness_update(&awareness_msg(e), owner, now, LIMITS)
+                .unwrap()
+                .map(|f| states_of(&[f]))
+                .unwrap_or_default()
+        };
+        assert_eq!(relay(&mut room, &[(1, 1, "{}")], alice).len(), 1);
+        // Alice's id is not Mallory's to set or to remove, and only what was kept is relayed.
+        let relayed = relay(&mut room, &[(1, 9, "{\"evil\":1}"), (2, 1, "{}")], mallory);
+        assert_eq!(relayed.keys().copied().collect::<Vec<_>>(), vec![2]);
+        assert!(relay(&mut room, &[(1, 10, "null")], mallory).is_empty());
+        // Two ids per connection; a state over 20 bytes is not kept.
+        assert!(relay(&mut room, &[(3, 1, "{}")], mallory).len() == 1);
+        assert!(relay(&mut room, &[(4, 1, "{}")], mallory).is_empty());
+        assert!(relay(&mut room, &[(1, 2, &"x".repeat(21))], alice).is_empty());
+        // Three states per room.
+        assert!(relay(&mut room, &[(5, 1, "{}")], Some((2, 2))).is_empty());
+        assert_eq!(states_of(&room.awareness_frames()).len(), 3);
+        // Alice's state, no longer renewed, may be taken over by her new connection.
+        let later = now + AWARENESS_TAKEOVER;
+        let f = room
+            .awareness_update(&awareness_msg(&[(1, 3, "{}")]), Some((0, 7)), later, LIMITS)
+            .unwrap();
+        assert!(f.is_some());
+        assert!(
+            room.remove_owner((0, 1)).is_none(),
+            "alice's old connection owns nothing"
+        );
+    }
+
+    #[test]
+    fn a_large_awareness_table_is_answered_in_pieces() {
+        let mut room = CrdtRoom::new();
+        let limits = AwarenessLimits {
+            max_states: 1000,
+            max_state_bytes: 1000,
+            max_per_connection: 1000,
+        };
+        let json = format!("{{\"name\":\"{}\"}}", "n".repeat(900));
+        let entries: Vec<(u64, u32, &str)> = (0..100).map(|i| (i, 1, json.as_str())).collect();
+        room.awareness_update(
+            &awareness_msg(&entries),
+            Some((0, 1)),
+            Instant::now(),
+            limits,
+        )
+        .unwrap();
+        let frames = room.awareness_frames();
+        assert!(frames.len() >= 5, "{} frames", frames.len());
+        assert!(frames.iter().all(|f| f.len() < 2 * AWARENESS_CHUNK_BYTES));
+        assert_eq!(states_of(&frames).len(), 100);
     }
 }

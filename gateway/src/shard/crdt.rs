@@ -11,9 +11,10 @@ use proto_codec::protocol::{binary_payload, ErrorCode};
 
 use super::{Pending, ShardCtx};
 use crate::config::RoomKind;
+use crate::mailbox::PublishOrigin;
 use crate::mailbox::{ConnId, ShardId, ShardMsg};
 use crate::namespaces::Namespace;
-use crate::rooms::crdt::{check_update, CrdtError, CrdtRoom, Load, WaitingSync};
+use crate::rooms::crdt::{AwarenessLimits, CrdtError, CrdtRoom, Load, ParkedPublish, WaitingSync};
 
 /// Other nodes' awareness states are dropped when not renewed for this long (y-websocket
 /// clients renew theirs every 15 s and time others out after 30 s).
@@ -28,46 +29,106 @@ impl ShardCtx {
             .filter(|ns| ns.policy.kind == RoomKind::Crdt)
     }
 
-    /// Home: checks and merges an update published to a collaborative room before it is stored;
-    /// a refused update is never stored nor applied. Returns whether it was merged into a loaded
-    /// document.
+    /// Home: whether the room's document is loaded and complete.
+    pub(super) fn crdt_ready(&self, room: &RoomName) -> bool {
+        self.crdt
+            .borrow()
+            .rooms
+            .get(room)
+            .is_some_and(|d| d.load == Load::Ready)
+    }
+
+    /// Home: a publish into a collaborative room whose document is not loaded (or still
+    /// loading) waits for it, so that it is checked against the whole document (size limit,
+    /// engine) before it is stored. The room is opened for it; it is answered `unavailable`
+    /// if the document cannot load.
+    pub(super) fn crdt_park(&self, room: &RoomName, data: Bytes, origin: PublishOrigin) {
+        let parked = ParkedPublish { data, origin };
+        let opened = {
+            let mut rooms = self.crdt.borrow_mut();
+            match rooms.rooms.get_mut(room) {
+                Some(doc) => {
+                    doc.parked.push(parked);
+                    false
+                }
+                None => {
+                    let mut doc = CrdtRoom::new();
+                    doc.parked.push(parked);
+                    rooms.rooms.insert(room.clone(), doc);
+                    true
+                }
+            }
+        };
+        // Parked first: a load that completes at once (the embedded broker) takes it.
+        if opened {
+            self.crdt_start_load(room);
+        }
+    }
+
+    /// Home: checks and merges an update published to a collaborative room (its document
+    /// loaded: [`ShardCtx::crdt_ready`]) before it is stored; a refused update is never stored.
+    /// An update the engine fails on also rebuilds the document from the store.
     pub(super) fn crdt_accept(
         &self,
         room: &RoomName,
         data: &Bytes,
         ns: &Namespace,
-    ) -> Result<bool, (ErrorCode, String)> {
-        let Some(update) = binary_payload(data) else {
+    ) -> Result<(), (ErrorCode, String)> {
+        let Some(update) = binary_payload(data).map(|_| data.slice(1..)) else {
             return Err((
                 ErrorCode::BadRequest,
                 "a collaborative room takes binary Yjs updates".into(),
             ));
         };
-        let refused = |e: CrdtError| {
+        let (result, poisoned) = match self.crdt.borrow_mut().rooms.get_mut(room) {
+            Some(doc) => (
+                doc.accept(&update, ns.policy.max_document_bytes),
+                doc.poisoned,
+            ),
+            None => (
+                Err(CrdtError::EngineFailed("document not loaded".into())),
+                false,
+            ),
+        };
+        if poisoned {
+            self.crdt_reload(room);
+        }
+        if let Err(e) = result {
             let code = match e {
                 CrdtError::DocumentTooLarge => ErrorCode::TooLarge,
                 _ => ErrorCode::BadRequest,
             };
             crate::metrics::crdt_refused(code.as_str());
-            (code, e.to_string())
-        };
-        let merged = match self.crdt.borrow_mut().rooms.get_mut(room) {
-            Some(doc) => {
-                doc.accept(update, ns.policy.max_document_bytes)
-                    .map_err(refused)?;
-                true
-            }
-            // No document loaded on this node: checked now, merged when one loads.
-            None => {
-                check_update(update).map_err(refused)?;
-                false
-            }
-        };
+            return Err((code, e.to_string()));
+        }
         self.broker
             .borrow_mut()
-            .doc_append(room, update)
-            .map_err(|e| (ErrorCode::Unavailable, e.to_string()))?;
-        Ok(merged)
+            .doc_append(room, &update)
+            .map_err(|e| (ErrorCode::Unavailable, e.to_string()))
+    }
+
+    /// Home: the engine failed on an update of the loaded document: the document is dropped and
+    /// loaded again from the store (which never took the refused update); its clients stay.
+    fn crdt_reload(&self, room: &RoomName) {
+        let Some(doc) = self.crdt.borrow_mut().rooms.remove(room) else {
+            return;
+        };
+        tracing::warn!(room = %room, "collaborative document reloaded after the engine failed on an update");
+        self.crdt
+            .borrow_mut()
+            .rooms
+            .insert(room.clone(), doc.reloading());
+        self.crdt_start_load(room);
+    }
+
+    /// The awareness table's bounds (`[crdt]`).
+    fn awareness_limits(&self) -> AwarenessLimits {
+        let c = &self.config.crdt;
+        AwarenessLimits {
+            max_states: c.max_awareness_states,
+            max_state_bytes: c.max_awareness_state_bytes,
+            max_per_connection: c.max_awareness_clients_per_connection,
+        }
     }
 
     /// Home: a stored update (this node's or another's) is merged into the loaded document,
@@ -78,16 +139,21 @@ impl ShardCtx {
         let Some(ns) = self.crdt_namespace(&m.room) else {
             return;
         };
-        let Some(update) = binary_payload(&m.data) else {
+        if binary_payload(&m.data).is_none() {
             return;
-        };
+        }
+        let update = m.data.slice(1..);
         let mut rooms = self.crdt.borrow_mut();
         let Some(doc) = rooms.rooms.get_mut(&m.room) else {
             return;
         };
         if !merged {
-            if let Err(e) = doc.apply(update) {
+            if let Err(e) = doc.apply(&update) {
                 tracing::warn!(room = %m.room, offset = m.offset, error = %e, "stored update not merged");
+                if doc.poisoned {
+                    drop(rooms);
+                    self.crdt_reload(&m.room);
+                }
                 return;
             }
         }
@@ -106,6 +172,11 @@ impl ShardCtx {
             .borrow_mut()
             .rooms
             .insert(room.clone(), CrdtRoom::new());
+        self.crdt_start_load(room);
+    }
+
+    /// Home: reads the room's stored snapshot (into its empty, loading document).
+    fn crdt_start_load(&self, room: &RoomName) {
         let token = self.token();
         let result = self.broker.borrow_mut().doc_load(room, token);
         match result {
@@ -129,17 +200,16 @@ impl ShardCtx {
             };
             let mut since = None;
             if let Some(s) = snapshot {
-                let mut size = 0;
                 for update in std::iter::once(&s.state)
                     .filter(|u| !u.is_empty())
                     .chain(s.tail.iter())
                 {
+                    // An update the engine fails on is skipped (one stored before such
+                    // failures were contained): the document is rebuilt without it.
                     if let Err(e) = doc.apply(update) {
                         tracing::warn!(room = %room, error = %e, "stored update not merged");
                     }
-                    size += update.len();
                 }
-                doc.approx_bytes = size;
                 since = s.replay_from;
             }
             doc.load = Load::Replay;
@@ -176,22 +246,44 @@ impl ShardCtx {
                 return;
             };
             for m in &rec.messages {
-                if let Some(update) = binary_payload(&m.data) {
-                    if let Err(e) = doc.apply(update) {
+                if binary_payload(&m.data).is_some() {
+                    let update = m.data.slice(1..);
+                    if let Err(e) = doc.apply(&update) {
                         tracing::warn!(room = %room, offset = m.offset, error = %e, "stored update not merged");
                     }
-                    doc.approx_bytes += update.len();
                 }
             }
+            // The size limit counts from the loaded document's encoded size (the replay may
+            // repeat updates the snapshot holds).
+            doc.approx_bytes = doc.encode_state().len();
             if doc.position.as_ref().is_none_or(|(_, o)| rec.latest > *o) {
                 doc.position = Some((rec.epoch.clone(), rec.latest));
             }
-            doc.load = Load::Ready;
-            std::mem::take(&mut doc.waiting)
+            doc.ready();
+            (
+                std::mem::take(&mut doc.waiting),
+                std::mem::take(&mut doc.parked),
+            )
         };
         crate::metrics::crdt_loaded();
+        let (waiting, parked) = waiting;
         for w in waiting {
             self.crdt_answer_sync(room, w.from, &w.state_vector);
+        }
+        if parked.is_empty() {
+            return;
+        }
+        for p in parked {
+            self.home_publish(room.clone(), p.data, p.origin);
+        }
+        // Opened only for those publishes: unloaded again, as when its last subscriber leaves.
+        let idle = self.home.borrow().get(room).is_none();
+        if idle && self.crdt_ready(room) {
+            if let Some(mut doc) = self.crdt.borrow_mut().rooms.remove(room) {
+                if doc.unsnapshotted > 0 {
+                    self.crdt_snapshot(room, &mut doc);
+                }
+            }
         }
     }
 
@@ -204,6 +296,12 @@ impl ShardCtx {
         };
         for w in doc.waiting {
             self.close_remote(w.from, "document unavailable; retry");
+        }
+        for p in doc.parked {
+            self.answer_publish(
+                p.origin,
+                Err((ErrorCode::Unavailable, "document unavailable; retry".into())),
+            );
         }
     }
 
@@ -268,15 +366,17 @@ impl ShardCtx {
     /// y-websocket clients here and on the other nodes.
     pub(super) fn crdt_awareness(&self, room: RoomName, from: (ShardId, ConnId), update: Bytes) {
         self.crdt_open(&room);
+        let limits = self.awareness_limits();
         let relayed = match self.crdt.borrow_mut().rooms.get_mut(&room) {
-            Some(doc) => doc.awareness_update(&update, Some(from), self.now.get()),
+            Some(doc) => doc.awareness_update(&update, Some(from), self.now.get(), limits),
             None => return,
         };
         match relayed {
             // To the sender too, as the reference server does: y-websocket drops a connection
             // that hears nothing for 30 s, and its awareness renewal every 15 s is what a lone
-            // editor hears.
-            Ok(frame) => self.broadcast_live(&room, frame, None),
+            // editor hears. Only the states it was allowed to set are relayed.
+            Ok(Some(frame)) => self.broadcast_live(&room, frame, None),
+            Ok(None) => {}
             Err(e) => self.route(
                 from.0,
                 ShardMsg::CloseConn {
@@ -288,22 +388,27 @@ impl ShardCtx {
         }
     }
 
-    /// Home: another node relayed an awareness message (its frame payload).
-    pub(super) fn crdt_remote_awareness(&self, room: &RoomName, payload: &[u8]) {
-        if let Some(doc) = self.crdt.borrow_mut().rooms.get_mut(room) {
-            let _ = doc.awareness_update(payload, None, self.now.get());
-        }
+    /// Home: another node relayed an awareness message (its frame payload); returns the frame
+    /// of the states it may set, for this node's clients of the room.
+    pub(super) fn crdt_remote_awareness(&self, room: &RoomName, payload: &[u8]) -> Option<Bytes> {
+        let limits = self.awareness_limits();
+        let mut rooms = self.crdt.borrow_mut();
+        let doc = rooms.rooms.get_mut(room)?;
+        doc.awareness_update(payload, None, self.now.get(), limits)
+            .ok()
+            .flatten()
     }
 
     /// Home: a client asks for every awareness state.
     pub(super) fn crdt_awareness_query(&self, room: RoomName, from: (ShardId, ConnId)) {
-        let frame = self
+        let frames = self
             .crdt
             .borrow()
             .rooms
             .get(&room)
-            .and_then(CrdtRoom::awareness_frame);
-        if let Some(frame) = frame {
+            .map(CrdtRoom::awareness_frames)
+            .unwrap_or_default();
+        for frame in frames {
             self.route(
                 from.0,
                 ShardMsg::ToConn {
