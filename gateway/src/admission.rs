@@ -104,8 +104,11 @@ impl Admission {
         }
     }
 
-    /// Counts a newly accepted socket and decides what its handshake will answer.
+    /// Counts a newly accepted socket and decides what its handshake will answer. The per-IP
+    /// limits count an IPv6 client by its /64 (one host's usual allocation: it may pick any
+    /// address in it).
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> AdmitTicket {
+        let ip = limit_key(ip);
         let open_before = self.open.fetch_add(1, Ordering::Relaxed);
         let limits = &self.limits;
         let track_ip = limits.max_connections_per_ip > 0 || self.handshake_rate.is_some();
@@ -189,6 +192,13 @@ impl Admission {
         true
     }
 
+    /// Whether a user already has `max_connections_per_user` connections (a new one would be
+    /// refused by [`Admission::add_user`]).
+    pub fn user_at_limit(&self, user: &str) -> bool {
+        let limit = self.limits.max_connections_per_user;
+        limit > 0 && lock(&self.per_user).get(user).is_some_and(|n| *n >= limit)
+    }
+
     /// Releases a count taken by [`Admission::add_user`].
     pub fn remove_user(&self, user: &str) {
         if self.limits.max_connections_per_user == 0 {
@@ -218,9 +228,33 @@ pub fn read_rss_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096))
 }
 
+/// The address the per-IP limits count: an IPv4 address (an IPv4-mapped IPv6 one as IPv4),
+/// or an IPv6 address's /64 prefix.
+pub fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_count_by_their_64_prefix() {
+        let key = |s: &str| limit_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:bbbb:cccc:dddd:eeee"), "2001:db8:1:2::");
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
+        assert_eq!(key("::ffff:10.1.2.3"), "10.1.2.3");
+        assert_eq!(key("10.1.2.3"), "10.1.2.3");
+    }
     use std::net::Ipv4Addr;
 
     fn limits(f: impl FnOnce(&mut LimitsConfig)) -> Arc<Admission> {

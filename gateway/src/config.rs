@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::secret::{CredentialUrl, Secret};
+
 /// Which I/O driver the shards run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -111,7 +113,7 @@ pub struct PusherApp {
     /// The public key clients connect with (`/app/<key>`).
     pub key: String,
     /// The secret that signs channel auth, user sign-in, API requests and webhooks.
-    pub secret: String,
+    pub secret: Secret,
     /// Whether clients may send `client-*` events (on private and presence channels).
     #[serde(default)]
     pub enable_client_messages: bool,
@@ -126,7 +128,7 @@ pub struct PusherApp {
     /// Webhook URLs (`http://host:port/path`) that get `channel_occupied`, `channel_vacated`,
     /// `member_added` and `member_removed`, signed with the secret.
     #[serde(default)]
-    pub webhooks: Vec<String>,
+    pub webhooks: Vec<CredentialUrl>,
 }
 
 /// Collaborative rooms (`kind = "crdt"` namespaces, docs/collaboration.md).
@@ -334,8 +336,8 @@ pub struct KeyConfig {
     pub alg: KeyAlg,
     /// HS256: the shared secret. Prefer `secret_file`: a secret in a file stays out of the
     /// configuration (and `check-config` never prints it).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub secret: String,
+    #[serde(default, skip_serializing_if = "Secret::is_empty")]
+    pub secret: Secret,
     /// HS256: a file holding the shared secret (trailing newline removed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
@@ -408,7 +410,7 @@ pub struct TlsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// API key for `POST /api/publish` (`Authorization: Bearer <key>`); empty disables the API.
-    pub key: String,
+    pub key: Secret,
 }
 
 /// Which broker holds rooms' order and history.
@@ -434,7 +436,7 @@ pub struct BrokerConfig {
     pub kind: BrokerKind,
     /// Redis URL (`redis://[user:password@]host:port[/db]`); for a cluster, seed nodes separated
     /// by commas.
-    pub url: String,
+    pub url: CredentialUrl,
     /// Prefix of every Redis key and channel (nodes of one deployment share it).
     pub prefix: String,
     /// With `kind = "redis-sentinel"`: the monitored primary's name.
@@ -483,6 +485,7 @@ impl BrokerConfig {
         broker_bridge::redis::RedisSettings {
             urls: self
                 .url
+                .expose()
                 .split(',')
                 .map(str::trim)
                 .filter(|u| !u.is_empty())
@@ -735,7 +738,7 @@ impl Config {
             if let Some(bad) = urls.iter().find(|u| !u.starts_with("redis://")) {
                 return Err(ConfigError::Invalid {
                     key: "broker.url",
-                    reason: format!("`{}` is not a redis:// URL", redact_url_password(bad)),
+                    reason: format!("`{}` is not a redis:// URL", crate::secret::redact_url(bad)),
                 });
             }
             if b.kind == BrokerKind::RedisSentinel && b.sentinel_service.is_empty() {
@@ -848,13 +851,16 @@ impl Config {
             ));
         }
         // A joiner is sent the whole table: it must fit in half its queue's high-water mark.
-        if c.max_awareness_states
-            .saturating_mul(c.max_awareness_state_bytes + 32)
-            > self.websocket.outbound_high_water_bytes / 2
+        let has_crdt = self.rooms.kind == RoomKind::Crdt
+            || self.namespaces.values().any(|ns| ns.kind == RoomKind::Crdt);
+        if has_crdt
+            && c.max_awareness_states
+                .saturating_mul(c.max_awareness_state_bytes + 32)
+                > self.websocket.outbound_high_water_bytes / 2
         {
             return Err(invalid(
                 "crdt.max_awareness_states",
-                "max_awareness_states × (max_awareness_state_bytes + 32) must be at most half of websocket.outbound_high_water_bytes (a joiner gets the whole table)",
+                "with crdt namespaces, max_awareness_states × (max_awareness_state_bytes + 32) must be at most half of websocket.outbound_high_water_bytes (a joiner gets the whole table)",
             ));
         }
         if self.crdt.snapshot_interval_ms == 0 {
@@ -892,6 +898,7 @@ impl Config {
             }
             for url in &app.webhooks {
                 let host = url
+                    .expose()
                     .strip_prefix("http://")
                     .map(|r| r.split('/').next().unwrap_or(""));
                 if host.is_none_or(|h| !h.contains(':')) {
@@ -976,27 +983,6 @@ impl Config {
         Ok(())
     }
 
-    /// A copy fit to print: secrets (HS256 secrets, the API key) replaced by `<redacted>`.
-    pub fn redacted(&self) -> Config {
-        let mut c = self.clone();
-        for k in &mut c.auth.keys {
-            if !k.secret.is_empty() {
-                k.secret = "<redacted>".into();
-            }
-        }
-        if !c.api.key.is_empty() {
-            c.api.key = "<redacted>".into();
-        }
-        c.broker.url = c
-            .broker
-            .url
-            .split(',')
-            .map(redact_url_password)
-            .collect::<Vec<_>>()
-            .join(",");
-        c
-    }
-
     /// The number of shards to run: the configured one, or one per available core.
     pub fn shard_count(&self) -> usize {
         if self.shards > 0 {
@@ -1043,21 +1029,6 @@ fn inherit_namespace_policies(table: &mut toml::Table) {
                 }
             }
         }
-    }
-}
-
-/// A URL with its password (`user:password@`) replaced.
-fn redact_url_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:<redacted>@{host}")
-        }
-        Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
-        None => url.to_string(),
     }
 }
 

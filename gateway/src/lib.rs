@@ -17,6 +17,7 @@ pub mod pusher;
 pub mod ratelimit;
 pub mod rooms;
 pub mod runtime;
+pub mod secret;
 pub mod shard;
 pub mod slo;
 pub mod tls;

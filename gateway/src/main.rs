@@ -150,7 +150,7 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("{} is not valid", file.display()))?;
             build_policy(&config).with_context(|| format!("{} is not valid", file.display()))?;
             println!("{} is valid; effective configuration:\n", file.display());
-            println!("{}", toml::to_string_pretty(&config.redacted())?);
+            println!("{}", toml::to_string_pretty(&config)?);
             Ok(())
         }
         Some(Command::Tune { action }) => tune(action),

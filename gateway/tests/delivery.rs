@@ -221,6 +221,8 @@ async fn history_op_pages_and_recovers() {
 struct Seen {
     msgs: Vec<(u64, Value)>,
     gaps: usize,
+    /// `gap` events that came right after another `gap` of the room (their ranges touch).
+    touching_gaps: usize,
 }
 
 /// Reads everything a client gets for `room`, and checks that messages and gaps cover offsets
@@ -230,7 +232,9 @@ async fn read_all(c: &mut Client, room: &str, last: u64) -> Seen {
     let mut seen = Seen {
         msgs: Vec::new(),
         gaps: 0,
+        touching_gaps: 0,
     };
+    let mut after_gap = false;
     while next <= last {
         let ev = c.recv().await;
         if ev["room"] != room {
@@ -238,6 +242,7 @@ async fn read_all(c: &mut Client, room: &str, last: u64) -> Seen {
         }
         match ev["ev"].as_str() {
             Some("msg") => {
+                after_gap = false;
                 assert_eq!(ev["offset"], next, "offsets must continue: {ev}");
                 seen.msgs.push((next, ev["data"].clone()));
                 next += 1;
@@ -248,6 +253,8 @@ async fn read_all(c: &mut Client, room: &str, last: u64) -> Seen {
                 assert!(to >= next);
                 next = to + 1;
                 seen.gaps += 1;
+                seen.touching_gaps += usize::from(after_gap);
+                after_gap = true;
             }
             _ => {}
         }
@@ -259,6 +266,16 @@ async fn read_all(c: &mut Client, room: &str, last: u64) -> Seen {
 /// fast client, reading all along, must get every one. Returns the last value published per
 /// symbol.
 async fn flood(server: &Server, room: &str, n: u64, keys: u64) -> HashMap<String, u64> {
+    flood_keyed(server, room, n, |i| i % keys).await
+}
+
+/// [`flood`] with the key of message `i` chosen by `key_of`.
+async fn flood_keyed(
+    server: &Server,
+    room: &str,
+    n: u64,
+    key_of: impl Fn(u64) -> u64,
+) -> HashMap<String, u64> {
     let mut fast = common::connect(server.public).await;
     fast.subscribe(1, room, None).await;
     let reader = tokio::spawn(async move {
@@ -278,7 +295,7 @@ async fn flood(server: &Server, room: &str, n: u64, keys: u64) -> HashMap<String
     let pad = "x".repeat(1000);
     let mut last = HashMap::new();
     for i in 1..=n {
-        let sym = format!("S{}", i % keys);
+        let sym = format!("S{}", key_of(i));
         last.insert(sym.clone(), i);
         publisher
             .send(json!({"op": "publish", "room": room, "data": {"sym": sym, "px": i, "pad": pad}}))
@@ -413,4 +430,27 @@ async fn new_connections_are_accepted_during_a_flood() {
     c.send(json!({"op": "ping", "id": 1})).await;
     assert_eq!(next_ev(&mut c, "pong").await["id"], 1);
     eprintln!("handshake during the flood took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gap_merge_a_resuming_conflated_client_gets_one_gap_per_run_of_dropped_offsets() {
+    // docs/protocol.md §16.3: adjacent gaps of a room merge into one. Keys in a shuffled order
+    // once left runs of touching gaps (`gap(463-463) gap(464-465) gap(466-468)`, issue 19).
+    let server = Server::start(1, &config());
+    let room = "prices.shuffled";
+    let mut slow = connect_slow(server.public, 4096, "").await;
+    slow.subscribe(1, room, None).await;
+    let n = 6_000;
+    let key_of = |i: u64| i.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17) % 13;
+    let last = flood_keyed(&server, room, n, key_of).await;
+    let seen = read_all(&mut slow, room, n).await;
+    assert!(seen.gaps > 0, "the slow client should have been conflated");
+    assert_eq!(seen.touching_gaps, 0, "of {} gaps", seen.gaps);
+    let mut newest: HashMap<String, u64> = HashMap::new();
+    for (_, data) in &seen.msgs {
+        if let (Some(sym), Some(px)) = (data["sym"].as_str(), data["px"].as_u64()) {
+            newest.insert(sym.to_string(), px);
+        }
+    }
+    assert_eq!(newest, last);
 }

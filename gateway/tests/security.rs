@@ -786,3 +786,230 @@ async fn bad_input_table() {
         );
     }
 }
+
+/// The resident memory of a process, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_04_a_ping_flood_from_a_client_that_never_reads_stays_within_the_mark() {
+    let server = Server::start_strict(
+        1,
+        &MAIN.replace(
+            "[websocket]\n",
+            "[websocket]\noutbound_high_water_bytes = 65536\n",
+        ),
+    );
+    let before = rss_bytes(server.pid());
+    // A client with a tiny receive buffer that never reads, sending 24 MB of pings (125-byte
+    // payloads, masked as a client must).
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stream = socket.connect(server.public).await.expect("connect");
+    let (mut stream, head) = {
+        let request = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ringcast.v1\r\n\r\n";
+        stream.write_all(request.as_bytes()).await.expect("upgrade");
+        let head = common::read_head(&mut stream).await;
+        (stream, head)
+    };
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut ping = vec![0x89, 0x80 | 125, 1, 2, 3, 4];
+    ping.extend((0..125u8).map(|i| i ^ [1, 2, 3, 4][usize::from(i) % 4]));
+    let burst: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 8_000)
+        .collect();
+    let flood = async {
+        for _ in 0..24 {
+            if stream.write_all(&burst).await.is_err() {
+                break; // closed by the server: fine too
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(20), flood).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let queued = common::metric(server.admin, "ringcast_outbound_queued_bytes");
+    let grown = rss_bytes(server.pid()).saturating_sub(before);
+    assert!(
+        queued <= 65536.0 + 4096.0,
+        "queued {queued} bytes past a 64 KiB mark"
+    );
+    assert!(grown < 8 << 20, "RSS grew by {grown} bytes");
+    // The node serves other clients meanwhile.
+    let mut other = common::connect(server.public).await;
+    other.subscribe(1, "public.x", None).await;
+    drop(stream);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_08_a_fractional_exp_still_expires_a_live_connection() {
+    let server = Server::start_strict(1, MAIN);
+    // As issuers write it: `Date.now() / 1000 + 1.5`.
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+        + 1.5;
+    let short = token("dave", json!({ "exp": exp }));
+    let mut c = client(&server, ip(201), Some(&short)).await;
+    let mut warned = false;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), c.next()).await {
+            Ok(Received::Event(v)) => warned |= v["ev"] == "token_expiring",
+            Ok(Received::Close(code, _)) => break code,
+            Err(_) => panic!("the connection outlived its token (warned={warned})"),
+        }
+    };
+    assert!(warned && code == 4002, "warned={warned} close {code}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_11_an_event_stream_or_poll_past_the_per_user_limit_is_refused_before_it_subscribes(
+) {
+    let server = Server::launch(1, MAIN, &[("RINGCAST_WEBSOCKET__LONG_POLL_HOLD_MS", "300")]);
+    let carol = token("carol", json!({}));
+    // max_connections_per_user = 3.
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.push(client(&server, ip(210 + i), Some(&carol)).await);
+    }
+    let auth = format!("Bearer {carol}");
+    let (status, body) = http(
+        server.public,
+        "GET",
+        "/sse?room=chat.carol",
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert_eq!(status, 429, "{body}");
+    let (status, body) = http(
+        server.public,
+        "GET",
+        "/poll?room=chat.carol",
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("too many connections"), "{body}");
+    // Below the limit, the stream is served.
+    held.pop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = http(
+        server.public,
+        "GET",
+        "/poll?room=chat.carol",
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_09_no_configured_secret_appears_in_check_config_or_in_the_log() {
+    const HS: &str = "hs256-secret-4f1c9d2e7a8b6c5d4e3f2a1b";
+    const API: &str = "api-key-9a8b7c6d5e4f3a2b1c0d";
+    const APP: &str = "pusher-app-secret-1a2b3c4d5e6f";
+    const HOOK: &str = "hook-password-7e6d5c4b3a29";
+    const REDIS: &str = "redis-password-0f9e8d7c6b5a";
+    let port = common::free_port();
+    let toml = format!(
+        r#"
+[auth]
+[[auth.keys]]
+kid = "k1"
+alg = "HS256"
+secret = "{HS}"
+[api]
+key = "{API}"
+[broker]
+url = "redis://:{REDIS}@127.0.0.1:1"
+[rooms]
+anonymous = "publish"
+[[pusher.apps]]
+id = "1"
+key = "app-key"
+secret = "{APP}"
+webhooks = ["http://hookuser:{HOOK}@127.0.0.1:{port}/hook"]
+"#
+    );
+    let secrets = [HS, API, APP, HOOK, REDIS];
+    let dir = std::env::temp_dir().join(format!("ringcast-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("ringcast.toml");
+    std::fs::write(&file, &toml).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("check-config");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{printed}");
+    assert!(printed.contains("<redacted>"), "{printed}");
+    for s in secrets {
+        assert!(
+            !printed.contains(s),
+            "check-config printed a secret:\n{printed}"
+        );
+    }
+    // The running node, logging at debug, through the paths that use each secret: a token, the
+    // server API, a Pusher subscription (its webhook fails: nothing listens), a badly signed
+    // Pusher API call.
+    let log = dir.join("ringcast.log");
+    let mut server = Server::launch_logging(1, &toml, &[("RINGCAST_LOG_LEVEL", "debug")], &log);
+    let t = token_with("k1", HS, json!({"sub": "ann", "exp": now() + 60}));
+    let mut c = client(&server, ip(220), Some(&t)).await;
+    c.subscribe(1, "chat.ann", None).await;
+    let (status, _) = http(
+        server.admin,
+        "POST",
+        "/api/publish",
+        &[("Authorization", &format!("Bearer {API}"))],
+        &json!({"room": "chat.ann", "data": 1}).to_string(),
+    );
+    assert_eq!(status, 200);
+    let (status, _) = http(
+        server.public,
+        "POST",
+        "/apps/1/events?auth_key=app-key&auth_timestamp=1&auth_version=1.0&auth_signature=00",
+        &[],
+        r#"{"name":"e","channel":"c","data":"x"}"#,
+    );
+    assert_eq!(status, 401);
+    let (stream, head) = common::raw_upgrade(server.public, "/app/app-key?protocol=7", "").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut ws = fastwebsockets::WebSocket::after_handshake(stream, fastwebsockets::Role::Client);
+    ws.write_frame(fastwebsockets::Frame::text(fastwebsockets::Payload::Owned(
+        json!({"event": "pusher:subscribe", "data": {"channel": "public-1"}})
+            .to_string()
+            .into_bytes(),
+    )))
+    .await
+    .expect("subscribe");
+    // The webhook's first attempts fail and are logged.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.sigterm();
+    let _ = server.wait_exit(Duration::from_secs(10));
+    let logged = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        logged.contains("webhook"),
+        "the webhook failure was not logged:\n{logged}"
+    );
+    for s in secrets {
+        assert!(!logged.contains(s), "a log line holds a secret:\n{logged}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

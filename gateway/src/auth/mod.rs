@@ -186,6 +186,23 @@ struct VerifyKey {
     key: DecodingKey,
 }
 
+/// A NumericDate claim (RFC 7519 §2: seconds, possibly fractional) as whole seconds, floored;
+/// `None` when absent. Anything but a number is refused, never ignored.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, AuthError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(secs), _) => Ok(Some(secs)),
+            // Negative or fractional: floored, negative is the epoch (long past).
+            (None, Some(f)) if f.is_finite() => Ok(Some(f.max(0.0).floor() as u64)),
+            _ => Err(AuthError::Invalid(format!(
+                "`{name}` is not a number of seconds"
+            ))),
+        },
+        Some(_) => Err(AuthError::Invalid(format!("`{name}` must be a number"))),
+    }
+}
+
 /// Verifies tokens. Built once from the configuration (key files are read then).
 pub struct Authenticator {
     keys: Vec<VerifyKey>,
@@ -270,7 +287,7 @@ impl Authenticator {
                             }
                             s
                         }
-                        None => k.secret.as_bytes().to_vec(),
+                        None => k.secret.expose().as_bytes().to_vec(),
                     };
                     if secret.len() < 32 {
                         return Err(AuthConfigError::BadKey {
@@ -388,7 +405,18 @@ impl Authenticator {
         if self.deny_users.contains(&user) {
             return Err(AuthError::Denied);
         }
-        let expires_at = claims.get("exp").and_then(Value::as_u64);
+        // jsonwebtoken checks `exp` and `nbf` only when they are integers; issuers write
+        // `Date.now() / 1000 + 60`, a float, which it skips (issue 19, finding 8). Both are
+        // read here, floored, and checked the same way, whatever their JSON number form.
+        let now = jsonwebtoken::get_current_timestamp();
+        let expires_at = numeric_date(&claims, "exp")?;
+        if expires_at.is_some_and(|exp| exp.saturating_add(self.leeway_s) < now) {
+            return Err(AuthError::Invalid("token expired (`exp`)".into()));
+        }
+        if numeric_date(&claims, "nbf")?.is_some_and(|nbf| nbf > now.saturating_add(self.leeway_s))
+        {
+            return Err(AuthError::Invalid("token not valid yet (`nbf`)".into()));
+        }
         let info = claims.remove("info");
         let mut p = Principal {
             user: Some(user.clone().into()),

@@ -32,14 +32,14 @@ fn config() -> AuthConfig {
             KeyConfig {
                 kid: "rs".into(),
                 alg: KeyAlg::RS256,
-                secret: String::new(),
+                secret: Default::default(),
                 secret_file: None,
                 public_key_file: Some(fixture("jwt-rs256.pub")),
             },
             KeyConfig {
                 kid: "es".into(),
                 alg: KeyAlg::ES256,
-                secret: String::new(),
+                secret: Default::default(),
                 secret_file: None,
                 public_key_file: Some(fixture("jwt-es256.pub")),
             },
@@ -173,6 +173,25 @@ fn bad_tokens_are_refused_with_reasons() {
     assert!(auth
         .verify(&with("exp", json!(now() - 2)))
         .is_ok_and(|p| p.user.as_deref() == Some("alice")));
+    // Finding 8 of issue 19: fractional NumericDates are floored and checked, never ignored;
+    // anything but a number is refused.
+    let t = now() as f64;
+    for (claim, value) in [
+        ("exp", json!(t - 60.5)),
+        ("nbf", json!(t + 600.5)),
+        ("exp", json!("soon")),
+        ("nbf", json!(true)),
+        ("exp", json!(-1.5)),
+    ] {
+        let e = auth.verify(&with(claim, value.clone())).unwrap_err();
+        assert_eq!(e.status(), 401, "{claim}={value}: {e}");
+    }
+    let p = auth.verify(&with("exp", json!(t + 60.75))).unwrap();
+    assert_eq!(p.expires_at, Some(now() + 60));
+    assert!(
+        auth.verify(&with("nbf", json!(t + 2.5))).is_ok(),
+        "within the leeway"
+    );
     let denied = auth.verify(&with("sub", json!("mallory"))).unwrap_err();
     assert_eq!((denied.status(), denied), (403, AuthError::Denied));
     // `alg: none` never passes.

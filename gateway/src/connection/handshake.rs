@@ -9,7 +9,7 @@ use proto_codec::ws::deflate::{negotiate, DeflateParams, DeflatePolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::shared::ConnKind;
-use crate::admission::Verdict;
+use crate::admission::{Admission, Verdict};
 use crate::auth::{Action, Authenticator, Principal};
 use crate::config::Config;
 use crate::http::public::{self, HttpDecision, StreamRoom};
@@ -392,12 +392,18 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
 }
 
 /// Reads the request head and answers it. On success the stream speaks WebSocket.
-pub async fn perform<S>(stream: &mut S, gate: Gate<'_>) -> Result<Upgraded, HandshakeFailure>
+/// `users` holds the per-user connection counts: an event stream or a long poll past
+/// `max_connections_per_user` is answered 429 before its stream starts (issue 19, finding 11).
+pub async fn perform<S>(
+    stream: &mut S,
+    gate: Gate<'_>,
+    users: &Admission,
+) -> Result<Upgraded, HandshakeFailure>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let timeout = Duration::from_millis(gate.config.websocket.handshake_timeout_ms);
-    match monoio::time::timeout(timeout, read_and_answer(stream, &gate)).await {
+    match monoio::time::timeout(timeout, read_and_answer(stream, &gate, users)).await {
         Ok(r) => r,
         Err(_) => {
             let mut response = Vec::new();
@@ -409,12 +415,17 @@ where
     }
 }
 
-async fn read_and_answer<S>(stream: &mut S, gate: &Gate<'_>) -> Result<Upgraded, HandshakeFailure>
+async fn read_and_answer<S>(
+    stream: &mut S,
+    gate: &Gate<'_>,
+    users: &Admission,
+) -> Result<Upgraded, HandshakeFailure>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
+    let head_limit = gate.config.limits.max_request_head_bytes;
     loop {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
@@ -422,7 +433,15 @@ where
                 std::io::ErrorKind::UnexpectedEof.into(),
             ));
         }
+        let first_read = head.is_empty();
+        let scan_from = head.len().saturating_sub(3);
         head.extend_from_slice(&chunk[..n]);
+        // Parsed once the head is complete (or too long), and on the first read so that
+        // garbage is refused at once: never again on every read of a slow head.
+        let complete = head[scan_from..].windows(4).any(|w| w == b"\r\n\r\n");
+        if !(complete || first_read || head.len() >= head_limit) {
+            continue;
+        }
         match decide(&head, gate) {
             None => continue,
             Some(Decision::Refuse {
@@ -459,7 +478,7 @@ where
                 });
             }
             Some(Decision::Http { decision, head_len }) => {
-                return answer_http(stream, head, head_len, decision).await;
+                return answer_http(stream, head, head_len, decision, users).await;
             }
         }
     }
@@ -497,10 +516,42 @@ async fn answer_http<S>(
     mut head: Vec<u8>,
     head_len: usize,
     decision: HttpDecision,
+    users: &Admission,
 ) -> Result<Upgraded, HandshakeFailure>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    // A stream of a user at the per-user limit is refused before it starts (the WebSocket
+    // path closes after its upgrade, as browsers then see the code; an event stream or a
+    // long poll gets the status).
+    let at_limit = |p: &Principal| p.user.as_deref().is_some_and(|u| users.user_at_limit(u));
+    let over_user_limit = match &decision {
+        HttpDecision::Stream { principal, .. } if at_limit(principal) => Some(None),
+        HttpDecision::Poll {
+            principal, cors, ..
+        } if at_limit(principal) => Some(Some(cors.clone())),
+        _ => None,
+    };
+    if let Some(poll_cors) = over_user_limit {
+        const REASON: &str = "too many connections for this user";
+        crate::metrics::limit_hit("connections_per_user");
+        let response = match poll_cors {
+            Some(cors) => crate::http::public::error_json(
+                proto_codec::protocol::ErrorCode::LimitExceeded,
+                REASON,
+                cors.as_deref(),
+            ),
+            None => {
+                let mut r = Vec::new();
+                write_error_response(&mut r, 429, REASON, &[]);
+                r
+            }
+        };
+        stream.write_all(&response).await?;
+        stream.flush().await?;
+        let _ = stream.shutdown().await;
+        return Err(HandshakeFailure::Refused(429, "connections_per_user"));
+    }
     let upgraded = |kind, principal, mode, leftover| Upgraded {
         kind,
         deflate: None,

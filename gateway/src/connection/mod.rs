@@ -138,6 +138,7 @@ where
             draining: ctx.is_shutting_down(),
             admission: &ticket.verdict,
         },
+        &ctx.admission,
     ));
     // Everything between the handshake and the drive loop lives in this block (and in the
     // synchronous `start`), so none of it stays in the connection's long-lived task.
@@ -208,6 +209,9 @@ fn start(ctx: &Rc<ShardCtx>, upgraded: handshake::Upgraded) -> (Rc<ConnShared>, 
             .deflate
             .is_some_and(|p| p.server_max_window_bits == 15);
     let conn = ctx.register_conn(upgraded.kind, takes_shared_deflate, upgraded.principal);
+    // Refused at registration (the per-user limit, reached by a connection that raced this
+    // one): closed without joining a room.
+    let refused = conn.close_requested();
     if matches!(upgraded.kind, ConnKind::App | ConnKind::Sse) {
         conn.push_control(
             ServerEvent::Hello {
@@ -222,7 +226,7 @@ fn start(ctx: &Rc<ShardCtx>, upgraded: handshake::Upgraded) -> (Rc<ConnShared>, 
         .raw
         .as_ref()
         .map(|(room, _)| crate::shard::raw_room(room));
-    if let (Some((_, false)), Some(room)) = (&upgraded.raw, &raw_room) {
+    if let (Some((_, false)), Some(room), false) = (&upgraded.raw, &raw_room, refused) {
         ctx.subscribe(&conn, None, room, None, None);
     }
     // A y-websocket connection is a subscription to its room (checked before the upgrade),
@@ -233,7 +237,7 @@ fn start(ctx: &Rc<ShardCtx>, upgraded: handshake::Upgraded) -> (Rc<ConnShared>, 
             reason: reason.clone(),
             discard_queue: false,
         }),
-        Some((room, None)) => {
+        Some((room, None)) if !refused => {
             let presence = ctx
                 .namespaces
                 .of(room)
@@ -241,7 +245,7 @@ fn start(ctx: &Rc<ShardCtx>, upgraded: handshake::Upgraded) -> (Rc<ConnShared>, 
                 .and_then(|ns| ns.policy.presence.then_some(ns.policy.join_leave));
             ctx.subscribe(&conn, None, room, None, presence);
         }
-        None => {}
+        Some(_) | None => {}
     }
     match &upgraded.pusher {
         Some((_, Some((code, reason)))) => conn.request_close(CloseRequest {
@@ -253,7 +257,7 @@ fn start(ctx: &Rc<ShardCtx>, upgraded: handshake::Upgraded) -> (Rc<ConnShared>, 
         None => {}
     }
     // An event stream subscribes to its rooms (checked before the stream started).
-    if let handshake::Mode::Stream(rooms) = upgraded.mode {
+    if let (handshake::Mode::Stream(rooms), false) = (upgraded.mode, refused) {
         for (room, since) in rooms {
             let presence = ctx
                 .namespaces
@@ -581,7 +585,7 @@ fn on_message(ctx: &ShardCtx, conn: &Rc<ConnShared>, io: &mut ConnIo, message: M
                 conn.push_control(frame);
             }
         },
-        Message::Ping(payload) => conn.push_control(encode_frame(OpCode::Pong, false, payload)),
+        Message::Ping(payload) => conn.push_pong(encode_frame(OpCode::Pong, false, payload)),
         Message::Pong(_) => {}
         Message::Close(close) => {
             match io.state {

@@ -62,6 +62,9 @@ pub struct RoomMsg {
 enum Kind {
     /// Protocol and op answers: never dropped.
     Control,
+    /// The answer to the client's latest ping: at most one is queued (RFC 6455 §5.5.3 allows
+    /// answering only the most recent ping), so a ping flood cannot grow the queue.
+    Pong,
     /// Ephemeral events, join, leave: dropped first under pressure.
     Live,
     /// A room message.
@@ -168,6 +171,23 @@ impl Outbox {
     /// Queues a control frame (close, pong, replay) regardless of the mark.
     pub fn push_control(&mut self, frame: Bytes) -> Push {
         self.enqueue(frame, Kind::Control)
+    }
+
+    /// Queues a pong: it replaces a pong still waiting to be written (issue 19, finding 4:
+    /// pongs were queued without bound while the client read nothing).
+    pub fn push_pong(&mut self, frame: Bytes) -> Push {
+        let start = self.first_unstarted();
+        if let Some(e) = self
+            .entries
+            .iter_mut()
+            .skip(start)
+            .find(|e| matches!(e.kind, Kind::Pong))
+        {
+            self.queued_bytes = self.queued_bytes - e.frame.len() + frame.len();
+            e.frame = frame;
+            return Push::Queued;
+        }
+        self.enqueue(frame, Kind::Pong)
     }
 
     /// Queues a live frame (ephemeral event, join, leave): dropped when past the mark.
@@ -320,6 +340,9 @@ impl Outbox {
                     let f = g.frame();
                     self.queued_bytes = self.queued_bytes - frame.len() + f.len();
                     *frame = f;
+                    // It may now touch the marker after it (issue 19: conflation left runs of
+                    // touching gaps, where the protocol promises one).
+                    self.coalesce(i - 1);
                     return i;
                 }
             }
@@ -334,6 +357,9 @@ impl Outbox {
                 let f = g.frame();
                 self.queued_bytes = self.queued_bytes - frame.len() + f.len();
                 *frame = f;
+                if i > start && self.coalesce(i - 1) {
+                    return i;
+                }
                 return i + 1;
             }
         }
@@ -353,6 +379,40 @@ impl Outbox {
             },
         );
         i + 1
+    }
+
+    /// Merges the gap marker at `j + 1` into the one at `j` when both are of one room and their
+    /// offsets touch; returns whether it did. `j` must not be a partly written front.
+    fn coalesce(&mut self, j: usize) -> bool {
+        let (
+            Some(Entry {
+                kind: Kind::Gap(next),
+                frame: next_frame,
+            }),
+            Some(Entry {
+                kind: Kind::Gap(g), ..
+            }),
+        ) = (self.entries.get(j + 1), self.entries.get(j))
+        else {
+            return false;
+        };
+        if !(g.room == next.room && g.epoch == next.epoch && g.to + 1 == next.from) {
+            return false;
+        }
+        let (to, removed) = (next.to, next_frame.len());
+        self.entries.remove(j + 1);
+        self.queued_bytes -= removed;
+        if let Some(Entry {
+            kind: Kind::Gap(g),
+            frame,
+        }) = self.entries.get_mut(j)
+        {
+            g.to = to;
+            let f = g.frame();
+            self.queued_bytes = self.queued_bytes - frame.len() + f.len();
+            *frame = f;
+        }
+        true
     }
 
     /// Drops everything not yet started (a frame partly written is kept, so the stream stays
@@ -450,7 +510,7 @@ impl Outbox {
                         on_room(m);
                     }
                     Kind::Live => self.live -= 1,
-                    Kind::Control | Kind::Gap(_) => {}
+                    Kind::Control | Kind::Pong | Kind::Gap(_) => {}
                 }
                 self.front_written = 0;
                 self.entries.pop_front();

@@ -217,6 +217,16 @@ impl ConnShared {
         self.push_bytes(frame);
     }
 
+    /// Queues the answer to a client's ping, replacing one not yet written.
+    pub fn push_pong(&self, frame: Bytes) {
+        if self.closing_since.get().is_some() {
+            return;
+        }
+        if self.outbox.borrow_mut().push_pong(frame) == Push::QueuedFirst {
+            self.wake();
+        }
+    }
+
     /// Queues bytes exactly as they are, ignoring the mark (SSE heartbeats and `retry:`).
     pub fn push_bytes(&self, frame: Bytes) {
         if self.closing_since.get().is_some() {
@@ -273,6 +283,11 @@ impl ConnShared {
             drop(slot);
             self.wake();
         }
+    }
+
+    /// Whether a close was asked for and not yet taken.
+    pub fn close_requested(&self) -> bool {
+        self.close_request.borrow().is_some()
     }
 
     /// Takes a pending close request.

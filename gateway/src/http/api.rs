@@ -61,7 +61,7 @@ fn authorized(config: &Config, req: &Request<'_>) -> bool {
     else {
         return false;
     };
-    let want = config.api.key.as_bytes();
+    let want = config.api.key.expose().as_bytes();
     let given = given.trim().as_bytes();
     given.len() == want.len()
         && given

@@ -16,9 +16,10 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::auth;
-use crate::config::PusherApp;
+use crate::config::{Config, PusherApp};
 use crate::http::public::{json_response, PusherRequest};
 use crate::mailbox::{home_shard, AdminQuery, PublishOrigin, ShardMsg, Source};
+use crate::namespaces::Namespaces;
 use crate::shard::ShardCtx;
 
 /// How far a request's `auth_timestamp` may be from the server's clock.
@@ -166,7 +167,7 @@ fn check_signature(app: &PusherApp, req: &PusherRequest, body: &[u8]) -> Result<
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     let message = format!("{}\n{}\n{}", req.method, req.path, signed.join("&"));
-    if auth::same(signature, &auth::sign(&app.secret, &message)) {
+    if auth::same(signature, &auth::sign(app.secret.expose(), &message)) {
         Ok(())
     } else {
         Err("Invalid signature: you should have sent HmacSHA256Hex(\"METHOD\\nPATH\\nSORTED_PARAMS\", your_secret)".into())
@@ -194,12 +195,55 @@ fn target_room(app: &PusherApp, channel: &str) -> Option<String> {
     }
 }
 
+/// A checked event of the API: per channel, the room and the data stored there.
+pub type EventItems = Vec<(String, Bytes)>;
+
+/// Checks a `POST events` body and turns it into (room, stored data) per channel; a refusal is
+/// the HTTP status and reason to answer. Pure (the `pusher_api` fuzz target calls it).
+pub fn parse_events(
+    config: &Config,
+    namespaces: &Namespaces,
+    app: &PusherApp,
+    body: &[u8],
+) -> Result<EventItems, (u16, String)> {
+    let event =
+        serde_json::from_slice::<Event>(body).map_err(|e| (400, format!("invalid event: {e}")))?;
+    prepare(config, namespaces, app, &event)
+}
+
+/// Checks a `POST batch_events` body (1 to 10 events, each checked as by [`parse_events`]) and
+/// turns it into (room, stored data) per event and channel, in order. Pure.
+pub fn parse_batch_events(
+    config: &Config,
+    namespaces: &Namespaces,
+    app: &PusherApp,
+    body: &[u8],
+) -> Result<EventItems, (u16, String)> {
+    #[derive(Deserialize)]
+    struct Batch<'a> {
+        #[serde(borrow)]
+        batch: Vec<Event<'a>>,
+    }
+    let batch = serde_json::from_slice::<Batch>(body)
+        .map_err(|e| (400, format!("invalid batch: {e}")))?
+        .batch;
+    if batch.is_empty() || batch.len() > MAX_BATCH {
+        return Err((400, format!("1 to {MAX_BATCH} events per batch")));
+    }
+    let mut items = Vec::new();
+    for e in &batch {
+        items.extend(prepare(config, namespaces, app, e)?);
+    }
+    Ok(items)
+}
+
 /// Checks an event and turns it into (room, stored data) per channel.
 fn prepare(
-    ctx: &ShardCtx,
+    config: &Config,
+    namespaces: &Namespaces,
     app: &PusherApp,
     e: &Event<'_>,
-) -> Result<Vec<(String, Bytes)>, (u16, String)> {
+) -> Result<EventItems, (u16, String)> {
     let channels: Vec<&str> = match (&e.channel, &e.channels) {
         (Some(c), None) => vec![c.as_str()],
         (None, Some(cs)) => cs.iter().map(String::as_str).collect(),
@@ -229,12 +273,9 @@ fn prepare(
             socket_id: e.socket_id.as_deref().map(Into::into),
         };
         let json = serde_json::to_vec(&stored).map_err(|e| (400, e.to_string()))?;
-        let limit = ctx
-            .namespaces
+        let limit = namespaces
             .of(&room)
-            .map_or(ctx.config.rooms.max_data_bytes, |ns| {
-                ns.policy.max_data_bytes
-            });
+            .map_or(config.rooms.max_data_bytes, |ns| ns.policy.max_data_bytes);
         if json.len() > limit {
             return Err((413, format!("event over the size limit ({limit} bytes)")));
         }
@@ -244,7 +285,7 @@ fn prepare(
 }
 
 /// Publishes every (room, data) and waits for each to be stored.
-async fn publish_all(ctx: &ShardCtx, items: Vec<(String, Bytes)>) -> Result<(), Vec<u8>> {
+async fn publish_all(ctx: &ShardCtx, items: EventItems) -> Result<(), Vec<u8>> {
     if ctx.is_shutting_down() {
         return Err(error(503, "shutting down"));
     }
@@ -270,40 +311,21 @@ async fn publish_all(ctx: &ShardCtx, items: Vec<(String, Bytes)>) -> Result<(), 
 }
 
 async fn events(ctx: &ShardCtx, app: &PusherApp, body: &[u8]) -> Vec<u8> {
-    let event = match serde_json::from_slice::<Event>(body) {
-        Ok(e) => e,
-        Err(e) => return error(400, &format!("invalid event: {e}")),
-    };
-    let items = match prepare(ctx, app, &event) {
-        Ok(i) => i,
-        Err((status, reason)) => return error(status, &reason),
-    };
-    match publish_all(ctx, items).await {
-        Ok(()) => json_response(200, b"{}", None),
-        Err(response) => response,
+    match parse_events(&ctx.config, &ctx.namespaces, app, body) {
+        Ok(items) => publish(ctx, items).await,
+        Err((status, reason)) => error(status, &reason),
     }
 }
 
 async fn batch_events(ctx: &ShardCtx, app: &PusherApp, body: &[u8]) -> Vec<u8> {
-    #[derive(Deserialize)]
-    struct Batch<'a> {
-        #[serde(borrow)]
-        batch: Vec<Event<'a>>,
+    match parse_batch_events(&ctx.config, &ctx.namespaces, app, body) {
+        Ok(items) => publish(ctx, items).await,
+        Err((status, reason)) => error(status, &reason),
     }
-    let batch = match serde_json::from_slice::<Batch>(body) {
-        Ok(b) => b.batch,
-        Err(e) => return error(400, &format!("invalid batch: {e}")),
-    };
-    if batch.is_empty() || batch.len() > MAX_BATCH {
-        return error(400, &format!("1 to {MAX_BATCH} events per batch"));
-    }
-    let mut items = Vec::new();
-    for e in &batch {
-        match prepare(ctx, app, e) {
-            Ok(i) => items.extend(i),
-            Err((status, reason)) => return error(status, &reason),
-        }
-    }
+}
+
+/// Publishes checked events and answers the request.
+async fn publish(ctx: &ShardCtx, items: EventItems) -> Vec<u8> {
     match publish_all(ctx, items).await {
         Ok(()) => json_response(200, b"{}", None),
         Err(response) => response,

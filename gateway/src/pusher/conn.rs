@@ -121,7 +121,14 @@ fn subscribe(
         .filter(|_| kind == ChannelKind::Presence);
     if kind.needs_auth() {
         let ok = sub.auth.as_deref().is_some_and(|a| {
-            auth::channel_auth_ok(&app.key, &app.secret, socket_id, &channel, channel_data, a)
+            auth::channel_auth_ok(
+                &app.key,
+                app.secret.expose(),
+                socket_id,
+                &channel,
+                channel_data,
+                a,
+            )
         });
         if !ok {
             crate::metrics::op_denied("forbidden");
@@ -272,7 +279,7 @@ fn signin_user(
 ) {
     if !auth::signin_auth_ok(
         &app.key,
-        &app.secret,
+        app.secret.expose(),
         socket_id,
         &signin.user_data,
         &signin.auth,
@@ -342,7 +349,7 @@ pub fn established(ctx: &ShardCtx, conn: &ConnShared, app: usize) -> Bytes {
             return encode_frame(OpCode::Text, false, frame.as_bytes());
         }
     }
-    let socket_id = super::socket_id(&ctx.node, ctx.id, conn.id);
+    let socket_id = super::socket_id(ctx.id, conn.id);
     let frame = p::connection_established(&socket_id, ctx.config.pusher.activity_timeout_s);
     *conn.pusher.borrow_mut() = Some(Box::new(super::PusherConn {
         app,

@@ -46,13 +46,22 @@ pub fn app_by_id<'c>(config: &'c Config, id: &str) -> Option<&'c PusherApp> {
     config.pusher.apps.iter().find(|a| a.id == id)
 }
 
-/// A connection's socket id: unique on the node (`<node and shard>.<connection>`), in the
-/// `digits.digits` form Pusher clients expect.
-pub fn socket_id(node: &str, shard: ShardId, conn: ConnId) -> String {
-    let node_hash = node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    }) % 1_000_000;
-    format!("{}.{conn}", node_hash * 1000 + shard as u64)
+/// A connection's socket id, in the `digits.digits` form Pusher clients expect: 15 random
+/// digits from the operating system's CSPRNG, then the shard and connection (unique on the
+/// node). Channel-auth signatures sign the socket id: one that leaked must not become valid
+/// again for another connection, as with sequential ids after a restart (issue 19).
+pub fn socket_id(shard: ShardId, conn: ConnId) -> String {
+    let mut random = [0u8; 8];
+    // The kernel's CSPRNG; if it ever fails, the clock's nanoseconds still make the id hard to
+    // guess (and the shard and connection keep it unique).
+    if getrandom::getrandom(&mut random).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        random = nanos.to_le_bytes();
+    }
+    let random = u64::from_le_bytes(random) % 1_000_000_000_000_000;
+    format!("{random}.{}", (shard as u64) << 40 | conn)
 }
 
 /// The room a signed-in user's server events go to (`#server-to-user-<id>` on the API side).

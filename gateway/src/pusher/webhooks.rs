@@ -2,20 +2,22 @@
 //! POSTed as `{"time_ms": …, "events": [...]}` with `X-Pusher-Key` and `X-Pusher-Signature`
 //! (HMAC-SHA256 of the body with the app's secret), retried with exponential backoff.
 //!
-//! Shards never wait on a webhook: they send the event on a channel (std's mpsc, lock-free on
-//! the sending side) and a thread of its own (`ringcast-webhooks`) batches and sends them, so a slow or dead receiver costs the
-//! shards nothing. Events are per node: with several nodes, each reports its own occupancy
+//! Shards never wait on a webhook: they send the event on a bounded channel (std's
+//! `sync_channel`, [`QUEUE_EVENTS`] events; a full queue drops the event and counts it in
+//! `ringcast_pusher_webhooks_total{result="queue_full"}`) and a thread of its own
+//! (`ringcast-webhooks`) batches and sends them, so a slow or dead receiver costs the shards
+//! nothing and cannot grow the node's memory. Events are per node: with several nodes, each reports its own occupancy
 //! (docs/pusher.md).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::config::PusherApp;
+use crate::config::{CredentialUrl, PusherApp};
 
 /// Attempts per batch before it is dropped (and counted).
 const ATTEMPTS: u32 = 6;
@@ -24,6 +26,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Events wait this long to be sent together.
 const BATCH_WINDOW: Duration = Duration::from_millis(50);
+/// Events waiting for the sender thread (each about 100 bytes) before new ones are dropped.
+pub const QUEUE_EVENTS: usize = 10_000;
 /// Connect, write and read timeout of one attempt.
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -43,13 +47,16 @@ pub struct WebhookEvent {
 /// Where shards send webhook events (`Sender` is `Sync`: every shard sends through it).
 #[derive(Debug)]
 pub struct Webhooks {
-    tx: Sender<WebhookEvent>,
+    tx: SyncSender<WebhookEvent>,
 }
 
 impl Webhooks {
-    /// Queues an event (never blocks on the network).
+    /// Queues an event (never blocks: a full queue drops it, counted).
     pub fn push(&self, event: WebhookEvent) {
-        let _ = self.tx.send(event);
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(event) {
+            metrics::counter!("ringcast_pusher_webhooks_total", "result" => "queue_full")
+                .increment(1);
+        }
     }
 }
 
@@ -58,7 +65,7 @@ pub fn start(apps: &[PusherApp]) -> std::io::Result<Option<Arc<Webhooks>>> {
     if apps.iter().all(|a| a.webhooks.is_empty()) {
         return Ok(None);
     }
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_EVENTS);
     let apps = apps.to_vec();
     std::thread::Builder::new()
         .name("ringcast-webhooks".into())
@@ -106,26 +113,27 @@ pub fn body(events: &[&WebhookEvent]) -> String {
     json!({"time_ms": time_ms, "events": events}).to_string()
 }
 
-/// Sends one batch to one URL, retrying with backoff.
-fn deliver(url: &str, app: &PusherApp, body: &str) {
-    let signature = super::auth::sign(&app.secret, body);
+/// Sends one batch to one URL, retrying with backoff. Logs name the URL without its
+/// credentials (`CredentialUrl`'s `Display`).
+fn deliver(url: &CredentialUrl, app: &PusherApp, body: &str) {
+    let signature = super::auth::sign(app.secret.expose(), body);
     let mut backoff = FIRST_BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        match post(url, &app.key, &signature, body) {
+        match post(url.expose(), &app.key, &signature, body) {
             Ok(status) if (200..300).contains(&status) => {
                 metrics::counter!("ringcast_pusher_webhooks_total", "result" => "sent")
                     .increment(1);
                 return;
             }
-            Ok(status) => tracing::debug!(url, status, attempt, "webhook refused"),
-            Err(e) => tracing::debug!(url, error = %e, attempt, "webhook failed"),
+            Ok(status) => tracing::debug!(%url, status, attempt, "webhook refused"),
+            Err(e) => tracing::debug!(%url, error = %e, attempt, "webhook failed"),
         }
         if attempt < ATTEMPTS {
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
-    tracing::warn!(url, "webhook dropped after {ATTEMPTS} attempts");
+    tracing::warn!(%url, "webhook dropped after {ATTEMPTS} attempts");
     metrics::counter!("ringcast_pusher_webhooks_total", "result" => "dropped").increment(1);
 }
 

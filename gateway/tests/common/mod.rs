@@ -53,6 +53,21 @@ impl Server {
     /// Starts `ringcast` with the test config plus `extra_toml`, and these environment variables
     /// (which override the file: `RINGCAST_LISTEN` picks a fixed port).
     pub fn launch(shards: usize, extra_toml: &str, env: &[(&str, &str)]) -> Server {
+        Server::launch_with(shards, extra_toml, env, Stdio::inherit())
+    }
+
+    /// [`Server::launch`] with the server's log (stderr) written to `log`.
+    pub fn launch_logging(
+        shards: usize,
+        extra_toml: &str,
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> Server {
+        let file = std::fs::File::create(log).expect("log file");
+        Server::launch_with(shards, extra_toml, env, Stdio::from(file))
+    }
+
+    fn launch_with(shards: usize, extra_toml: &str, env: &[(&str, &str)], stderr: Stdio) -> Server {
         let dir = std::env::temp_dir().join(format!(
             "ringcast-test-{}-{}",
             std::process::id(),
@@ -73,7 +88,7 @@ impl Server {
             .arg(driver())
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start ringcast");
         let stdout = child.stdout.take().expect("stdout");

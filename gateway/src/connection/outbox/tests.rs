@@ -273,3 +273,53 @@ fn live_count_is_kept_and_a_full_queue_is_not_rescanned() {
         started.elapsed()
     );
 }
+
+#[test]
+fn conflating_out_of_key_order_leaves_no_touching_gaps() {
+    // Keys in a shuffled order: a gap merged into the marker before it may then touch the one
+    // after it (the review saw `gap(463-463) gap(464-465) gap(466-468)`); they are one.
+    let mut o = Outbox::new(1_000);
+    let mut rng = 7u64;
+    for i in 0..5_000u64 {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let key = (rng >> 33) % 13;
+        o.push_room(
+            frame(&format!("k{key}"), 100),
+            msg("p", i + 1, Some(key), SlowConsumer::Conflate),
+        );
+    }
+    let mut last: Option<u64> = None;
+    for e in &o.entries {
+        match &e.kind {
+            Kind::Gap(g) => {
+                assert!(
+                    last.is_none_or(|to| to + 1 != g.from),
+                    "touching gaps at {}",
+                    g.from
+                );
+                last = Some(g.to);
+            }
+            _ => last = None,
+        }
+    }
+}
+
+#[test]
+fn only_the_latest_pong_waits() {
+    // Finding 4 of issue 19: a ping flood from a client that never reads.
+    let mut o = Outbox::new(1_000);
+    o.push_pong(frame("p1", 10));
+    o.push_room(frame("m", 100), msg("r", 1, None, SlowConsumer::Disconnect));
+    for i in 2..100_000 {
+        o.push_pong(frame(&format!("p{i}"), 10));
+    }
+    assert_eq!(drain(&mut o), ["p99999", "m"]);
+    assert_eq!(o.queued_bytes(), 110);
+    // A pong partly written is kept; the next one queues behind it.
+    o.advance(5);
+    o.push_pong(frame("q", 10));
+    o.push_pong(frame("r", 10));
+    assert_eq!(drain(&mut o), ["p99999", "m", "r"]);
+}
