@@ -454,3 +454,99 @@ fn finding_03_a_native_message_in_a_pusher_room_is_never_delivered_as_a_pusher_e
         }
     });
 }
+
+/// The socket id a new Pusher connection of app 1 is given.
+async fn socket_id_of(server: &Server) -> String {
+    let mut c = Raw::connect(server, "/app/app-key?protocol=7").await;
+    let hello = c.next().await;
+    let data: Value = serde_json::from_str(hello["data"].as_str().unwrap_or("")).expect("data");
+    data["socket_id"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn lower_socket_ids_are_unpredictable_and_never_repeat_after_a_restart() {
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let start = || Server::launch(1, &config(None), &[("RINGCAST_LISTEN", listen.as_str())]);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut server = start();
+        rt().block_on(async {
+            for _ in 0..3 {
+                ids.push(socket_id_of(&server).await);
+            }
+        });
+        server.sigterm();
+        let _ = server.wait_exit(Duration::from_secs(10));
+    }
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "a socket id repeated: {ids:?}");
+    // A signature for one id says nothing about the next: their random parts differ.
+    let random: std::collections::HashSet<&str> =
+        ids.iter().filter_map(|id| id.split('.').next()).collect();
+    assert_eq!(random.len(), ids.len(), "{ids:?}");
+    assert!(ids.iter().all(|id| {
+        id.split_once('.')
+            .is_some_and(|(a, b)| a.bytes().all(|c| c.is_ascii_digit()) && b.parse::<u64>().is_ok())
+    }));
+}
+
+#[test]
+fn lower_the_webhook_queue_is_bounded_and_counts_what_it_drops() {
+    // A receiver that accepts nothing: every attempt waits for its timeout, so events pile up.
+    let stuck = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", stuck.local_addr().expect("addr"));
+    let server = Server::start_strict(1, &config(Some(&url)));
+    rt().block_on(async {
+        let mut c = Raw::connect(&server, "/app/app-key?protocol=7").await;
+        assert_eq!(c.next().await["event"], "pusher:connection_established");
+        // 14,000 occupied/vacated events against a queue of 10,000.
+        for i in 0..7_000 {
+            let channel = format!("public-{i}");
+            c.send(json!({"event": "pusher:subscribe", "data": {"channel": channel}}))
+                .await;
+            c.send(json!({"event": "pusher:unsubscribe", "data": {"channel": channel}}))
+                .await;
+            if i % 500 == 0 {
+                // Read what came so far: the client is not a slow consumer.
+                while let Ok(Ok(_)) =
+                    tokio::time::timeout(Duration::from_millis(5), c.ws.read_frame()).await
+                {
+                }
+            }
+        }
+        // Every subscription was taken (so every event was made) before the client leaves.
+        let last = async {
+            loop {
+                let v = c.next().await;
+                if v["channel"] == "public-6999" {
+                    return v;
+                }
+            }
+        };
+        let v = tokio::time::timeout(Duration::from_secs(60), last)
+            .await
+            .expect("the last subscription within 60 s");
+        assert_eq!(v["event"], "pusher_internal:subscription_succeeded");
+    });
+    let mut dropped = false;
+    for _ in 0..100 {
+        let (_, metrics) = http(server.admin, "GET", "/metrics", &[], "");
+        dropped = metrics
+            .lines()
+            .any(|l| l.starts_with("ringcast_pusher_webhooks_total") && l.contains("queue_full"));
+        if dropped {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, metrics) = http(server.admin, "GET", "/metrics", &[], "");
+    let relevant: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.contains("webhook") || l.contains("limit") || l.contains("rooms"))
+        .collect();
+    assert!(
+        dropped,
+        "no drop counted past the queue's bound: {relevant:#?}"
+    );
+    drop(stuck);
+}

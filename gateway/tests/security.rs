@@ -1013,3 +1013,45 @@ webhooks = ["http://hookuser:{HOOK}@127.0.0.1:{port}/hook"]
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn lower_per_ip_limits_count_an_ipv6_client_by_its_64() {
+    // In a network namespace of the test's own (unshare -rn), where loopback gets addresses of
+    // two /64s: three handshakes from one /64 against max_connections_per_ip = 2.
+    let dir = std::env::temp_dir().join(format!("ringcast-ipv6-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("ringcast.toml");
+    std::fs::write(
+        &config,
+        "listen = \"[::]:0\"\nadmin_listen = \"127.0.0.1:0\"\nshards = 1\npin_cores = false\nlog_level = \"warn\"\n[rooms]\nanonymous = \"subscribe\"\n[limits]\nmax_connections_per_ip = 2\n",
+    )
+    .expect("config");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/ipv6_prefix.py");
+    let out = std::process::Command::new("unshare")
+        .args(["-rn", "python3", script, env!("CARGO_BIN_EXE_ringcast")])
+        .arg(&config)
+        .output()
+        .expect("unshare (util-linux) and python3 are installed (scripts/test-all.sh)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value = stdout
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no result: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let s = &result["statuses"];
+    assert_eq!(
+        (
+            &s["fd00:1:2:3::a"],
+            &s["fd00:1:2:3::b"],
+            &s["fd00:1:2:3::c"],
+            &s["fd00:1:2:4::a"]
+        ),
+        (&json!(101), &json!(101), &json!(429), &json!(101)),
+        "{result}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
