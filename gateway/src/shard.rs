@@ -1140,7 +1140,7 @@ impl ShardCtx {
         let mut merged = false;
         if let Some(ns) = self.crdt_namespace(&room) {
             if !self.crdt_ready(&room) {
-                return self.crdt_park(&room, data, origin);
+                return self.crdt_park(&room, data, origin, ns.policy.max_document_bytes);
             }
             match self.crdt_accept(&room, &data, ns) {
                 Ok(()) => merged = true,

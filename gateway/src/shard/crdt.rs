@@ -20,6 +20,9 @@ use crate::rooms::crdt::{AwarenessLimits, CrdtError, CrdtRoom, Load, ParkedPubli
 /// clients renew theirs every 15 s and time others out after 30 s).
 const AWARENESS_TTL: Duration = Duration::from_secs(30);
 
+/// Sync requests one loading document keeps waiting; past it a request is closed 1013 (retry).
+const MAX_WAITING_SYNCS: usize = 1024;
+
 impl ShardCtx {
     /// The room's namespace, if the room is collaborative.
     pub(super) fn crdt_namespace(&self, room: &str) -> Option<&Namespace> {
@@ -42,12 +45,28 @@ impl ShardCtx {
     /// loading) waits for it, so that it is checked against the whole document (size limit,
     /// engine) before it is stored. The room is opened for it; it is answered `unavailable`
     /// if the document cannot load.
-    pub(super) fn crdt_park(&self, room: &RoomName, data: Bytes, origin: PublishOrigin) {
+    /// The parked publishes of a room hold at most `max_document_bytes` (more could not all be
+    /// accepted): past it a publish is answered `unavailable` (retry once the document loaded).
+    pub(super) fn crdt_park(
+        &self,
+        room: &RoomName,
+        data: Bytes,
+        origin: PublishOrigin,
+        max_bytes: usize,
+    ) {
         let parked = ParkedPublish { data, origin };
         let opened = {
             let mut rooms = self.crdt.borrow_mut();
             match rooms.rooms.get_mut(room) {
                 Some(doc) => {
+                    let queued: usize = doc.parked.iter().map(|p| p.data.len()).sum();
+                    if queued + parked.data.len() > max_bytes {
+                        drop(rooms);
+                        return self.answer_publish(
+                            parked.origin,
+                            Err((ErrorCode::Unavailable, "document loading; retry".into())),
+                        );
+                    }
                     doc.parked.push(parked);
                     false
                 }
@@ -326,6 +345,10 @@ impl ShardCtx {
                 return self.close_remote(from, "document unavailable; retry");
             };
             if doc.load != Load::Ready {
+                if doc.waiting.len() >= MAX_WAITING_SYNCS {
+                    drop(rooms);
+                    return self.close_remote(from, "document loading; retry");
+                }
                 doc.waiting.push(WaitingSync {
                     from,
                     state_vector: sv,
