@@ -438,7 +438,7 @@ where
         head.extend_from_slice(&chunk[..n]);
         // Parsed once the head is complete (or too long), and on the first read so that
         // garbage is refused at once: never again on every read of a slow head.
-        let complete = head[scan_from..].windows(4).any(|w| w == b"\r\n\r\n");
+        let complete = head_may_end(&head[scan_from..]);
         if !(complete || first_read || head.len() >= head_limit) {
             continue;
         }
@@ -482,6 +482,15 @@ where
             }
         }
     }
+}
+
+/// Whether bytes hold an empty line (`\n\n` or `\n\r\n`: httparse takes bare line feeds too),
+/// so that a request head may be complete.
+fn head_may_end(bytes: &[u8]) -> bool {
+    bytes
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w[0] == b'\n' && (w[1] == b'\n' || bytes[i + 1..].starts_with(b"\r\n")))
 }
 
 /// Reads a request body of `content_length` bytes: what came with the head, then the rest.
@@ -639,6 +648,15 @@ mod tests {
     use crate::config::Access;
 
     const REQ: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ringcast.v1\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+
+    #[test]
+    fn a_head_is_parsed_only_once_it_may_be_complete() {
+        assert!(head_may_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(head_may_end(b"GET / HTTP/1.1\nHost: x\n\n"));
+        assert!(head_may_end(b"\n\r\n"));
+        assert!(!head_may_end(b"GET / HTTP/1.1\r\nHost: x\r\n"));
+        assert!(!head_may_end(b"\r\n\r"));
+    }
 
     fn status(d: Decision) -> u16 {
         match d {

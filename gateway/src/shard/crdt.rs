@@ -11,8 +11,7 @@ use proto_codec::protocol::{binary_payload, ErrorCode};
 
 use super::{Pending, ShardCtx};
 use crate::config::RoomKind;
-use crate::mailbox::PublishOrigin;
-use crate::mailbox::{ConnId, ShardId, ShardMsg};
+use crate::mailbox::{ConnId, PublishOrigin, ShardId, ShardMsg};
 use crate::namespaces::Namespace;
 use crate::rooms::crdt::{AwarenessLimits, CrdtError, CrdtRoom, Load, ParkedPublish, WaitingSync};
 
@@ -44,9 +43,9 @@ impl ShardCtx {
     /// Home: a publish into a collaborative room whose document is not loaded (or still
     /// loading) waits for it, so that it is checked against the whole document (size limit,
     /// engine) before it is stored. The room is opened for it; it is answered `unavailable`
-    /// if the document cannot load.
-    /// The parked publishes of a room hold at most `max_document_bytes` (more could not all be
-    /// accepted): past it a publish is answered `unavailable` (retry once the document loaded).
+    /// if the document cannot load. The parked publishes of a room hold at most
+    /// `max_document_bytes` (more could not all be accepted): past it a publish is answered
+    /// `unavailable` (retry once the document has loaded).
     pub(super) fn crdt_park(
         &self,
         room: &RoomName,
@@ -104,10 +103,7 @@ impl ShardCtx {
                 doc.accept(&update, ns.policy.max_document_bytes),
                 doc.poisoned,
             ),
-            None => (
-                Err(CrdtError::EngineFailed("document not loaded".into())),
-                false,
-            ),
+            None => return Err((ErrorCode::Unavailable, "document unavailable; retry".into())),
         };
         if poisoned {
             self.crdt_reload(room);
