@@ -380,6 +380,10 @@ pub struct LimitsConfig {
     pub retry_after_max_s: u64,
     /// Bytes a client may send before it is authenticated (the request head); over it: 431.
     pub max_request_head_bytes: usize,
+    /// Bytes of messages one shard's inbox may hold (publishes, deliveries, answers from other
+    /// shards); past it, a publish into a room of that shard (or with subscribers there) is
+    /// refused with `unavailable` and an ephemeral event is dropped.
+    pub shard_inbox_bytes: usize,
     /// Rooms one connection may be subscribed to.
     pub max_rooms_per_connection: usize,
     /// Ops per second per connection (0: no limit); over it: error `rate_limited`.
@@ -503,6 +507,8 @@ impl BrokerConfig {
             reconnect_max: ms(self.reconnect_max_ms),
             connect_timeout: ms(self.connect_timeout_ms),
             response_timeout: ms(self.response_timeout_ms),
+            // The gateway's `limits.shard_inbox_bytes` applies (set where the bridge starts).
+            max_queued_bytes: broker_bridge::redis::RedisSettings::default().max_queued_bytes,
         }
     }
 }
@@ -620,6 +626,7 @@ impl Default for LimitsConfig {
             retry_after_min_s: 1,
             retry_after_max_s: 30,
             max_request_head_bytes: proto_codec::http::MAX_HEAD_BYTES,
+            shard_inbox_bytes: 64 << 20,
             max_rooms_per_connection: 1024,
             ops_per_second: 0,
             ops_burst: 0,
@@ -934,6 +941,12 @@ impl Config {
             return Err(invalid(
                 "limits.retry_after_min_s",
                 "must not be above limits.retry_after_max_s",
+            ));
+        }
+        if limits.shard_inbox_bytes < 64 * 1024 {
+            return Err(invalid(
+                "limits.shard_inbox_bytes",
+                "must be at least 65536",
             ));
         }
         if !(1024..=proto_codec::http::MAX_HEAD_BYTES).contains(&limits.max_request_head_bytes) {

@@ -1,13 +1,16 @@
 //! Lock-free queues between shards (and from the admin thread to shards).
 //!
-//! Each shard has one inbox: a crossbeam `SegQueue` (unbounded, lock-free MPSC in practice) and an
-//! `AtomicWaker`. A sender pushes and wakes; the waker is taken by the first wake, so a burst of
+//! Each shard has one inbox: a crossbeam `SegQueue` (lock-free MPSC in practice) and an
+//! `AtomicWaker`. The queue counts the bytes its messages hold ([`ShardMsg::weight`]); past
+//! `limits.shard_inbox_bytes` it is full, and work that input creates is refused at its source
+//! instead of queued (a publish gets `unavailable`, an ephemeral event is dropped: see
+//! `ShardCtx::publish`), so a shard that falls behind cannot grow another's memory without bound. A sender pushes and wakes; the waker is taken by the first wake, so a burst of
 //! messages costs one cross-thread wake (monoio's `sync` feature turns it into one eventfd write).
 //! The shard drains the whole queue per wake. Messages carry `Bytes` and `Arc`s, never references
 //! into another shard's memory.
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
@@ -291,20 +294,54 @@ pub struct Inbox {
     queue: SegQueue<ShardMsg>,
     waker: AtomicWaker,
     depth: AtomicU64,
+    /// The weight of the queued messages.
+    bytes: AtomicUsize,
 }
 
 /// Every shard's inbox, shared by all threads.
 #[derive(Debug, Clone)]
 pub struct Mailboxes {
     inboxes: Arc<[Inbox]>,
+    /// Past this weight an inbox is full ([`Mailboxes::is_full`]).
+    bound_bytes: usize,
+}
+
+impl ShardMsg {
+    /// The bytes a queued message holds, counted against its inbox's bound: its payloads plus
+    /// a fixed share for the message itself. (A frame shared by several inboxes counts in each.)
+    pub fn weight(&self) -> usize {
+        const BASE: usize = 128;
+        BASE + match self {
+            ShardMsg::Publish { data, .. } => data.len(),
+            ShardMsg::Subscribed { frames, .. } => frames.iter().map(Bytes::len).sum(),
+            ShardMsg::Deliver {
+                frame, deflated, ..
+            } => frame.len() + deflated.as_ref().map_or(0, Bytes::len),
+            ShardMsg::DeliverLive { frame, .. }
+            | ShardMsg::Event { frame, .. }
+            | ShardMsg::ToConn { frame, .. } => frame.len(),
+            ShardMsg::CrdtSync { state_vector, .. } => state_vector.len(),
+            ShardMsg::CrdtAwareness { update, .. } => update.len(),
+            _ => 0,
+        }
+    }
 }
 
 impl Mailboxes {
-    /// Inboxes for `shards` shards.
-    pub fn new(shards: usize) -> Mailboxes {
+    /// Inboxes for `shards` shards, each full past `bound_bytes` (`limits.shard_inbox_bytes`).
+    pub fn new(shards: usize, bound_bytes: usize) -> Mailboxes {
         Mailboxes {
             inboxes: (0..shards).map(|_| Inbox::default()).collect(),
+            bound_bytes,
         }
+    }
+
+    /// Whether a shard's inbox holds more than its bound: work created by input is refused
+    /// rather than sent there.
+    pub fn is_full(&self, shard: ShardId) -> bool {
+        self.inboxes
+            .get(shard)
+            .is_some_and(|i| i.bytes.load(Ordering::Relaxed) > self.bound_bytes)
     }
 
     /// The number of shards.
@@ -320,6 +357,7 @@ impl Mailboxes {
     /// Sends a message to a shard and wakes it.
     pub fn send(&self, to: ShardId, msg: ShardMsg) {
         if let Some(inbox) = self.inboxes.get(to) {
+            inbox.bytes.fetch_add(msg.weight(), Ordering::Relaxed);
             inbox.queue.push(msg);
             inbox.depth.fetch_add(1, Ordering::Relaxed);
             inbox.waker.wake();
@@ -363,12 +401,15 @@ impl Mailboxes {
 
 fn drain(inbox: &Inbox, out: &mut Vec<ShardMsg>) -> bool {
     let before = out.len();
+    let mut weight = 0;
     while let Some(m) = inbox.queue.pop() {
+        weight += m.weight();
         out.push(m);
     }
     let n = out.len() - before;
     if n > 0 {
         inbox.depth.fetch_sub(n as u64, Ordering::Relaxed);
+        inbox.bytes.fetch_sub(weight, Ordering::Relaxed);
     }
     n > 0
 }
@@ -400,8 +441,28 @@ mod tests {
     }
 
     #[test]
+    fn an_inbox_counts_the_bytes_it_holds_and_is_full_past_its_bound() {
+        let boxes = Mailboxes::new(2, 10_000);
+        let publish = |n: usize| ShardMsg::Publish {
+            room: "r".into(),
+            data: Bytes::from(vec![b'x'; n]),
+            origin: PublishOrigin::Raw,
+            source: Source::Native,
+        };
+        boxes.send(1, publish(6_000));
+        assert!(!boxes.is_full(1));
+        boxes.send(1, publish(6_000));
+        assert!(boxes.is_full(1) && !boxes.is_full(0));
+        let mut out = Vec::new();
+        assert!(drain(&boxes.inboxes[1], &mut out));
+        assert_eq!(out.len(), 2);
+        assert!(!boxes.is_full(1));
+        assert_eq!(boxes.inboxes[1].bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
     fn cross_thread_send_wakes_a_monoio_shard() {
-        let boxes = Mailboxes::new(1);
+        let boxes = Mailboxes::new(1, 1 << 20);
         let sender = boxes.clone();
         let handle = std::thread::spawn(move || {
             for i in 0..1000u64 {

@@ -292,9 +292,16 @@ fn start_brokers(
             }
         }
     });
-    let (handles, health) =
-        broker_bridge::redis::start(config.broker.redis_settings(), shards, notify, pin)
-            .context("starting the Redis broker bridge")?;
+    let (handles, health) = broker_bridge::redis::start(
+        broker_bridge::redis::RedisSettings {
+            max_queued_bytes: config.limits.shard_inbox_bytes,
+            ..config.broker.redis_settings()
+        },
+        shards,
+        notify,
+        pin,
+    )
+    .context("starting the Redis broker bridge")?;
     let brokers = handles
         .into_iter()
         .map(|h| Box::new(h) as Box<dyn broker_bridge::Broker + Send>)
@@ -348,7 +355,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
 
     let node: Arc<str> = config.node_name().into();
     let config = Arc::new(config);
-    let mailboxes = Mailboxes::new(shards);
+    let mailboxes = Mailboxes::new(shards, config.limits.shard_inbox_bytes);
     let (brokers, bridge) = start_brokers(&config, shards, &mailboxes, bridge_cores)?;
     let global = Arc::new(Global::new(&config));
     let (started_tx, started_rx) = std::sync::mpsc::channel();

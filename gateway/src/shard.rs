@@ -422,8 +422,14 @@ impl ShardCtx {
     /// Sends an ephemeral event (already encoded) to a room's other subscribers.
     pub fn send_event(&self, conn: &ConnShared, room: &str, frame: Bytes, source: Source) {
         let room: RoomName = room.into();
+        let home = home_shard(&room, self.mailboxes.len());
+        if home != self.id && self.mailboxes.is_full(home) {
+            // Ephemeral: dropped rather than queued to a shard that is behind.
+            crate::metrics::limit_hit("shard_inbox");
+            return;
+        }
         self.route(
-            home_shard(&room, self.mailboxes.len()),
+            home,
             ShardMsg::Event {
                 room,
                 frame,
@@ -520,8 +526,13 @@ impl ShardCtx {
     /// Publishes to a room (from a connection or the API).
     pub fn publish(&self, room: &str, data: Bytes, origin: PublishOrigin, source: Source) {
         let room: RoomName = room.into();
+        let home = home_shard(&room, self.mailboxes.len());
+        if home != self.id && self.mailboxes.is_full(home) {
+            crate::metrics::limit_hit("shard_inbox");
+            return self.answer_publish(origin, Err(shard_busy()));
+        }
         self.route(
-            home_shard(&room, self.mailboxes.len()),
+            home,
             ShardMsg::Publish {
                 room,
                 data,
@@ -1127,6 +1138,19 @@ impl ShardCtx {
     }
 
     fn home_publish(&self, room: RoomName, data: Bytes, origin: PublishOrigin) {
+        // Refused before it is stored when a shard with subscribers of the room is behind its
+        // inbox bound: its deliveries would queue there without bound.
+        let behind = self.home.borrow().get(&room).is_some_and(|interest| {
+            interest
+                .per_shard
+                .iter()
+                .enumerate()
+                .any(|(shard, n)| *n > 0 && shard != self.id && self.mailboxes.is_full(shard))
+        });
+        if behind {
+            crate::metrics::limit_hit("shard_inbox");
+            return self.answer_publish(origin, Err(shard_busy()));
+        }
         let token = self.token();
         // Every room was checked against its namespace before it was routed here (a room of an
         // unknown namespace never gets this far).
@@ -1560,6 +1584,14 @@ enum Answer<T> {
 }
 
 /// Members as stored by the broker (JSON); entries that do not parse are skipped.
+/// The refusal of a publish while a shard it needs is behind its inbox bound.
+fn shard_busy() -> (ErrorCode, String) {
+    (
+        ErrorCode::Unavailable,
+        "the node is behind on this room's shard; retry".into(),
+    )
+}
+
 fn parse_members(json: &[Bytes]) -> Vec<Member> {
     json.iter()
         .filter_map(|m| serde_json::from_slice(m).ok())

@@ -168,6 +168,8 @@ struct PublishReq {
     room: RoomName,
     data: Bytes,
     policy: HistoryPolicy,
+    /// Released when the request is dropped.
+    _queued: super::QueuedBytes,
 }
 
 /// What a spawned task reports back to the loop.
@@ -368,6 +370,7 @@ impl Bridge {
                 room,
                 data,
                 policy,
+                queued,
             } => {
                 let req = PublishReq {
                     shard,
@@ -375,6 +378,7 @@ impl Bridge {
                     room,
                     data,
                     policy,
+                    _queued: queued,
                 };
                 let refused = match &self.link {
                     Some(link) => link.publisher.send(req).err().map(|e| e.0),

@@ -14,7 +14,7 @@ pub mod scripts;
 pub mod sequencer;
 pub mod wire;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,9 @@ pub struct RedisSettings {
     pub connect_timeout: Duration,
     /// A command not answered within this fails (a hung Redis counts as down).
     pub response_timeout: Duration,
+    /// Bytes of publishes the bridge may hold, from a shard's send until Redis answered (or the
+    /// link that carried them is gone); past it a publish is refused at once (`Unavailable`).
+    pub max_queued_bytes: usize,
 }
 
 impl Default for RedisSettings {
@@ -73,6 +76,7 @@ impl Default for RedisSettings {
             reconnect_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            max_queued_bytes: 64 << 20,
         }
     }
 }
@@ -105,6 +109,8 @@ pub struct BridgeHealth {
     /// probe that does).
     canary_failed: AtomicBool,
     reconnects: AtomicU64,
+    /// Bytes of publishes held by the bridge ([`QueuedBytes`]).
+    queued_bytes: AtomicUsize,
 }
 
 impl BridgeHealth {
@@ -159,6 +165,7 @@ enum Command {
         room: RoomName,
         data: Bytes,
         policy: HistoryPolicy,
+        queued: QueuedBytes,
     },
     Recover {
         shard: usize,
@@ -216,6 +223,7 @@ pub fn start(
     notify: Arc<dyn Fn(usize) + Send + Sync>,
     on_start: Box<dyn FnOnce() + Send>,
 ) -> Result<(Vec<RedisBroker>, Arc<BridgeHealth>), BridgeError> {
+    let max_queued_bytes = settings.max_queued_bytes;
     let target = bridge::Target::parse(&settings)?;
     let health = Arc::new(BridgeHealth::default());
     let queues: Vec<Arc<ShardQueue>> = (0..shards).map(|_| Arc::default()).collect();
@@ -239,6 +247,7 @@ pub fn start(
             queue,
             health: health.clone(),
             interest: 0,
+            max_queued_bytes,
         })
         .collect();
     Ok((handles, health))
@@ -277,6 +286,23 @@ pub fn describe_metrics() {
     );
 }
 
+/// A publish's bytes, counted against [`RedisSettings::max_queued_bytes`] until this is
+/// dropped: with the request once Redis answered it, or refused, or lost with its link. (The
+/// count cannot leak: every way a request ends drops it.)
+#[derive(Debug)]
+pub(crate) struct QueuedBytes {
+    bytes: usize,
+    health: Arc<BridgeHealth>,
+}
+
+impl Drop for QueuedBytes {
+    fn drop(&mut self) {
+        self.health
+            .queued_bytes
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 /// A shard's handle on the Redis bridge.
 #[derive(Debug)]
 pub struct RedisBroker {
@@ -285,6 +311,7 @@ pub struct RedisBroker {
     queue: Arc<ShardQueue>,
     health: Arc<BridgeHealth>,
     interest: usize,
+    max_queued_bytes: usize,
 }
 
 impl RedisBroker {
@@ -312,14 +339,30 @@ impl Broker for RedisBroker {
         token: Token,
         _now: Instant,
     ) -> Result<Completion<Appended>, BrokerError> {
-        // While Redis is down a publish is refused at once, never queued into the void.
+        // While Redis is down a publish is refused at once, never queued into the void; and
+        // while the bridge holds its bound of publishes, too.
         self.check_connected()?;
+        if self.health.queued_bytes.load(Ordering::Relaxed) > self.max_queued_bytes {
+            metrics::counter!("ringcast_bridge_refused_total", "reason" => "queue_full")
+                .increment(1);
+            return Err(BrokerError::Unavailable(
+                "the broker bridge is behind; retry".into(),
+            ));
+        }
+        self.health
+            .queued_bytes
+            .fetch_add(data.len(), Ordering::Relaxed);
+        let queued = QueuedBytes {
+            bytes: data.len(),
+            health: self.health.clone(),
+        };
         self.send(Command::Publish {
             shard: self.shard,
             token,
             room: room.clone(),
             data,
             policy,
+            queued,
         })?;
         Ok(Completion::Pending)
     }

@@ -142,8 +142,15 @@ fn send_publish(
     p: &PublishBody<'_>,
 ) -> oneshot::Receiver<Result<(broker_bridge::Epoch, u64), ErrorCode>> {
     let (tx, rx) = oneshot::channel();
+    let home = home_shard(&p.room, admin.mailboxes.len());
+    if admin.mailboxes.is_full(home) {
+        // Answered `unavailable` at once, as a client publish is (`ShardCtx::publish`).
+        crate::metrics::limit_hit("shard_inbox");
+        let _ = tx.send(Err(ErrorCode::Unavailable));
+        return rx;
+    }
     admin.mailboxes.send(
-        home_shard(&p.room, admin.mailboxes.len()),
+        home,
         ShardMsg::Publish {
             room: p.room.as_str().into(),
             data: Bytes::copy_from_slice(p.data.get().as_bytes()),
