@@ -261,3 +261,25 @@ pub trait Broker {
     /// Rooms the broker holds state for (for metrics).
     fn room_count(&self) -> usize;
 }
+
+/// What a secret prints as.
+pub const REDACTED: &str = "<redacted>";
+
+/// One URL fit to print: its userinfo's password replaced by [`REDACTED`] (`user:<redacted>@`),
+/// or all of a user-only userinfo (a token as the user name is a secret too). The gateway's
+/// `CredentialUrl` prints with it; the bridge's errors name URLs with it.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    // The authority ends at the first `/`, `?` or `#`; an `@` after it is not userinfo.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..end].rfind('@') else {
+        return url.to_string();
+    };
+    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:{REDACTED}@{host}"),
+        None => format!("{scheme}://{REDACTED}@{host}"),
+    }
+}

@@ -10,8 +10,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// What a secret prints as.
-pub const REDACTED: &str = "<redacted>";
+pub use broker_bridge::{redact_url, REDACTED};
 
 /// A secret string (an HMAC key, an API key).
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -107,24 +106,6 @@ impl Serialize for CredentialUrl {
 impl<'de> Deserialize<'de> for CredentialUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<CredentialUrl, D::Error> {
         String::deserialize(d).map(CredentialUrl)
-    }
-}
-
-/// One URL with its userinfo's password replaced (`user:<redacted>@`), or all of a user-only
-/// userinfo (a token as the user name is a secret too).
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    // The authority ends at the first `/`, `?` or `#`; an `@` after it is not userinfo.
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..end].rfind('@') else {
-        return url.to_string();
-    };
-    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:{REDACTED}@{host}"),
-        None => format!("{scheme}://{REDACTED}@{host}"),
     }
 }
 

@@ -52,7 +52,7 @@ impl Target {
                 .as_str()
                 .into_connection_info()
                 .map_err(|e| BridgeError::Url {
-                    url: url.clone(),
+                    url: crate::redact_url(url),
                     reason: e.to_string(),
                 })?;
             // RESP3: push messages share the connection with commands.
