@@ -36,6 +36,11 @@ pub const MAX_IOVECS: usize = 64;
 /// it has not queued yet); past this many times the mark it disconnects after all.
 pub const CONFLATE_HARD_LIMIT: usize = 2;
 
+/// Pongs waiting to be written before a new one replaces the newest of them (each at most 127
+/// bytes). More than one, so that a client that pings several times before reading gets every
+/// answer (Autobahn 2.10 sends ten).
+pub const MAX_PENDING_PONGS: usize = 16;
+
 /// One room message as every subscriber on a shard shares it.
 #[derive(Debug)]
 pub struct RoomMsg {
@@ -62,8 +67,9 @@ pub struct RoomMsg {
 enum Kind {
     /// Protocol and op answers: never dropped.
     Control,
-    /// The answer to the client's latest ping: at most one is queued (RFC 6455 §5.5.3 allows
-    /// answering only the most recent ping), so a ping flood cannot grow the queue.
+    /// The answer to a ping: at most [`MAX_PENDING_PONGS`] wait (past them the newest is
+    /// replaced: RFC 6455 §5.5.3 allows answering only the most recent ping), so a ping flood
+    /// cannot grow the queue.
     Pong,
     /// Ephemeral events, join, leave: dropped first under pressure.
     Live,
@@ -138,6 +144,8 @@ pub struct Outbox {
     aged: usize,
     /// Queued live frames (so a full queue without any is not scanned for them on every push).
     live: usize,
+    /// Queued pongs.
+    pongs: usize,
     actions: PolicyActions,
 }
 
@@ -151,6 +159,7 @@ impl Outbox {
             high_water,
             aged: 0,
             live: 0,
+            pongs: 0,
             actions: PolicyActions::default(),
         }
     }
@@ -173,20 +182,24 @@ impl Outbox {
         self.enqueue(frame, Kind::Control)
     }
 
-    /// Queues a pong: it replaces a pong still waiting to be written (issue 19, finding 4:
-    /// pongs were queued without bound while the client read nothing).
+    /// Queues a pong; with [`MAX_PENDING_PONGS`] waiting it replaces the newest of them
+    /// (issue 19, finding 4: pongs were queued without bound while the client read nothing).
     pub fn push_pong(&mut self, frame: Bytes) -> Push {
-        let start = self.first_unstarted();
-        if let Some(e) = self
-            .entries
-            .iter_mut()
-            .skip(start)
-            .find(|e| matches!(e.kind, Kind::Pong))
-        {
-            self.queued_bytes = self.queued_bytes - e.frame.len() + frame.len();
-            e.frame = frame;
-            return Push::Queued;
+        if self.pongs >= MAX_PENDING_PONGS {
+            let start = self.first_unstarted();
+            if let Some(e) = self
+                .entries
+                .iter_mut()
+                .skip(start)
+                .rev()
+                .find(|e| matches!(e.kind, Kind::Pong))
+            {
+                self.queued_bytes = self.queued_bytes - e.frame.len() + frame.len();
+                e.frame = frame;
+                return Push::Queued;
+            }
         }
+        self.pongs += 1;
         self.enqueue(frame, Kind::Pong)
     }
 
@@ -431,6 +444,13 @@ impl Outbox {
                 ..
             })
         ));
+        self.pongs = usize::from(matches!(
+            self.entries.front(),
+            Some(Entry {
+                kind: Kind::Pong,
+                ..
+            })
+        ));
         // The kept (partly written) front frame may be one with a `max_age`.
         self.aged = usize::from(
             matches!(self.entries.front(), Some(Entry { kind: Kind::Room(m), .. }) if m.max_age.is_some()),
@@ -443,6 +463,7 @@ impl Outbox {
         self.front_written = 0;
         self.aged = 0;
         self.live = 0;
+        self.pongs = 0;
         self.entries.drain(..).map(|e| e.frame).collect()
     }
 
@@ -510,7 +531,8 @@ impl Outbox {
                         on_room(m);
                     }
                     Kind::Live => self.live -= 1,
-                    Kind::Control | Kind::Pong | Kind::Gap(_) => {}
+                    Kind::Pong => self.pongs -= 1,
+                    Kind::Control | Kind::Gap(_) => {}
                 }
                 self.front_written = 0;
                 self.entries.pop_front();
