@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use proto_codec::protocol::binary::{decode_binary_msg, encode_binary_publish, from_base64};
 use proto_codec::protocol::room::MAX_ROOM_BYTES;
-use proto_codec::protocol::{ClientOp, Member, Position, ServerEvent};
+use proto_codec::protocol::{ClientOp, ErrorCode, Member, Position, ServerEvent};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -544,9 +544,15 @@ struct Driver {
     rooms: HashMap<String, RoomSub>,
     queue: VecDeque<QueuedPublish>,
     inflight: HashMap<u64, Inflight>,
+    /// Rooms whose resubscription the server refused for now (`unavailable`: its broker not
+    /// ready yet, say), and when to ask again.
+    resubscribe_at: Vec<(Instant, String)>,
     next_id: u64,
     closed: bool,
 }
+
+/// How long a room whose resubscription was refused as `unavailable` waits to ask again.
+const RESUBSCRIBE_RETRY: Duration = Duration::from_millis(250);
 
 impl Driver {
     fn new(
@@ -561,6 +567,7 @@ impl Driver {
             rooms: HashMap::new(),
             queue: VecDeque::new(),
             inflight: HashMap::new(),
+            resubscribe_at: Vec::new(),
             next_id: 1,
             closed: false,
         }
@@ -700,6 +707,8 @@ impl Driver {
     /// Requests sent on a connection that ended get no answer: they fail (a publish may or may
     /// not have been stored).
     fn connection_lost(&mut self) {
+        // Every room is asked for again on the next connection.
+        self.resubscribe_at.clear();
         for (_, f) in self.inflight.drain() {
             match f {
                 Inflight::Publish(p) => {
@@ -827,7 +836,12 @@ impl Driver {
                 _ = tokio::time::sleep_until(deadline) => {
                     return lost("heartbeat timeout: nothing from the server".into(), None, false);
                 }
-                _ = tick.tick() => self.expire_inflight(),
+                _ = tick.tick() => {
+                    self.expire_inflight();
+                    if let Err(e) = self.retry_resubscribes(&mut w).await {
+                        return lost(e, None, false);
+                    }
+                }
             }
         }
     }
@@ -908,6 +922,23 @@ impl Driver {
                 self.send(w, json).await?;
             }
             Cmd::Close => self.closed = true,
+        }
+        Ok(())
+    }
+
+    /// Asks again for the rooms whose resubscription was refused for now and whose wait is over.
+    async fn retry_resubscribes(&mut self, w: &mut Writer) -> Result<(), String> {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.resubscribe_at)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.resubscribe_at = later;
+        for (_, room) in due {
+            let Some(sub) = self.rooms.get(&room) else {
+                continue; // unsubscribed meanwhile
+            };
+            let (presence, position) = (sub.presence, sub.position.clone());
+            self.send_subscribe(w, room, presence, position).await?;
         }
         Ok(())
     }
@@ -1083,6 +1114,19 @@ impl Driver {
                     }
                     Some(Inflight::Request(done)) => {
                         let _ = done.send(Err(err));
+                    }
+                    // A resubscription (after a reconnect) the server refused for now, such as a
+                    // node whose broker is not ready yet: the room is kept and asked for again
+                    // (docs/protocol.md §23: `unavailable`, `internal` and `rate_limited` are
+                    // retried), never dropped (its messages would be lost to the app).
+                    Some(Inflight::Subscribe(room))
+                        if matches!(
+                            code,
+                            ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::RateLimited
+                        ) && self.rooms.get(&room).is_some_and(|s| s.first.is_none()) =>
+                    {
+                        self.resubscribe_at
+                            .push((Instant::now() + RESUBSCRIBE_RETRY, room));
                     }
                     Some(Inflight::Subscribe(room)) => {
                         if let Some(mut sub) = self.rooms.remove(&room) {
