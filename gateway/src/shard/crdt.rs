@@ -270,7 +270,9 @@ impl ShardCtx {
             }
             // The size limit counts from the loaded document's encoded size (the replay may
             // repeat updates the snapshot holds).
-            doc.approx_bytes = doc.encode_state().len();
+            if let Ok(state) = doc.encode_state() {
+                doc.approx_bytes = state.len();
+            }
             if doc.position.as_ref().is_none_or(|(_, o)| rec.latest > *o) {
                 doc.position = Some((rec.epoch.clone(), rec.latest));
             }
@@ -462,7 +464,15 @@ impl ShardCtx {
 
     /// Stores the document's snapshot through the broker.
     fn crdt_snapshot(&self, room: &RoomName, doc: &mut CrdtRoom) {
-        let state = doc.encode_state();
+        let state = match doc.encode_state() {
+            Ok(state) => state,
+            Err(e) => {
+                // Its stored updates stay the record; the document keeps serving.
+                tracing::warn!(room = %room, error = %e, "snapshot not taken");
+                crate::metrics::crdt_refused("snapshot_failed");
+                return;
+            }
+        };
         let size = state.len();
         self.broker.borrow_mut().doc_store(
             room,

@@ -2038,7 +2038,7 @@ impl ItemContent {
             BLOCK_ITEM_JSON_REF_NUMBER => {
                 let mut remaining = decoder.read_len()? as i32;
                 let mut buf = Vec::new();
-                buf.try_reserve(remaining as usize)?;
+                buf.try_reserve((remaining as usize).min(4096))?;
 
                 while remaining >= 0 {
                     buf.push(decoder.read_string()?.to_owned());
@@ -2061,7 +2061,7 @@ impl ItemContent {
             BLOCK_ITEM_ANY_REF_NUMBER => {
                 let len = decoder.read_len()? as usize;
                 let mut values = Vec::new();
-                values.try_reserve(len)?;
+                values.try_reserve(len.min(4096))?;
 
                 let mut i = 0;
                 while i < len {
