@@ -308,12 +308,14 @@ impl CrdtRoom {
         if self.approx_bytes.saturating_add(update.len()) > max_bytes {
             return Err(CrdtError::DocumentTooLarge);
         }
+        let had_pending = self.doc.transact().has_missing_updates();
         self.apply(update)?;
         // An update that leaves structs waiting for missing ones can leave yrs unable to encode
         // the document (issue 19's fuzzing: every later sync and snapshot failed): then it is
         // refused like one the engine failed on, and the document rebuilt without it. The trial
-        // costs one encoding, only while something is pending.
-        if self.load == Load::Ready && self.doc.transact().has_missing_updates() {
+        // costs one encoding, paid only by an update that starts a pending state (not by every
+        // update while one lasts, which would let one update make every later one expensive).
+        if self.load == Load::Ready && !had_pending && self.doc.transact().has_missing_updates() {
             if let Err(e) = self.encode_state() {
                 self.poisoned = true;
                 return Err(e);
