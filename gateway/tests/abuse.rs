@@ -46,18 +46,6 @@ anonymous = "publish"
     )
 }
 
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
-}
-
 /// The status code a handshake from `from` gets (0: no answer within 3 s), keeping the stream.
 async fn handshake(addr: SocketAddr, from: Ipv4Addr) -> (u16, Option<TcpStream>) {
     let attempt = async {
@@ -245,7 +233,7 @@ async fn abuse_all_at_once_leaves_the_gateway_serving() {
         let (stop, peak) = (stop.clone(), peak_rss.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(rss(pid), Ordering::Relaxed);
+                peak.fetch_max(common::rss_bytes(pid), Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })

@@ -225,6 +225,17 @@ struct Seen {
     touching_gaps: usize,
 }
 
+/// The last `px` a client saw per `sym`.
+fn newest_per_key(seen: &Seen) -> HashMap<String, u64> {
+    let mut newest = HashMap::new();
+    for (_, data) in &seen.msgs {
+        if let (Some(sym), Some(px)) = (data["sym"].as_str(), data["px"].as_u64()) {
+            newest.insert(sym.to_string(), px);
+        }
+    }
+    newest
+}
+
 /// Reads everything a client gets for `room`, and checks that messages and gaps cover offsets
 /// 1..=last exactly once, in increasing order (so a resume from the last offset is right).
 async fn read_all(c: &mut Client, room: &str, last: u64) -> Seen {
@@ -337,13 +348,7 @@ async fn conflation_gives_a_slow_client_the_latest_value_of_every_key() {
         seen.msgs.len()
     );
     // The latest value of every key arrived.
-    let mut newest: HashMap<String, u64> = HashMap::new();
-    for (_, data) in &seen.msgs {
-        if let (Some(sym), Some(px)) = (data["sym"].as_str(), data["px"].as_u64()) {
-            newest.insert(sym.to_string(), px);
-        }
-    }
-    assert_eq!(newest, last);
+    assert_eq!(newest_per_key(&seen), last);
     // The connection is still open and still served.
     let mut p = common::connect(server.public).await;
     p.publish(1, room, json!({"sym": "S1", "px": 0})).await;
@@ -446,11 +451,5 @@ async fn gap_merge_a_resuming_conflated_client_gets_one_gap_per_run_of_dropped_o
     let seen = read_all(&mut slow, room, n).await;
     assert!(seen.gaps > 0, "the slow client should have been conflated");
     assert_eq!(seen.touching_gaps, 0, "of {} gaps", seen.gaps);
-    let mut newest: HashMap<String, u64> = HashMap::new();
-    for (_, data) in &seen.msgs {
-        if let (Some(sym), Some(px)) = (data["sym"].as_str(), data["px"].as_u64()) {
-            newest.insert(sym.to_string(), px);
-        }
-    }
-    assert_eq!(newest, last);
+    assert_eq!(newest_per_key(&seen), last);
 }

@@ -787,18 +787,6 @@ async fn bad_input_table() {
     }
 }
 
-/// The resident memory of a process, in bytes.
-fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_04_a_ping_flood_from_a_client_that_never_reads_stays_within_the_mark() {
     let server = Server::start_strict(
@@ -808,7 +796,7 @@ async fn finding_04_a_ping_flood_from_a_client_that_never_reads_stays_within_the
             "[websocket]\noutbound_high_water_bytes = 65536\n",
         ),
     );
-    let before = rss_bytes(server.pid());
+    let before = common::rss_bytes(server.pid());
     // A client with a tiny receive buffer that never reads, sending 24 MB of pings (125-byte
     // payloads, masked as a client must).
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -839,7 +827,7 @@ async fn finding_04_a_ping_flood_from_a_client_that_never_reads_stays_within_the
     let _ = tokio::time::timeout(Duration::from_secs(20), flood).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let queued = common::metric(server.admin, "ringcast_outbound_queued_bytes");
-    let grown = rss_bytes(server.pid()).saturating_sub(before);
+    let grown = common::rss_bytes(server.pid()).saturating_sub(before);
     assert!(
         queued <= 65536.0 + 4096.0,
         "queued {queued} bytes past a 64 KiB mark"
@@ -884,33 +872,16 @@ async fn finding_11_an_event_stream_or_poll_past_the_per_user_limit_is_refused_b
         held.push(client(&server, ip(210 + i), Some(&carol)).await);
     }
     let auth = format!("Bearer {carol}");
-    let (status, body) = http(
-        server.public,
-        "GET",
-        "/sse?room=chat.carol",
-        &[("Authorization", &auth)],
-        "",
-    );
+    let get = |path: &str| http(server.public, "GET", path, &[("Authorization", &auth)], "");
+    let (status, body) = get("/sse?room=chat.carol");
     assert_eq!(status, 429, "{body}");
-    let (status, body) = http(
-        server.public,
-        "GET",
-        "/poll?room=chat.carol",
-        &[("Authorization", &auth)],
-        "",
-    );
+    let (status, body) = get("/poll?room=chat.carol");
     assert_eq!(status, 429, "{body}");
     assert!(body.contains("too many connections"), "{body}");
     // Below the limit, the stream is served.
     held.pop();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (status, body) = http(
-        server.public,
-        "GET",
-        "/poll?room=chat.carol",
-        &[("Authorization", &auth)],
-        "",
-    );
+    let (status, body) = get("/poll?room=chat.carol");
     assert_eq!(status, 200, "{body}");
 }
 

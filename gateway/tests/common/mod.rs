@@ -377,6 +377,19 @@ pub async fn connect_slow(addr: SocketAddr, rcvbuf: u32, extra: &str) -> Client 
     client_on(stream).await
 }
 
+/// The resident memory of a process, in bytes (0 if it cannot be read).
+pub fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
 /// Reads `/metrics` and sums the samples of one metric (all label sets).
 pub fn metric(admin: SocketAddr, name: &str) -> f64 {
     let (_, body) = http(admin, "GET", "/metrics", &[], "");
