@@ -342,6 +342,24 @@ impl Block {
         }
     }
 
+    /// Splits a block of an [Update](crate::Update) at `offset` and returns the right part, with
+    /// neither part pointing at the other (patched for ringcast, see vendor/README.md).
+    ///
+    /// A block of an update is not integrated: its neighbours are found from its origins when it
+    /// is (`Update::missing_dependency`). [Block::splice] links the two parts as neighbours, as an
+    /// integrated item's must be; in an update the left part kept a pointer to the right part,
+    /// which `BlockSet::exclude` and the merges may then drop, and integrating the left part read
+    /// it after it was freed.
+    pub(crate) fn splice_detached(&self, offset: u32) -> Option<Self> {
+        let mut right = self.splice(offset)?;
+        if let (Block::Item(left), Block::Item(right)) = (self, &mut right) {
+            let mut left = ItemPtr::from(left.as_ref());
+            left.right = None;
+            right.left = None;
+        }
+        Some(right)
+    }
+
     pub(crate) fn splice(&self, offset: u32) -> Option<Self> {
         match self {
             Block::Item(x) => {

@@ -307,6 +307,25 @@ impl BlockStore {
         }
     }
 
+    /// Whether the `len` clocks from `id` lie in one integrated skip: a hole a client's later
+    /// blocks left, which a block of an update may fill (patched for ringcast, see
+    /// vendor/README.md and `Update::integrate`).
+    pub(crate) fn fills_skip(&self, id: &ID, len: u32) -> bool {
+        let Some(list) = self.clients.get(&id.client) else {
+            return false;
+        };
+        let Some(index) = list.find_index(id.clock) else {
+            return false;
+        };
+        match list.get(index).map(|b| b.as_ref()) {
+            Some(Block::Skip(skip)) => {
+                skip.clock <= id.clock
+                    && (id.clock as u64 + len as u64) <= (skip.clock as u64 + skip.len as u64)
+            }
+            _ => false,
+        }
+    }
+
     pub fn push(&mut self, block: Block) {
         let id = block.id();
         match self.clients.entry(id.client) {
@@ -318,6 +337,16 @@ impl BlockStore {
                         let clock_start = block.clock_start();
                         let mut index = list.find_index(clock_start).unwrap();
                         let skip = unsafe { &*list.inner[index].get() };
+                        // ringcast patch (vendor/README.md): overwriting anything but the skip
+                        // the block lies in frees an integrated item the document still points
+                        // at. `Update::integrate` only pushes such blocks; this check stops the
+                        // next path that does not, as a panic instead of a use after free.
+                        assert!(
+                            matches!(skip, Block::Skip(_))
+                                && skip.clock_start() <= clock_start
+                                && block.next_clock() <= skip.next_clock(),
+                            "a block overlaps integrated blocks"
+                        );
                         let diff_start = clock_start - skip.clock_start();
                         let diff_end = skip.next_clock() - block.next_clock();
                         if diff_start > 0 {

@@ -121,7 +121,7 @@ impl BlockSet {
         let mut index = Self::find_index(blocks, clock);
         let block = &mut blocks[index];
         let block_clock = block.clock_start();
-        if let Some(right) = block.splice(clock - block_clock) {
+        if let Some(right) = block.splice_detached(clock - block_clock) {
             index += 1;
             blocks.insert(index, right);
         }
@@ -294,7 +294,7 @@ impl Update {
                                     - b.id().clock as isize;
                                 if diff > 0 {
                                     // `b`'s clock position is inside of `a` -> we need to split `a`
-                                    if let Some(new) = a.splice(diff as u32) {
+                                    if let Some(new) = a.splice_detached(diff as u32) {
                                         blocks.insert(i1 + 1, new);
                                     }
                                     //blocks = self.blocks.clients.get_mut(&client).unwrap();
@@ -349,6 +349,17 @@ impl Update {
                         next =
                             picker.switch(stack_head, &missing, |c| txn.store.blocks.get_clock(c));
                         continue;
+                    } else if offset > 0 && !txn.store.blocks.fills_skip(&id, len) {
+                        // ringcast patch (vendor/README.md): the block starts below what this
+                        // client has, and not in a hole of it: the update names its first
+                        // `offset` clocks twice (an update of a peer never does: `exclude` cut
+                        // what the store had). As Yjs does, what is new of it is integrated and
+                        // the rest dropped; integrating all of it overwrote (freed) items the
+                        // document still pointed at.
+                        if (offset as u32) < len {
+                            txn.integrate(stack_head, offset as u32);
+                            *local_clock = (*local_clock).max(id.clock + len);
+                        }
                     } else {
                         // block has no missing dependencies, therefore we can integrate it right away
                         if offset < 0 {
@@ -438,20 +449,24 @@ impl Update {
                 _ => { /* do nothing */ }
             }
 
-            // We have all missing ids, now find the items
-            if let Some(origin) = item.origin.as_ref() {
-                item.left = store
+            // We have all missing ids, now find the items. An item of an update has no neighbours
+            // but those its origins name: whatever `left`/`right` held before is dropped (patched
+            // for ringcast, see vendor/README.md and `Block::splice_detached`).
+            item.left = match item.origin.as_ref() {
+                Some(origin) => store
                     .blocks
                     .get_item_clean_end(origin)
-                    .map(|slice| store.materialize(slice));
-            }
+                    .map(|slice| store.materialize(slice)),
+                None => None,
+            };
 
-            if let Some(origin) = item.right_origin.as_ref() {
-                item.right = store
+            item.right = match item.right_origin.as_ref() {
+                Some(origin) => store
                     .blocks
                     .get_item_clean_start(origin)
-                    .map(|slice| store.materialize(slice));
-            }
+                    .map(|slice| store.materialize(slice)),
+                None => None,
+            };
 
             // We have all missing ids, now find the items
 
@@ -784,7 +799,7 @@ impl Update {
                             // prefer to slice Skip because the other struct might contain more information
                             skip.len -= diff as u32;
                         } else {
-                            block_slice = Some(curr_block.splice(diff as u32).unwrap());
+                            block_slice = Some(curr_block.splice_detached(diff as u32).unwrap());
                         }
                     }
 
@@ -1660,7 +1675,7 @@ mod test {
         use crate::encoding::read::{Error, MalformedKind};
         use crate::updates::decoder::Decode;
         use crate::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
-        use std::assert_matches;
+        use assert_matches2::assert_matches;
 
         const TEXT: &str = "hello world, this is a yrs document";
 
