@@ -165,6 +165,26 @@ pub enum BrokerEvent {
     },
 }
 
+impl BrokerEvent {
+    /// Bytes this event holds while it waits for its shard, for the bounds on queues of events
+    /// (a fixed share for the event itself, plus every payload it carries).
+    pub fn weight(&self) -> usize {
+        const BASE: usize = 128;
+        BASE + match self {
+            BrokerEvent::Appended { message, .. } => message.data.len(),
+            BrokerEvent::Recovered { recovery, .. } => {
+                recovery.messages.iter().map(|m| m.data.len()).sum()
+            }
+            BrokerEvent::Members { members, .. } => members.iter().map(Bytes::len).sum(),
+            BrokerEvent::Live { payload, .. } => payload.len(),
+            BrokerEvent::DocLoaded { snapshot, .. } => snapshot.as_ref().map_or(0, |s| {
+                s.state.len() + s.tail.iter().map(Bytes::len).sum::<usize>()
+            }),
+            BrokerEvent::Acked { .. } | BrokerEvent::Failed { .. } | BrokerEvent::Gap { .. } => 0,
+        }
+    }
+}
+
 /// Why the broker refused a request now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerError {

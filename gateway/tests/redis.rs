@@ -689,3 +689,123 @@ async fn bounded_a_hung_redis_fills_the_bridge_to_its_bound_then_publishes_are_r
     let acked = publish_all(&mut fresh, "doc.bounded", "after", 3, Duration::ZERO).await;
     assert_eq!(acked, vec![0, 1, 2]);
 }
+
+/// Polls a bridge handle until `until` says done or `limit` passes; returns every event.
+fn poll_until(
+    b: &mut broker_bridge::redis::RedisBroker,
+    limit: Duration,
+    until: impl Fn(&[broker_bridge::BrokerEvent]) -> bool,
+) -> Vec<broker_bridge::BrokerEvent> {
+    use broker_bridge::Broker;
+    let mut events = Vec::new();
+    let deadline = Instant::now() + limit;
+    while !until(&events) && Instant::now() < deadline {
+        b.poll_events(&mut events);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    events
+}
+
+#[test]
+fn bounded_a_stalled_shard_is_sent_at_most_its_bound_and_then_every_message_in_order() {
+    // Issue 19: the bridge's queue of other nodes' messages to a shard is bounded in bytes.
+    // The shard of one bridge (64 KiB bound) stops draining while another publishes 1.2 MB
+    // into its room: what waits for it stays within the bound (the rest waits in Redis'
+    // stream); once it drains again, the room reads what it missed, and every message comes,
+    // once, in order, without a gap.
+    use broker_bridge::redis::{start, RedisSettings};
+    use broker_bridge::{Broker, Completion};
+    use broker_bridge::{BrokerEvent, HistoryPolicy, RoomName};
+    use std::sync::Arc;
+
+    const BOUND: usize = 64 << 10;
+    const N: u64 = 300;
+    let redis = Redis::start();
+    let bridge = |bound| {
+        let settings = RedisSettings {
+            urls: vec![redis.url()],
+            prefix: format!("stall{}", std::process::id()),
+            max_queued_bytes: bound,
+            ..RedisSettings::default()
+        };
+        let (mut handles, health) =
+            start(settings, 1, Arc::new(|_| {}), Box::new(|| {})).expect("bridge starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !health.is_ready() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(health.is_ready(), "bridge ready");
+        handles.remove(0)
+    };
+    let mut reader = bridge(BOUND);
+    let mut writer = bridge(64 << 20);
+    let room: RoomName = "chat.stall".into();
+    let policy = HistoryPolicy {
+        size: 1000,
+        ttl: Duration::from_secs(600),
+    };
+    reader.set_interest(&room, true);
+    let first = reader.recover(&room, None, policy, 1, Instant::now());
+    assert!(matches!(first, Ok(Completion::Pending)), "{first:?}");
+    let synced = poll_until(&mut reader, Duration::from_secs(10), |evs| {
+        evs.iter()
+            .any(|e| matches!(e, BrokerEvent::Recovered { token: 1, .. }))
+    });
+    assert!(
+        synced
+            .iter()
+            .any(|e| matches!(e, BrokerEvent::Recovered { token: 1, .. })),
+        "the room synced: {synced:?}"
+    );
+
+    let pad = "x".repeat(4000);
+    for i in 0..N {
+        let data = bytes::Bytes::from(format!("{{\"i\":{i},\"pad\":\"{pad}\"}}"));
+        let r = writer.publish(&room, data, policy, 100 + i, Instant::now());
+        assert!(matches!(r, Ok(Completion::Pending)), "publish {i}: {r:?}");
+    }
+    let acks = poll_until(&mut writer, Duration::from_secs(20), |evs| {
+        evs.iter()
+            .filter(|e| matches!(e, BrokerEvent::Acked { .. }))
+            .count() as u64
+            == N
+    });
+    let acked = acks
+        .iter()
+        .filter(|e| matches!(e, BrokerEvent::Acked { .. }))
+        .count() as u64;
+    assert_eq!(acked, N, "every publish stored: {:?}", acks.last());
+    // Every echo has reached the reader's bridge by now (the acks came after the publishes'
+    // echoes on one Redis); the reader's shard has not drained since.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut waiting = Vec::new();
+    reader.poll_events(&mut waiting);
+    let held: usize = waiting.iter().map(BrokerEvent::weight).sum();
+    assert!(
+        held <= BOUND + 8192,
+        "{held} bytes waited for the stalled shard ({} events), bound {BOUND}",
+        waiting.len()
+    );
+    assert!(held >= BOUND / 2, "the bound was reached: {held} bytes");
+
+    // Drained: the room catches up from the stream.
+    let rest = poll_until(&mut reader, Duration::from_secs(15), |evs| {
+        evs.iter().any(|e| match e {
+            BrokerEvent::Appended { message, .. } => message.offset == N,
+            _ => false,
+        })
+    });
+    let mut offsets = Vec::new();
+    for e in waiting.iter().chain(&rest) {
+        match e {
+            BrokerEvent::Appended { message, .. } => offsets.push(message.offset),
+            BrokerEvent::Gap { from, to, .. } => panic!("gap {from}..={to}"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        offsets,
+        (1..=N).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
+}

@@ -144,6 +144,8 @@ impl Conn {
 struct Outlet {
     queues: Vec<Arc<ShardQueue>>,
     notify: Arc<dyn Fn(usize) + Send + Sync>,
+    /// A shard's queue is full past this many bytes ([`RedisSettings::max_queued_bytes`]).
+    bound: usize,
 }
 
 impl Outlet {
@@ -154,10 +156,27 @@ impl Outlet {
         if let BrokerEvent::Gap { from, to, .. } = &event {
             metrics::counter!("ringcast_bridge_lost_total").increment(to - from + 1);
         }
+        q.bytes.fetch_add(event.weight(), Ordering::Relaxed);
         q.events.push(event);
         if !q.poked.swap(true, Ordering::SeqCst) {
             (self.notify)(shard);
         }
+    }
+
+    /// Whether a shard's queue holds more than its bound: other nodes' messages wait in their
+    /// streams, their live events are dropped. Answers to the shard's own requests still go.
+    fn is_full(&self, shard: usize) -> bool {
+        self.queues
+            .get(shard)
+            .is_some_and(|q| q.bytes.load(Ordering::Relaxed) > self.bound)
+    }
+
+    /// Whether a shard's queue has drained below half its bound: the rooms that fell behind
+    /// for it may read what they missed.
+    fn has_room(&self, shard: usize) -> bool {
+        self.queues
+            .get(shard)
+            .is_some_and(|q| q.bytes.load(Ordering::Relaxed) <= self.bound / 2)
     }
 }
 
@@ -261,6 +280,7 @@ pub(super) fn run(
             return;
         }
     };
+    let bound = settings.max_queued_bytes;
     let (done_tx, done_rx) = unbounded_channel();
     let (push_tx, push_rx) = unbounded_channel();
     let now = Instant::now();
@@ -269,7 +289,11 @@ pub(super) fn run(
         target,
         instance: format!("{:016x}", fastrand::u64(..)).into(),
         scripts: Arc::new(Scripts::new()),
-        outlet: Arc::new(Outlet { queues, notify }),
+        outlet: Arc::new(Outlet {
+            queues,
+            notify,
+            bound,
+        }),
         health,
         seq: Sequencer::new(),
         link: None,
@@ -422,13 +446,18 @@ impl Bridge {
             } => self.presence_set(room, client, member),
             Command::Members { shard, token, room } => self.spawn_members(shard, token, room),
             Command::DocLoad { shard, token, room } => self.spawn_doc_load(shard, token, room),
-            Command::DocStore { room, snapshot } => {
+            Command::DocStore {
+                room,
+                snapshot,
+                queued,
+            } => {
                 if let Some(link) = &self.link {
                     let mut conn = link.cmd.clone();
                     let key = self.keys(&room).doc;
                     let done = self.done_tx.clone();
                     let gen = self.gen;
                     tokio::spawn(async move {
+                        let _queued = queued;
                         let r: RedisResult<Value> = redis::cmd("SET")
                             .arg(key)
                             .arg(snapshot)
@@ -440,7 +469,11 @@ impl Bridge {
                     });
                 }
             }
-            Command::Live { room, payload } => {
+            Command::Live {
+                room,
+                payload,
+                queued,
+            } => {
                 if let Some(link) = &self.link {
                     let mut conn = link.cmd.clone();
                     let channel = self.keys(&room).channel;
@@ -449,6 +482,7 @@ impl Bridge {
                     let done = self.done_tx.clone();
                     let gen = self.gen;
                     tokio::spawn(async move {
+                        let _queued = queued;
                         let r: RedisResult<Value> = redis::cmd(cmd)
                             .arg(channel)
                             .arg(body)
@@ -676,6 +710,16 @@ impl Bridge {
                         let lag_ms = unix_ms().saturating_sub(at_ms);
                         metrics::histogram!("ringcast_bridge_lag_seconds")
                             .record(lag_ms as f64 / 1000.0);
+                        if self
+                            .seq
+                            .home(&room)
+                            .is_some_and(|home| self.outlet.is_full(home))
+                        {
+                            metrics::counter!("ringcast_bridge_dropped_total", "kind" => "behind")
+                                .increment(1);
+                            self.seq.missed(&room);
+                            return;
+                        }
                         let mut out = Vec::new();
                         self.seq.live(
                             &room,
@@ -692,7 +736,12 @@ impl Bridge {
                     Ok(ChannelMsg::Live { instance, payload }) => {
                         if *instance != *self.instance {
                             if let Some(home) = self.seq.home(&room) {
-                                self.outlet.emit(home, BrokerEvent::Live { room, payload });
+                                if self.outlet.is_full(home) {
+                                    metrics::counter!("ringcast_bridge_dropped_total", "kind" => "live_in")
+                                        .increment(1);
+                                } else {
+                                    self.outlet.emit(home, BrokerEvent::Live { room, payload });
+                                }
                             }
                         }
                     }
@@ -895,6 +944,12 @@ impl Bridge {
             return;
         }
         self.canary_tick(now);
+        if self.seq.behind() > 0 {
+            let mut out = Vec::new();
+            let outlet = self.outlet.clone();
+            self.seq.catch_up(|shard| outlet.has_room(shard), &mut out);
+            self.act(out);
+        }
         if now >= self.next_presence_refresh {
             self.next_presence_refresh = now + self.settings.presence_ttl / 3;
             self.refresh_presence();

@@ -152,6 +152,10 @@ impl BridgeHealth {
 #[derive(Debug, Default)]
 struct ShardQueue {
     events: SegQueue<BrokerEvent>,
+    /// The [`BrokerEvent::weight`] of `events`: past [`RedisSettings::max_queued_bytes`] the
+    /// bridge stops adding other nodes' messages (the rooms read them from their streams once the
+    /// shard has drained; `sequencer`) and drops their live events.
+    bytes: AtomicUsize,
     /// The shard was poked and has not drained since.
     poked: AtomicBool,
 }
@@ -200,6 +204,7 @@ enum Command {
     Live {
         room: RoomName,
         payload: Bytes,
+        queued: QueuedBytes,
     },
     DocLoad {
         shard: usize,
@@ -209,6 +214,7 @@ enum Command {
     DocStore {
         room: RoomName,
         snapshot: Vec<u8>,
+        queued: QueuedBytes,
     },
 }
 
@@ -280,6 +286,10 @@ pub fn describe_metrics() {
         "ringcast_bridge_lost_total",
         "Messages the stream no longer held when a room resynced (sent as gap notices)"
     );
+    metrics::describe_counter!(
+        "ringcast_bridge_dropped_total",
+        "What the bridge dropped at its bound: another node's message for a shard whose queue is full (kind=behind; its room reads it from the stream later), a live event to or from Redis (live_in, live_out), a document snapshot (snapshot; the next one replaces it)"
+    );
     metrics::describe_gauge!(
         "ringcast_bridge_rooms",
         "Rooms this node is subscribed to upstream"
@@ -315,6 +325,19 @@ pub struct RedisBroker {
 }
 
 impl RedisBroker {
+    /// Counts `bytes` against the bridge's bound until the returned value is dropped; `None`
+    /// when the bridge already holds its bound.
+    fn reserve(&self, bytes: usize) -> Option<QueuedBytes> {
+        if self.health.queued_bytes.load(Ordering::Relaxed) > self.max_queued_bytes {
+            return None;
+        }
+        self.health.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Some(QueuedBytes {
+            bytes,
+            health: self.health.clone(),
+        })
+    }
+
     fn send(&self, cmd: Command) -> Result<(), BrokerError> {
         self.tx
             .send(cmd)
@@ -342,19 +365,12 @@ impl Broker for RedisBroker {
         // While Redis is down a publish is refused at once, never queued into the void; and
         // while the bridge holds its bound of publishes, too.
         self.check_connected()?;
-        if self.health.queued_bytes.load(Ordering::Relaxed) > self.max_queued_bytes {
+        let Some(queued) = self.reserve(data.len()) else {
             metrics::counter!("ringcast_bridge_refused_total", "reason" => "queue_full")
                 .increment(1);
             return Err(BrokerError::Unavailable(
                 "the broker bridge is behind; retry".into(),
             ));
-        }
-        self.health
-            .queued_bytes
-            .fetch_add(data.len(), Ordering::Relaxed);
-        let queued = QueuedBytes {
-            bytes: data.len(),
-            health: self.health.clone(),
         };
         self.send(Command::Publish {
             shard: self.shard,
@@ -425,6 +441,7 @@ impl Broker for RedisBroker {
         // Cleared before draining: an event pushed after the drain pokes the shard again.
         self.queue.poked.store(false, Ordering::SeqCst);
         while let Some(ev) = self.queue.events.pop() {
+            self.queue.bytes.fetch_sub(ev.weight(), Ordering::Relaxed);
             out.push(ev);
         }
     }
@@ -474,20 +491,33 @@ impl Broker for RedisBroker {
     }
 
     fn doc_store(&mut self, room: &RoomName, snapshot: crate::DocSnapshot) {
-        // Best effort: a snapshot that is not stored is replaced by the next one, and the
-        // stream holds every update meanwhile.
+        // Best effort: a snapshot that is not stored (Redis behind, or down) is replaced by
+        // the next one, and the stream holds every update meanwhile.
+        let snapshot = snapshot.encode();
+        let Some(queued) = self.reserve(snapshot.len()) else {
+            metrics::counter!("ringcast_bridge_dropped_total", "kind" => "snapshot").increment(1);
+            return;
+        };
         let _ = self.send(Command::DocStore {
             room: room.clone(),
-            snapshot: snapshot.encode(),
+            snapshot,
+            queued,
         });
     }
 
     fn publish_live(&mut self, room: &RoomName, payload: Bytes) {
-        if self.health.is_connected() {
-            let _ = self.send(Command::Live {
-                room: room.clone(),
-                payload,
-            });
+        if !self.health.is_connected() {
+            return;
         }
+        // Live events are never stored: while the bridge holds its bound they are dropped.
+        let Some(queued) = self.reserve(payload.len()) else {
+            metrics::counter!("ringcast_bridge_dropped_total", "kind" => "live_out").increment(1);
+            return;
+        };
+        let _ = self.send(Command::Live {
+            room: room.clone(),
+            payload,
+            queued,
+        });
     }
 }

@@ -13,17 +13,27 @@
 //! `recovered: false` for a subscriber that asked for them). After the link is lost, every room
 //! is subscribed again and read from its last offset, so what was published meanwhile is
 //! delivered (while the stream still holds it).
+//!
+//! Nothing here holds a room's messages without bound. A live message that cannot be kept (the
+//! room's held-back messages are at [`MAX_BUFFERED`] or [`MAX_BUFFERED_BYTES`], or the bridge
+//! says the home shard's queue is full: [`Sequencer::missed`]) is dropped and the room falls
+//! *behind*: it reads the stream from its last offset when [`Sequencer::catch_up`] finds its
+//! home shard with room again. The stream holds the messages meanwhile; those it no longer
+//! holds by then become a `Gap`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 use crate::{Appended, BrokerEvent, Epoch, HistoryPolicy, Recovery, RoomName, Stored, Token};
 
-/// Live messages held back per room while it reads; past it they are dropped (the next read
-/// fetches them from the stream again).
+/// Live messages held back per room while it reads; past it they are dropped and the room
+/// falls behind (its next read fetches them from the stream again).
 pub const MAX_BUFFERED: usize = 10_000;
+
+/// Bytes of live messages held back per room while it reads; past it, as past [`MAX_BUFFERED`].
+pub const MAX_BUFFERED_BYTES: usize = 4 << 20;
 
 /// A room message from the live echo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +112,9 @@ enum Phase {
     Reading,
     /// In order: live messages flow.
     Synced,
+    /// Live messages were dropped (the home shard's queue was full, or too many were held back):
+    /// the room waits for [`Sequencer::catch_up`] to read them from the stream.
+    Behind,
     /// The link is down; everything waits for it.
     Down,
 }
@@ -122,6 +135,10 @@ struct Room {
     delivering: bool,
     policy: HistoryPolicy,
     buffered: Vec<Live>,
+    /// Bytes of `buffered`'s data.
+    buffered_bytes: usize,
+    /// A live message was dropped during this read: the room falls behind after it.
+    missed: bool,
     waiting: Vec<Waiter>,
     reading: Vec<Waiter>,
     read_from: Option<u64>,
@@ -134,6 +151,8 @@ struct Room {
 #[derive(Debug, Default)]
 pub struct Sequencer {
     rooms: HashMap<RoomName, Room>,
+    /// Rooms in [`Phase::Behind`].
+    behind: HashSet<RoomName>,
     down: bool,
 }
 
@@ -183,6 +202,8 @@ impl Sequencer {
                         ttl: Duration::ZERO,
                     },
                     buffered: Vec::new(),
+                    buffered_bytes: 0,
+                    missed: false,
                     waiting: Vec::new(),
                     reading: Vec::new(),
                     read_from: None,
@@ -191,6 +212,7 @@ impl Sequencer {
                 },
             );
         } else if let Some(mut r) = self.rooms.remove(room) {
+            self.behind.remove(room);
             fail_all(&mut r, "unsubscribed", out);
             if !self.down {
                 out.push(Action::Unsubscribe(room.clone()));
@@ -278,12 +300,65 @@ impl Sequencer {
         }
         r.phase = Phase::Synced;
         r.read_from = None;
+        r.buffered_bytes = 0;
+        let missed = std::mem::take(&mut r.missed);
         let buffered = std::mem::take(&mut r.buffered);
         for w in std::mem::take(&mut r.waiting) {
             enqueue(room, r, w, out);
         }
         for m in buffered {
             self.live(room, m, out);
+        }
+        if missed {
+            self.fall_behind(room);
+        }
+    }
+
+    /// The bridge dropped a live message of the room because its home shard's queue is full:
+    /// the room falls behind and reads it from the stream later ([`Sequencer::catch_up`]).
+    pub fn missed(&mut self, room: &RoomName) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        match r.phase {
+            Phase::Synced => self.fall_behind(room),
+            Phase::Subscribing | Phase::Reading => r.missed = true,
+            // The link's return reads every room from its last offset anyway.
+            Phase::Behind | Phase::Down => {}
+        }
+    }
+
+    /// Rooms behind whose home shard has room again (`has_room(shard)`) read the stream from
+    /// their last offset. The bridge calls it on its timer.
+    pub fn catch_up(&mut self, has_room: impl Fn(usize) -> bool, out: &mut Vec<Action>) {
+        let ready: Vec<RoomName> = self
+            .behind
+            .iter()
+            .filter(|room| self.rooms.get(*room).is_some_and(|r| has_room(r.home)))
+            .cloned()
+            .collect();
+        for room in ready {
+            self.behind.remove(&room);
+            if let Some(r) = self.rooms.get_mut(&room) {
+                if r.phase == Phase::Behind {
+                    start_read(&room, r, out);
+                }
+            }
+        }
+    }
+
+    /// Rooms behind, waiting for [`Sequencer::catch_up`].
+    pub fn behind(&self) -> usize {
+        self.behind.len()
+    }
+
+    /// A synced room stops delivering live messages until it catches up.
+    fn fall_behind(&mut self, room: &RoomName) {
+        if let Some(r) = self.rooms.get_mut(room) {
+            if r.phase == Phase::Synced {
+                r.phase = Phase::Behind;
+                self.behind.insert(room.clone());
+            }
         }
     }
 
@@ -292,14 +367,16 @@ impl Sequencer {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
-        if r.phase != Phase::Synced {
-            if r.phase != Phase::Down && r.buffered.len() < MAX_BUFFERED {
-                r.buffered.push(m);
+        match r.phase {
+            Phase::Synced => {}
+            Phase::Subscribing | Phase::Reading => {
+                hold_back(r, m);
+                return;
             }
-            return;
+            Phase::Behind | Phase::Down => return,
         }
         if r.epoch.as_ref() != Some(&m.epoch) {
-            r.buffered.push(m);
+            hold_back(r, m);
             r.from_zero = true;
             start_read(room, r, out);
             return;
@@ -315,17 +392,20 @@ impl Sequencer {
             });
             return;
         }
-        r.buffered.push(m);
+        hold_back(r, m);
         start_read(room, r, out);
     }
 
     /// The link to Redis is lost: pending requests fail; rooms wait for it.
     pub fn down(&mut self, reason: &str, out: &mut Vec<Action>) {
         self.down = true;
+        self.behind.clear();
         for r in self.rooms.values_mut() {
             fail_all(r, reason, out);
             r.phase = Phase::Down;
             r.buffered.clear();
+            r.buffered_bytes = 0;
+            r.missed = false;
             r.read_from = None;
         }
     }
@@ -337,6 +417,17 @@ impl Sequencer {
             r.phase = Phase::Subscribing;
             out.push(Action::Subscribe(room.clone()));
         }
+    }
+}
+
+/// Holds a live message back until the room's read is merged, within [`MAX_BUFFERED`] and
+/// [`MAX_BUFFERED_BYTES`]; past them it is dropped and the room falls behind after the read.
+fn hold_back(r: &mut Room, m: Live) {
+    if r.buffered.len() < MAX_BUFFERED && r.buffered_bytes + m.data.len() <= MAX_BUFFERED_BYTES {
+        r.buffered_bytes += m.data.len();
+        r.buffered.push(m);
+    } else {
+        r.missed = true;
     }
 }
 

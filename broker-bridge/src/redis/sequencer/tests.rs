@@ -237,3 +237,65 @@ fn losing_interest_unsubscribes_and_forgets_the_room() {
     assert!(show(&mut out).is_empty());
     assert!(s.is_empty());
 }
+
+#[test]
+fn a_message_missed_for_a_full_shard_is_read_once_the_shard_has_room() {
+    let (mut s, mut out) = synced(5);
+    s.live(&room(), live("E", 6), &mut out);
+    s.missed(&room());
+    s.live(&room(), live("E", 8), &mut out);
+    assert_eq!(
+        show(&mut out),
+        ["msg(E,6)"],
+        "7 was missed; 8 waits with it"
+    );
+    assert_eq!(s.behind(), 1);
+    s.catch_up(|_| false, &mut out);
+    assert!(out.is_empty(), "the shard is still full");
+    s.catch_up(|_| true, &mut out);
+    assert_eq!(show(&mut out), ["read(2,Some(6))"]);
+    assert_eq!(s.behind(), 0);
+    s.read_done(&room(), 2, read("E", 8, [7, 8]), &mut out);
+    s.live(&room(), live("E", 9), &mut out);
+    assert_eq!(show(&mut out), ["msg(E,7)", "msg(E,8)", "msg(E,9)"]);
+}
+
+#[test]
+fn a_message_missed_during_a_read_is_read_after_it() {
+    let (mut s, mut out) = synced(5);
+    s.live(&room(), live("E", 7), &mut out);
+    assert_eq!(show(&mut out), ["read(2,Some(5))"]);
+    s.missed(&room());
+    s.read_done(&room(), 2, read("E", 7, [6, 7]), &mut out);
+    assert_eq!(show(&mut out), ["msg(E,6)", "msg(E,7)"]);
+    assert_eq!(s.behind(), 1, "8 went by during the read");
+    s.catch_up(|_| true, &mut out);
+    assert_eq!(show(&mut out), ["read(3,Some(7))"]);
+    s.read_done(&room(), 3, read("E", 8, [6, 7, 8]), &mut out);
+    assert_eq!(show(&mut out), ["msg(E,8)"]);
+}
+
+#[test]
+fn held_back_messages_past_the_bound_are_read_again_not_lost() {
+    let (mut s, mut out) = synced(0);
+    s.live(&room(), live("E", 2), &mut out);
+    assert_eq!(show(&mut out), ["read(2,Some(0))"]);
+    let big = |offset| Live {
+        data: Bytes::from(vec![b'x'; MAX_BUFFERED_BYTES / 2]),
+        ..live("E", offset)
+    };
+    s.live(&room(), big(3), &mut out);
+    s.live(&room(), big(4), &mut out);
+    s.live(&room(), big(5), &mut out);
+    s.read_done(&room(), 2, read("E", 2, [1, 2]), &mut out);
+    assert_eq!(
+        show(&mut out),
+        ["msg(E,1)", "msg(E,2)", "msg(E,3)"],
+        "3 was held back; 4 and 5 did not fit"
+    );
+    assert_eq!(s.behind(), 1);
+    s.catch_up(|_| true, &mut out);
+    assert_eq!(show(&mut out), ["read(3,Some(3))"]);
+    s.read_done(&room(), 3, read("E", 5, [4, 5]), &mut out);
+    assert_eq!(show(&mut out), ["msg(E,4)", "msg(E,5)"]);
+}
