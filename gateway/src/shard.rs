@@ -1033,6 +1033,7 @@ impl ShardCtx {
             // A networked broker answers at the room's position in its order (merged with the
             // live messages around it): see broker_bridge::redis::sequencer.
             Ok(Completion::Pending) => {
+                self.crdt_subscribing(&sub.room, (sub.origin, sub.conn));
                 self.pending
                     .borrow_mut()
                     .insert(token, Pending::Subscribe(sub));
@@ -1077,13 +1078,14 @@ impl ShardCtx {
         self.route(
             origin,
             ShardMsg::Subscribed {
-                room,
+                room: room.clone(),
                 conn,
                 seq,
                 ok,
                 frames,
             },
         );
+        self.crdt_subscribed(&room, (origin, conn), ok);
     }
 
     fn local_subscribed(

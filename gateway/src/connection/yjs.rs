@@ -2,7 +2,8 @@
 //!
 //! The connection subscribed to its room when it was accepted (so it gets every update, as a
 //! sync `update` message, and the room's awareness relays). Its messages go to the room's home
-//! shard: a sync step 1 is answered from the document there; an update is checked here
+//! shard: a sync step 1 is answered from the document there (once the subscription is in force,
+//! so that every update is in the answer or reaches the connection after it); an update is checked here
 //! (permission, size, rate) and published like any binary message, which merges it into the
 //! document on the home shard, stores it and fans it out. y-websocket has no error message: a
 //! refusal closes the connection with a code that says why (docs/collaboration.md).

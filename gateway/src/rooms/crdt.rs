@@ -165,6 +165,11 @@ pub struct CrdtRoom {
     pub load: Load,
     /// Syncs to answer once loaded.
     pub waiting: Vec<WaitingSync>,
+    /// Connections whose subscription the broker has not answered yet, with the state vector
+    /// of the newest sync each sent meanwhile. A sync is answered once its connection receives
+    /// the room's messages: answered from the document before, the messages merged between the
+    /// answer and the subscription's position would reach the client in neither.
+    pub subscribing: HashMap<(ShardId, ConnId), Option<Bytes>>,
     /// Publishes to take once loaded, in their order.
     pub parked: Vec<ParkedPublish>,
     /// The engine failed on an update of the loaded document: it must be rebuilt from the
@@ -233,6 +238,7 @@ impl CrdtRoom {
             doc: Doc::new(),
             load: Load::Snapshot,
             waiting: Vec::new(),
+            subscribing: HashMap::new(),
             parked: Vec::new(),
             poisoned: false,
             loaded: Vec::new(),
@@ -250,6 +256,7 @@ impl CrdtRoom {
     pub fn reloading(self) -> CrdtRoom {
         CrdtRoom {
             waiting: self.waiting,
+            subscribing: self.subscribing,
             parked: self.parked,
             awareness: self.awareness,
             owned: self.owned,

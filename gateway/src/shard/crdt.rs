@@ -311,8 +311,17 @@ impl ShardCtx {
         let Some(doc) = self.crdt.borrow_mut().rooms.remove(room) else {
             return;
         };
-        for w in doc.waiting {
-            self.close_remote(w.from, "document unavailable; retry");
+        let syncs_waiting_subscription = doc
+            .subscribing
+            .into_iter()
+            .filter_map(|(who, sv)| sv.map(|_| who));
+        for who in doc
+            .waiting
+            .into_iter()
+            .map(|w| w.from)
+            .chain(syncs_waiting_subscription)
+        {
+            self.close_remote(who, "document unavailable; retry");
         }
         for p in doc.parked {
             self.answer_publish(
@@ -333,6 +342,27 @@ impl ShardCtx {
         );
     }
 
+    /// Home: a y-websocket connection's subscription waits for the broker's answer (its
+    /// position in the room's order): its syncs wait with it ([`CrdtRoom::subscribing`]).
+    pub(super) fn crdt_subscribing(&self, room: &RoomName, who: (ShardId, ConnId)) {
+        if let Some(doc) = self.crdt.borrow_mut().rooms.get_mut(room) {
+            doc.subscribing.insert(who, None);
+        }
+    }
+
+    /// Home: the subscription of `who` was answered (and sent to its shard before anything
+    /// sent from here on): the sync it sent meanwhile is answered now, or dropped with a
+    /// refused subscription (its connection is closed to retry).
+    pub(super) fn crdt_subscribed(&self, room: &RoomName, who: (ShardId, ConnId), ok: bool) {
+        let waiting = match self.crdt.borrow_mut().rooms.get_mut(room) {
+            Some(doc) => doc.subscribing.remove(&who).flatten(),
+            None => return,
+        };
+        if let Some(sv) = waiting.filter(|_| ok) {
+            self.crdt_sync(room.clone(), who, sv);
+        }
+    }
+
     /// Home: a y-websocket client's sync step 1.
     pub(super) fn crdt_sync(&self, room: RoomName, from: (ShardId, ConnId), sv: Bytes) {
         self.crdt_open(&room);
@@ -342,6 +372,11 @@ impl ShardCtx {
                 drop(rooms);
                 return self.close_remote(from, "document unavailable; retry");
             };
+            if let Some(waiting) = doc.subscribing.get_mut(&from) {
+                // The newest is kept: its answer is what the client asks for now.
+                *waiting = Some(sv);
+                return;
+            }
             if doc.load != Load::Ready {
                 if doc.waiting.len() >= MAX_WAITING_SYNCS {
                     drop(rooms);
@@ -443,12 +478,10 @@ impl ShardCtx {
     /// Home: a subscriber left; its awareness states go with it, and with the last subscriber
     /// on this node the document is snapshotted and unloaded.
     pub(super) fn crdt_left(&self, room: &RoomName, who: (ShardId, ConnId), last: bool) {
-        let removal = self
-            .crdt
-            .borrow_mut()
-            .rooms
-            .get_mut(room)
-            .and_then(|d| d.remove_owner(who));
+        let removal = self.crdt.borrow_mut().rooms.get_mut(room).and_then(|d| {
+            d.subscribing.remove(&who);
+            d.remove_owner(who)
+        });
         if let Some(frame) = removal {
             self.broadcast_live(room, frame, Some(who));
         }

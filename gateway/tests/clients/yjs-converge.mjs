@@ -38,8 +38,35 @@ function snapshot() {
     sha256s: clients.map((c) => sha256(c.text.toString()).slice(0, 16)),
     synced: clients.map((c) => c.provider.synced),
     closes: clients.map((c) => c.closes.length),
+    // What each client holds, for a failure's diagnosis: its own client id, its state vector,
+    // and the clocks its pending (not yet integrable) updates wait for.
+    ids: clients.map((c) => c.doc.clientID),
+    state_vectors: clients.map((c) => Object.fromEntries(Y.decodeStateVector(Y.encodeStateVector(c.doc)))),
+    pending: clients.map((c) => (c.doc.store.pendingStructs ? Object.fromEntries(c.doc.store.pendingStructs.missing) : null)),
+    pending_ds: clients.map((c) => c.doc.store.pendingDs !== null),
+    deleted_only_in_0: clients.length > 1 ? deletedOnlyIn(clients[0].doc, clients[1].doc) : [],
+    deleted_only_in_1: clients.length > 1 ? deletedOnlyIn(clients[1].doc, clients[0].doc) : [],
     ms: Date.now() - started,
   };
+}
+
+/** The clocks deleted in `a` and not in `b`, as [client, first clock, count] runs (at most 20). */
+function deletedOnlyIn(a, b) {
+  const mine = Y.createDeleteSetFromStructStore(a.store);
+  const theirs = Y.createDeleteSetFromStructStore(b.store);
+  const runs = [];
+  mine.clients.forEach((items, client) => {
+    for (const it of items) {
+      for (let k = 0; k < it.len; k++) {
+        const clock = it.clock + k;
+        if (Y.isDeleted(theirs, Y.createID(client, clock))) continue;
+        const last = runs[runs.length - 1];
+        if (last && last[0] === client && last[1] + last[2] === clock) last[2]++;
+        else runs.push([client, clock, 1]);
+      }
+    }
+  });
+  return runs.slice(0, 20);
 }
 
 function fail(err) {
