@@ -660,6 +660,44 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// A document waiting for missing structs takes further updates without a trial encoding (one
+/// update must not make every later one pay an encoding); one of them can leave it unable to
+/// encode. The first sync that cannot be answered loads it again from the store, which drops
+/// the update it cannot be encoded after, and answers the sync from it then (before, every
+/// sync of the room was closed 4004 until the document was unloaded, and every load was as
+/// broken).
+#[test]
+fn a_document_that_cannot_be_encoded_is_loaded_again_without_the_cause_and_answers_syncs() {
+    let server = Server::start_strict(2, &config(""));
+    let room = "docs.unencodable";
+    rt().block_on(async {
+        let mut editor = YjsClient::connect(server.public, room, &token("alice")).await;
+        editor.edit_and_confirm("kept").await;
+        // Another client's second edit without its first: the document waits for it.
+        let other = yrs::Doc::with_client_id(2);
+        let text = other.get_or_insert_text("text");
+        text.insert(&mut other.transact_mut(), 0, "x");
+        let pending = {
+            let mut txn = other.transact_mut();
+            text.insert(&mut txn, 1, "y");
+            txn.encode_update_v1()
+        };
+        let cause = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/regressions/yrs_update/encode-state-panics-outside-contain"
+        ))
+        .expect("regression input");
+        for update in [pending, cause] {
+            let msg = yrs::sync::Message::Sync(yrs::sync::SyncMessage::Update(update)).encode_v1();
+            editor.send(&msg).await;
+        }
+        // Answered (after the updates: one connection's messages reach the home shard in order).
+        assert_eq!(editor.sync().await, "kept");
+        let mut joiner = YjsClient::connect(server.public, room, &token("bob")).await;
+        assert_eq!(joiner.sync().await, "kept");
+    });
+}
+
 #[test]
 fn finding_01_an_update_that_crashed_yrs_is_refused_unstored_and_the_node_keeps_serving() {
     let dir = temp_dir("poison");

@@ -300,7 +300,7 @@ pub fn yrs_update(data: &[u8]) {
         for u in before {
             room.apply(u).expect("a seed update applies");
         }
-        let floor = state_vector_of(&room);
+        let floor = state_vector_of(&mut room);
         let _ = room.apply(&update);
         let _ = room.apply(&update);
         for u in after {
@@ -308,7 +308,8 @@ pub fn yrs_update(data: &[u8]) {
         }
         room.ready();
         assert!(!room.poisoned, "a loading room is rebuilt, not poisoned");
-        check_room(&room, &floor, data);
+        assert!(room.encode_state().is_ok(), "a loaded room encodes");
+        check_room(&mut room, &floor, data);
 
         // Ready: the input from a client.
         let mut room = CrdtRoom::new();
@@ -316,7 +317,7 @@ pub fn yrs_update(data: &[u8]) {
             room.apply(u).expect("a seed update applies");
         }
         room.ready();
-        let floor = state_vector_of(&room);
+        let floor = state_vector_of(&mut room);
         let state = room.encode_state().ok();
         if !data.is_empty() {
             assert_eq!(
@@ -337,7 +338,7 @@ pub fn yrs_update(data: &[u8]) {
         // A poisoned document is dropped by the shard and loaded again from the store, which
         // never took the update.
         if !room.poisoned {
-            check_room(&room, &floor, data);
+            check_room(&mut room, &floor, data);
         }
     }
 }
@@ -345,7 +346,7 @@ pub fn yrs_update(data: &[u8]) {
 /// What holds for a room after the fuzzed update: it encodes its state (uncontained in the
 /// shard, as for a snapshot), that snapshot loads back, it still holds `floor`, and it answers
 /// a sync from nothing, from its own state vector and from the input.
-fn check_room(room: &CrdtRoom, floor: &StateVector, input: &[u8]) {
+fn check_room(room: &mut CrdtRoom, floor: &StateVector, input: &[u8]) {
     // A state yrs cannot encode, or encodes unreadably, is refused by `encode_state` (never
     // stored as a snapshot): a contained failure, not a finding.
     let state = room.encode_state();
@@ -369,7 +370,7 @@ fn check_room(room: &CrdtRoom, floor: &StateVector, input: &[u8]) {
 }
 
 /// A room's state vector, from its answer to a sync from nothing.
-fn state_vector_of(room: &CrdtRoom) -> StateVector {
+fn state_vector_of(room: &mut CrdtRoom) -> StateVector {
     let frames = room
         .answer_sync(&StateVector::default().encode_v1())
         .expect("a room answers a sync from nothing");

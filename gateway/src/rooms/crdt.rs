@@ -172,8 +172,9 @@ pub struct CrdtRoom {
     pub subscribing: HashMap<(ShardId, ConnId), Option<Bytes>>,
     /// Publishes to take once loaded, in their order.
     pub parked: Vec<ParkedPublish>,
-    /// The engine failed on an update of the loaded document: it must be rebuilt from the
-    /// store (which never holds a refused update).
+    /// The engine failed on an update of the loaded document, or the loaded document cannot
+    /// be encoded: it must be loaded again from the store (which never holds a refused update,
+    /// and whose load drops a stored one the document cannot be encoded after: `ready`).
     pub poisoned: bool,
     /// While loading: the updates merged so far, to rebuild from when the engine fails on a
     /// stored update (one stored before the engine's failures were contained).
@@ -229,6 +230,29 @@ fn encode_checked(doc: &Doc) -> Result<Vec<u8>, CrdtError> {
     apply_to(&Doc::new(), &state)
         .map_err(|e| CrdtError::EngineFailed(format!("the snapshot does not load back: {e}")))?;
     Ok(state)
+}
+
+/// A document from `updates`, without each update the engine fails on or after which the
+/// document cannot be encoded (tried where an update starts a pending state, or after every
+/// update); returns it and how many updates it kept.
+fn rebuild_encodable(updates: &[Bytes], every_update: bool) -> (Doc, usize) {
+    let mut doc = Doc::new();
+    let mut kept: Vec<&Bytes> = Vec::new();
+    for u in updates {
+        let had_pending = doc.transact().has_missing_updates();
+        let fine = apply_to(&doc, u).is_ok() && {
+            let trial = every_update || (!had_pending && doc.transact().has_missing_updates());
+            !(trial && encode_checked(&doc).is_err())
+        };
+        if fine {
+            kept.push(u);
+        } else {
+            // Without it: a new document from the updates kept so far.
+            doc = Doc::new();
+            kept.retain(|k| apply_to(&doc, k).is_ok());
+        }
+    }
+    (doc, kept.len())
 }
 
 impl CrdtRoom {
@@ -287,27 +311,31 @@ impl CrdtRoom {
         self.loaded.retain(|u| apply_to(doc, u).is_ok());
     }
 
-    /// The document is complete. If a stored update left it unable to encode (see `accept`),
-    /// it is rebuilt without each update after which it could not.
-    pub fn ready(&mut self) {
-        if self.doc.transact().has_missing_updates() && self.encode_state().is_err() {
-            let mut doc = Doc::new();
-            let mut kept: Vec<Bytes> = Vec::new();
-            for u in std::mem::take(&mut self.loaded) {
-                let fine = apply_to(&doc, &u).is_ok()
-                    && !(doc.transact().has_missing_updates() && encode_checked(&doc).is_err());
-                if fine {
-                    kept.push(u);
-                } else {
-                    // Without it: a new document from the updates kept so far.
-                    doc = Doc::new();
-                    kept.retain(|k| apply_to(&doc, k).is_ok());
-                }
+    /// The document is complete; returns whether stored updates were dropped. If a stored
+    /// update left it unable to encode (see `accept`), it is rebuilt without each update after
+    /// which it could not: first trying an encoding only where an update starts a pending
+    /// state (as `accept` does), and if that is not enough, after every update. The loaded
+    /// document always encodes (an empty one does), so a document loaded again after a failed
+    /// encoding ([`CrdtRoom::poisoned`]) does not fail the same way. The size limit counts
+    /// from the loaded document's encoded size (the replay may repeat what a snapshot holds).
+    pub fn ready(&mut self) -> bool {
+        let loaded = std::mem::take(&mut self.loaded);
+        let mut dropped = false;
+        let mut state = self.encode_state();
+        for every_update in [false, true] {
+            if state.is_ok() {
+                break;
             }
+            let (doc, kept) = rebuild_encodable(&loaded, every_update);
+            dropped = kept < loaded.len();
             self.doc = doc;
+            state = self.encode_state();
+        }
+        if let Ok(state) = state {
+            self.approx_bytes = state.len();
         }
         self.load = Load::Ready;
-        self.loaded = Vec::new();
+        dropped
     }
 
     /// Merges a client's update within the size limit (refused whole, never half-applied).
@@ -351,6 +379,17 @@ impl CrdtRoom {
         encode_checked(&self.doc)
     }
 
+    /// [`CrdtRoom::encode_state`] for a snapshot: a document that cannot be encoded is
+    /// [`CrdtRoom::poisoned`] (a pending state lets updates in without a trial encoding, see
+    /// `accept`; the first failed encoding is where it shows).
+    pub fn snapshot_state(&mut self) -> Result<Vec<u8>, CrdtError> {
+        let state = self.encode_state();
+        if state.is_err() {
+            self.poisoned = true;
+        }
+        state
+    }
+
     /// A snapshot was taken of `size` bytes.
     pub fn snapshotted(&mut self, size: usize) {
         self.unsnapshotted = 0;
@@ -360,14 +399,25 @@ impl CrdtRoom {
 
     /// The answer to a client's sync step 1: what it lacks (step 2), the server's own state
     /// vector (step 1, so the client sends what the server lacks), and every awareness state.
-    /// The document is only read: a contained panic refuses the state vector.
-    pub fn answer_sync(&self, state_vector: &[u8]) -> Result<Vec<Bytes>, CrdtError> {
-        let (step2, step1) = contain("yrs sync", || {
+    /// The document is only read. A contained panic refuses the state vector, unless the
+    /// document cannot be encoded at all: then the document is [`CrdtRoom::poisoned`] (the
+    /// state vector was not at fault).
+    pub fn answer_sync(&mut self, state_vector: &[u8]) -> Result<Vec<Bytes>, CrdtError> {
+        let answer = contain("yrs sync", || {
             let sv = StateVector::decode_v1(state_vector)
                 .map_err(|e| CrdtError::MalformedMessage(e.to_string()))?;
             let txn = self.doc.transact();
             Ok::<_, CrdtError>((txn.encode_state_as_update_v1(&sv), txn.state_vector()))
-        })??;
+        });
+        let (step2, step1) = match answer {
+            Ok(answer) => answer?,
+            Err(contained) => {
+                if self.encode_state().is_err() {
+                    self.poisoned = true;
+                }
+                return Err(contained.into());
+            }
+        };
         let mut frames = vec![
             frame(&Message::Sync(SyncMessage::SyncStep2(step2))),
             frame(&Message::Sync(SyncMessage::SyncStep1(step1))),
@@ -571,6 +621,55 @@ mod tests {
         if matches!(err, CrdtError::EngineFailed(_)) {
             assert!(room.poisoned);
         }
+    }
+
+    /// A document already waiting for missing structs takes further updates without a trial
+    /// encoding (`accept`); one of them can leave it unable to encode. The first failed
+    /// encoding (a snapshot, a sync) flags it, and loading it again from its stored updates
+    /// drops the one it cannot be encoded after.
+    #[test]
+    fn a_document_that_cannot_be_encoded_is_flagged_and_loads_again_without_the_cause() {
+        let a = Doc::with_client_id(1);
+        let kept = edit(&a, 0, "kept");
+        // Client 2's second edit without its first: waits for it.
+        let b = Doc::with_client_id(2);
+        let _first = edit(&b, 0, "x");
+        let pending = edit(&b, 1, "y");
+        let cause = Bytes::from_static(include_bytes!(
+            "../../fuzz/regressions/yrs_update/encode-state-panics-outside-contain"
+        ));
+        let mut room = CrdtRoom::new();
+        room.ready();
+        room.accept(&kept, 1 << 20).unwrap();
+        room.accept(&pending, 1 << 20).unwrap();
+        assert!(room.doc.transact().has_missing_updates());
+        // Not tried: a pending state lasts.
+        room.accept(&cause, 1 << 20).unwrap();
+        assert!(!room.poisoned);
+        assert!(room
+            .answer_sync(&StateVector::default().encode_v1())
+            .is_err());
+        assert!(
+            room.poisoned,
+            "a sync that cannot be answered flags the document"
+        );
+        room.poisoned = false;
+        assert!(room.snapshot_state().is_err());
+        assert!(
+            room.poisoned,
+            "a snapshot that cannot be taken flags the document"
+        );
+
+        let mut loaded = CrdtRoom::new();
+        for u in [&kept, &pending, &cause] {
+            let _ = loaded.apply(u);
+        }
+        assert!(loaded.ready(), "a stored update is dropped");
+        assert_eq!(text_of(&loaded.encode_state().unwrap()), "kept");
+        assert!(loaded
+            .answer_sync(&StateVector::default().encode_v1())
+            .is_ok());
+        assert!(!loaded.poisoned);
     }
 
     #[test]

@@ -122,13 +122,15 @@ impl ShardCtx {
             .map_err(|e| (ErrorCode::Unavailable, e.to_string()))
     }
 
-    /// Home: the engine failed on an update of the loaded document: the document is dropped and
-    /// loaded again from the store (which never took the refused update); its clients stay.
+    /// Home: the engine failed on an update of the loaded document, or the document could not
+    /// be encoded: it is dropped and loaded again from the store (which never took the refused
+    /// update; its load drops a stored one the document cannot be encoded after); its clients
+    /// stay.
     fn crdt_reload(&self, room: &RoomName) {
         let Some(doc) = self.crdt.borrow_mut().rooms.remove(room) else {
             return;
         };
-        tracing::warn!(room = %room, "collaborative document reloaded after the engine failed on an update");
+        tracing::warn!(room = %room, "collaborative document reloaded after the engine failed on it");
         self.crdt
             .borrow_mut()
             .rooms
@@ -175,6 +177,10 @@ impl ShardCtx {
         doc.merged((m.epoch.clone(), m.offset), self.now.get());
         if doc.load == Load::Ready && doc.unsnapshotted >= (ns.policy.history_size / 2).max(1) {
             self.crdt_snapshot(&m.room, doc);
+            if doc.poisoned {
+                drop(rooms);
+                self.crdt_reload(&m.room);
+            }
         }
     }
 
@@ -268,15 +274,16 @@ impl ShardCtx {
                     }
                 }
             }
-            // The size limit counts from the loaded document's encoded size (the replay may
-            // repeat updates the snapshot holds).
-            if let Ok(state) = doc.encode_state() {
-                doc.approx_bytes = state.len();
-            }
             if doc.position.as_ref().is_none_or(|(_, o)| rec.latest > *o) {
                 doc.position = Some((rec.epoch.clone(), rec.latest));
             }
-            doc.ready();
+            // A document rebuilt without stored updates is snapshotted at once: the next load
+            // starts past them.
+            if doc.ready() {
+                tracing::warn!(room = %room, "stored updates dropped: the document could not be encoded with them");
+                doc.unsnapshotted = doc.unsnapshotted.max(1);
+                self.crdt_snapshot(room, doc);
+            }
             (
                 std::mem::take(&mut doc.waiting),
                 std::mem::take(&mut doc.parked),
@@ -285,7 +292,7 @@ impl ShardCtx {
         crate::metrics::crdt_loaded();
         let (waiting, parked) = waiting;
         for w in waiting {
-            self.crdt_answer_sync(room, w.from, &w.state_vector);
+            self.crdt_answer_sync(room, w.from, w.state_vector);
         }
         if parked.is_empty() {
             return;
@@ -389,19 +396,41 @@ impl ShardCtx {
                 return;
             }
         }
-        self.crdt_answer_sync(&room, from, &sv);
+        self.crdt_answer_sync(&room, from, sv);
     }
 
-    fn crdt_answer_sync(&self, room: &RoomName, to: (ShardId, ConnId), sv: &[u8]) {
-        let frames = match self
-            .crdt
-            .borrow()
-            .rooms
-            .get(room)
-            .map(|d| d.answer_sync(sv))
-        {
-            Some(Ok(frames)) => frames,
-            Some(Err(e)) => {
+    fn crdt_answer_sync(&self, room: &RoomName, to: (ShardId, ConnId), sv: Bytes) {
+        let answer = self.crdt.borrow_mut().rooms.get_mut(room).map(|d| {
+            let answer = d.answer_sync(&sv);
+            (answer, d.poisoned)
+        });
+        let frames = match answer {
+            Some((Ok(frames), _)) => frames,
+            // The document could not be encoded: loaded again (which drops the stored update
+            // it cannot be encoded after), and the sync answered from it then.
+            Some((Err(_), true)) => {
+                self.crdt_reload(room);
+                let mut rooms = self.crdt.borrow_mut();
+                match rooms.rooms.get_mut(room) {
+                    // Loaded at once (the embedded broker): answered below once more.
+                    Some(doc) if doc.load == Load::Ready => {}
+                    Some(doc) => {
+                        return doc.waiting.push(WaitingSync {
+                            from: to,
+                            state_vector: sv,
+                        })
+                    }
+                    None => return,
+                }
+                match rooms.rooms.get_mut(room).map(|d| d.answer_sync(&sv)) {
+                    Some(Ok(frames)) => frames,
+                    _ => {
+                        drop(rooms);
+                        return self.close_remote(to, "document unavailable; retry");
+                    }
+                }
+            }
+            Some((Err(e), false)) => {
                 return self.route(
                     to.0,
                     ShardMsg::CloseConn {
@@ -496,11 +525,14 @@ impl ShardCtx {
     }
 
     /// Stores the document's snapshot through the broker.
+    ///
+    /// A document that cannot be encoded is left [`CrdtRoom::poisoned`]: the caller that keeps
+    /// it loads it again ([`ShardCtx::crdt_reload`]).
     fn crdt_snapshot(&self, room: &RoomName, doc: &mut CrdtRoom) {
-        let state = match doc.encode_state() {
+        let state = match doc.snapshot_state() {
             Ok(state) => state,
             Err(e) => {
-                // Its stored updates stay the record; the document keeps serving.
+                // Its stored updates stay the record.
                 tracing::warn!(room = %room, error = %e, "snapshot not taken");
                 crate::metrics::crdt_refused("snapshot_failed");
                 return;
@@ -523,6 +555,7 @@ impl ShardCtx {
     /// old; drops other nodes' stale awareness states.
     pub(super) fn crdt_sweep(&self, now: Instant) {
         let interval = Duration::from_millis(self.config.crdt.snapshot_interval_ms);
+        let mut poisoned = Vec::new();
         let mut rooms = self.crdt.borrow_mut();
         for (room, doc) in rooms.rooms.iter_mut() {
             doc.expire_awareness(now, AWARENESS_TTL);
@@ -531,7 +564,14 @@ impl ShardCtx {
                 .is_some_and(|t| now.saturating_duration_since(t) >= interval);
             if due && doc.load == Load::Ready {
                 self.crdt_snapshot(room, doc);
+                if doc.poisoned {
+                    poisoned.push(room.clone());
+                }
             }
+        }
+        drop(rooms);
+        for room in poisoned {
+            self.crdt_reload(&room);
         }
     }
 }

@@ -377,6 +377,25 @@ pub async fn connect_slow(addr: SocketAddr, rcvbuf: u32, extra: &str) -> Client 
     client_on(stream).await
 }
 
+/// The CPU time (user + system) process `pid` has used, from `/proc/<pid>/stat` (0 if unread).
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses: utime is the
+    // 14th field of the line, stime the 15th, in clock ticks (100 a second on Linux).
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
 /// The resident memory of a process, in bytes (0 if it cannot be read).
 pub fn rss_bytes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
