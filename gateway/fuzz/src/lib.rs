@@ -281,7 +281,7 @@ const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 /// no document, the seed document as its stored updates, and the seed document as one snapshot:
 /// while loading (among the stored updates, after the first half of them, and again), and once
 /// ready (as a client's update, twice; within a size limit it exceeds, refused and nothing
-/// changes). yrs panics are contained by `CrdtRoom::apply` and are fine; the check fails on a
+/// changes; a document a sync or snapshot then fails on is loaded again, as the shard does). yrs panics are contained by `CrdtRoom::apply` and are fine; the check fails on a
 /// panic that escapes (the process aborts under libFuzzer) or when afterwards a room does not
 /// encode its state, does not answer a sync (when not poisoned), has lost the stored updates
 /// merged before the input, or encodes a snapshot that does not load back. The input is also
@@ -330,14 +330,32 @@ pub fn yrs_update(data: &[u8]) {
                 "a refused update changed nothing"
             );
         }
+        let mut accepted = Vec::new();
         for _ in 0..2 {
-            if !room.poisoned {
-                let _ = room.accept(&update, MAX_DOCUMENT_BYTES);
+            if !room.poisoned && room.accept(&update, MAX_DOCUMENT_BYTES).is_ok() {
+                accepted.push(update.clone());
             }
         }
-        // A poisoned document is dropped by the shard and loaded again from the store, which
-        // never took the update.
+        // A sync or a snapshot that fails on the document flags it too.
         if !room.poisoned {
+            let _ = room.answer_sync(&StateVector::default().encode_v1());
+            let _ = room.snapshot_state();
+        }
+        if room.poisoned {
+            // The shard loads a poisoned document again from the store: the seed and the
+            // updates it accepted (never a refused one).
+            let mut reloaded = CrdtRoom::new();
+            for u in stored.iter().chain(&accepted) {
+                let _ = reloaded.apply(u);
+            }
+            reloaded.ready();
+            assert!(
+                !reloaded.poisoned,
+                "a loading room is rebuilt, not poisoned"
+            );
+            assert!(reloaded.encode_state().is_ok(), "a loaded room encodes");
+            check_room(&mut reloaded, &floor, data);
+        } else {
             check_room(&mut room, &floor, data);
         }
     }
