@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod contain;
+pub mod endpoint;
 pub mod http;
 pub mod listener;
 pub mod mailbox;

@@ -25,8 +25,9 @@ use crate::admission::Admission;
 use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
 use crate::connection::outbox::RoomMsg;
-use crate::connection::shared::{CloseRequest, ConnKind, ConnShared, SubState};
+use crate::connection::shared::{CloseRequest, ConnShared, SubState};
 use crate::connection::Transport;
+use crate::endpoint::{Endpoint, Heartbeat};
 use crate::mailbox::{
     home_shard, AdminQuery, ConnId, DeliverMeta, Mailboxes, PublishOrigin, ShardId, ShardMsg,
     Source, SubscribeReq,
@@ -243,7 +244,7 @@ impl ShardCtx {
     /// Registers an upgraded connection.
     pub fn register_conn(
         &self,
-        kind: ConnKind,
+        endpoint: Endpoint,
         takes_shared_deflate: bool,
         principal: Principal,
     ) -> Rc<ConnShared> {
@@ -260,7 +261,7 @@ impl ShardCtx {
             .is_some_and(|u| !self.admission.add_user(u));
         let conn = Rc::new(ConnShared::new(
             id,
-            kind,
+            endpoint,
             takes_shared_deflate,
             self.config.websocket.outbound_high_water_bytes,
             self.now.get(),
@@ -647,13 +648,7 @@ impl ShardCtx {
             ShardMsg::ToConn { conn, frame } => {
                 let target = self.conns.borrow().get(&conn).cloned();
                 if let Some(c) = target {
-                    if c.kind == ConnKind::Yjs && frame.first() == Some(&0x81) {
-                        // An `error` answer (a refused update): y-websocket has no error
-                        // message, so the close code says why.
-                        c.request_close(crate::connection::yjs::close_for_error(&frame));
-                    } else {
-                        c.push(frame);
-                    }
+                    c.endpoint.answer(&c, frame);
                 }
             }
             ShardMsg::PusherTerminate { app, user } => {
@@ -1117,20 +1112,7 @@ impl ShardCtx {
         // held to the live high-water mark, so a client can always catch up once. Raw-broadcast
         // connections get no app events; a y-websocket client syncs from the document instead
         // (and is closed to retry when its room could not be joined).
-        match c.kind {
-            ConnKind::Raw => {}
-            ConnKind::Yjs if !ok => c.request_close(CloseRequest {
-                code: CloseCode::TRY_AGAIN_LATER,
-                reason: "room unavailable; retry".into(),
-                discard_queue: false,
-            }),
-            ConnKind::Yjs => {}
-            _ => {
-                for f in frames {
-                    c.push_control(f);
-                }
-            }
-        }
+        c.endpoint.subscribed(&c, ok, frames);
     }
 
     fn token(&self) -> u64 {
@@ -1433,7 +1415,7 @@ impl ShardCtx {
             if let Some(at) = conn.shutdown_close_at.get() {
                 if now >= at {
                     let hint = fastrand::u64(0..=self.config.shutdown.reconnect_hint_max_ms);
-                    if conn.kind == ConnKind::Sse {
+                    if conn.endpoint.is_stream() {
                         // EventSource reconnects after `retry:` (docs/protocol.md §18.3).
                         conn.push_bytes(Bytes::from(format!("retry: {hint}\n\n")));
                     }
@@ -1445,20 +1427,23 @@ impl ShardCtx {
                     continue;
                 }
             }
-            if conn.kind == ConnKind::Poll {
+            match conn.endpoint.heartbeat() {
                 // A long poll ends by itself within its hold.
-                self.check_token_expiry(conn, unix_now);
-                continue;
-            }
-            if conn.kind == ConnKind::Sse {
+                Heartbeat::None => {
+                    self.check_token_expiry(conn, unix_now);
+                    continue;
+                }
                 // An event stream cannot answer pings: a comment keeps proxies from timing it
                 // out, and a dead peer shows up as a write error.
-                if now.saturating_duration_since(conn.last_rx.get()) >= interval {
-                    conn.last_rx.set(now);
-                    conn.push_bytes(Bytes::from_static(proto_codec::sse::HEARTBEAT));
+                Heartbeat::Comment => {
+                    if now.saturating_duration_since(conn.last_rx.get()) >= interval {
+                        conn.last_rx.set(now);
+                        conn.push_bytes(Bytes::from_static(proto_codec::sse::HEARTBEAT));
+                    }
+                    self.check_token_expiry(conn, unix_now);
+                    continue;
                 }
-                self.check_token_expiry(conn, unix_now);
-                continue;
+                Heartbeat::Ping => {}
             }
             match conn.ping_sent.get() {
                 Some(sent) if now.saturating_duration_since(sent) > timeout => {
@@ -1476,7 +1461,7 @@ impl ShardCtx {
             }
             self.check_token_expiry(conn, unix_now);
             if let Some(idle) = idle {
-                if conn.kind == ConnKind::App
+                if conn.endpoint.idles_out()
                     && now.saturating_duration_since(conn.last_op.get()) > idle
                 {
                     conn.request_close(CloseRequest {

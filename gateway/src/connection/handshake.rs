@@ -6,12 +6,15 @@ use std::time::Duration;
 use proto_codec::handshake::{select_protocol, validate_upgrade, write_upgrade_response};
 use proto_codec::http::{parse_request, write_error_response};
 use proto_codec::ws::deflate::{negotiate, DeflateParams, DeflatePolicy};
+use proto_codec::ws::CloseCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::shared::ConnKind;
+use super::route::{route, AfterUpgrade, HttpRoute, Route};
+use super::shared::CloseRequest;
 use crate::admission::{Admission, Verdict};
 use crate::auth::{Action, Authenticator, Principal};
 use crate::config::Config;
+use crate::endpoint::{Credential, Endpoint};
 use crate::http::public::{self, HttpDecision, StreamRoom};
 use crate::namespaces::Namespaces;
 
@@ -21,37 +24,18 @@ pub const SUBPROTOCOL: &str = "ringcast.v1";
 /// A completed upgrade.
 #[derive(Debug)]
 pub struct Upgraded {
-    /// App protocol or echo.
-    pub kind: ConnKind,
+    /// What the connection speaks.
+    pub endpoint: Endpoint,
+    /// What happens right after the upgrade.
+    pub after: AfterUpgrade,
     /// permessage-deflate, if negotiated.
     pub deflate: Option<DeflateParams>,
     /// Bytes the client sent after the request head (its first frames).
     pub leftover: Vec<u8>,
-    /// For raw broadcast: the room, and whether this connection only publishes.
-    pub raw: Option<(String, bool)>,
-    /// For a y-websocket connection: its collaborative room.
-    pub yjs: Option<YjsTarget>,
-    /// For a Pusher connection: its app's index, and the close that answers it when the app
-    /// or the protocol version is not served.
-    pub pusher: Option<(usize, Option<(u16, String)>)>,
     /// Who connected.
     pub principal: Principal,
     /// What the connection is now.
     pub mode: Mode,
-}
-
-/// The room of a y-websocket connection, and the close that answers it when its token may
-/// not open the room.
-///
-/// y-websocket retries a refused upgrade forever (it sees 1006) but stops on a close code in
-/// 4400–4499, so on `/yjs` an authentication or permission failure is an upgrade followed by
-/// close 4401 or 4403, not an HTTP status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct YjsTarget {
-    /// The room.
-    pub room: String,
-    /// The close code and reason, when the connection may not open the room.
-    pub refusal: Option<(u16, String)>,
 }
 
 /// What a connection became after its request head.
@@ -131,20 +115,16 @@ impl HandshakeFailure {
 pub enum Decision {
     /// Upgrade: write these response bytes.
     Upgrade {
-        /// App protocol or echo.
-        kind: ConnKind,
+        /// What the connection speaks.
+        endpoint: Endpoint,
+        /// What happens right after the upgrade.
+        after: AfterUpgrade,
         /// The 101 response.
         response: Vec<u8>,
         /// permessage-deflate, if negotiated.
         deflate: Option<DeflateParams>,
         /// Where the request head ended.
         head_len: usize,
-        /// For raw broadcast: the room, and whether this connection only publishes.
-        raw: Option<(String, bool)>,
-        /// For a y-websocket connection: its collaborative room.
-        yjs: Option<YjsTarget>,
-        /// For a Pusher connection: its app and any refusal.
-        pusher: Option<(usize, Option<(u16, String)>)>,
         /// Who connected.
         principal: Principal,
     },
@@ -213,78 +193,21 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
             return refuse(429, gate.admission.label(), reason, &[("Retry-After", "1")])
         }
     }
-    let pusher_api = req.path.starts_with("/apps/") && !config.pusher.apps.is_empty();
-    if pusher_api || matches!(req.path, "/sse" | "/poll" | "/publish") {
-        let decision = match req.path {
-            _ if pusher_api => public::pusher_api_request(&req, gate),
-            "/publish" => public::publish_request(&req, gate),
-            path => public::stream_request(&req, gate, path == "/poll"),
-        };
-        return Some(Decision::Http {
-            decision,
-            head_len: req.head_len,
-        });
-    }
-    let mut raw = None;
-    let mut yjs = None;
-    let mut pusher = None;
-    let kind = match req.path {
-        "/ws" => ConnKind::App,
-        path if path.starts_with("/app/") && !config.pusher.apps.is_empty() => {
-            // Pusher protocol: an unknown app or version is a close with Pusher's code after
-            // the upgrade, which is where pusher-js reads it.
-            let key = &path["/app/".len()..];
-            let version = req.query_param("protocol");
-            let refusal = match (
-                crate::pusher::app_by_key(config, key),
-                version.as_deref().map(str::parse::<u8>),
-            ) {
-                (None, _) => Some((4001, format!("App key {key} not in this cluster"))),
-                (_, None) => Some((4008, "No protocol version supplied".to_string())),
-                (_, Some(Err(_))) => Some((4006, "Invalid version string format".to_string())),
-                (_, Some(Ok(v))) if !(5..=7).contains(&v) => {
-                    Some((4007, format!("Unsupported protocol version {v}")))
-                }
-                _ => None,
+    let (endpoint, mut after) = match route(&req, config, gate.namespaces) {
+        Ok(Route::Upgrade { endpoint, after }) => (endpoint, after),
+        Ok(Route::Http(http)) => {
+            let decision = match http {
+                HttpRoute::PusherApi => public::pusher_api_request(&req, gate),
+                HttpRoute::Publish => public::publish_request(&req, gate),
+                HttpRoute::Stream => public::stream_request(&req, gate, false),
+                HttpRoute::Poll => public::stream_request(&req, gate, true),
             };
-            let app = crate::pusher::app_by_key(config, key).map_or(0, |(i, _)| i);
-            pusher = Some((app, refusal));
-            ConnKind::Pusher
-        }
-        path if path.starts_with("/yjs/") => {
-            let room = &path["/yjs/".len()..];
-            if proto_codec::protocol::validate_room(room).is_err() {
-                return refuse(400, "bad_request", "invalid room name", &[]);
-            }
-            match gate.namespaces.of(room) {
-                Ok(ns) if ns.policy.kind == crate::config::RoomKind::Crdt => {}
-                Ok(_) => {
-                    return refuse(
-                        404,
-                        "not_found",
-                        "not a collaborative room (its namespace is not kind = \"crdt\")",
-                        &[],
-                    )
-                }
-                Err((_, reason)) => return refuse(404, "not_found", &reason, &[]),
-            }
-            yjs = Some(YjsTarget {
-                room: room.to_string(),
-                refusal: None,
+            return Some(Decision::Http {
+                decision,
+                head_len: req.head_len,
             });
-            ConnKind::Yjs
         }
-        "/echo" if config.websocket.echo_endpoint => ConnKind::Echo,
-        path if config.websocket.raw_endpoint && path.starts_with("/raw/") => {
-            let room = &path["/raw/".len()..];
-            if proto_codec::protocol::validate_room(room).is_err() {
-                return refuse(400, "bad_request", "invalid room name", &[]);
-            }
-            let publisher = req.query_param("role").as_deref() == Some("pub");
-            raw = Some((room.to_string(), publisher));
-            ConnKind::Raw
-        }
-        _ => return refuse(404, "not_found", "no such endpoint", &[]),
+        Err(no) => return refuse(no.status, no.label, &no.reason, &[]),
     };
     if gate.draining {
         return refuse(
@@ -312,17 +235,8 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
             return refuse(403, "origin", "origin not allowed", &[]);
         }
     }
-    let principal = match kind {
-        ConnKind::Yjs => match gate.auth.authenticate(&req) {
-            Ok(p) => p,
-            Err(e) => {
-                if let Some(t) = yjs.as_mut() {
-                    t.refusal = Some((super::yjs::AUTH_FAILED.0, e.to_string()));
-                }
-                Principal::anonymous()
-            }
-        },
-        ConnKind::App => match gate.auth.authenticate(&req) {
+    let principal = match endpoint.credential() {
+        Credential::Token => match gate.auth.authenticate(&req) {
             Ok(p) => p,
             Err(e) => {
                 return refuse(
@@ -333,26 +247,31 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
                 )
             }
         },
-        // Test and benchmark endpoints, off by default (docs/security.md).
-        // Pusher connections authorize per channel (signatures), not with a token.
-        ConnKind::Echo | ConnKind::Raw | ConnKind::Sse | ConnKind::Poll | ConnKind::Pusher => {
-            Principal::anonymous()
-        }
+        Credential::TokenOrClose => match gate.auth.authenticate(&req) {
+            Ok(p) => p,
+            Err(e) => {
+                after = AfterUpgrade::Close(close_request(super::yjs::AUTH_FAILED, e.to_string()));
+                Principal::anonymous()
+            }
+        },
+        // Test and benchmark endpoints, off by default (docs/security.md); Pusher connections
+        // authorize per channel (signatures), not with a token.
+        Credential::Anonymous => Principal::anonymous(),
     };
     // A y-websocket connection is a subscription to its room: closed right after the upgrade
-    // when the token may not read it (see `YjsTarget`).
-    if let Some(t) = yjs.as_mut().filter(|t| t.refusal.is_none()) {
+    // when the token may not read it.
+    if let (Some(room), AfterUpgrade::Start) = (endpoint.yjs_room(), &after) {
         let verdict = gate
             .namespaces
-            .of(&t.room)
-            .and_then(|ns| principal.authorize(Action::Subscribe, &t.room, ns));
+            .of(room)
+            .and_then(|ns| principal.authorize(Action::Subscribe, room, ns));
         if let Err((code, reason)) = verdict {
             let close = if code == proto_codec::protocol::ErrorCode::Unauthorized {
                 super::yjs::AUTH_FAILED
             } else {
                 super::yjs::FORBIDDEN
             };
-            t.refusal = Some((close.0, reason));
+            after = AfterUpgrade::Close(close_request(close, reason));
         }
     }
     let negotiated = if config.websocket.compression {
@@ -363,15 +282,9 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
     } else {
         None
     };
-    let protocol = match kind {
-        ConnKind::App => select_protocol(&upgrade.protocols, &[SUBPROTOCOL]),
-        ConnKind::Echo
-        | ConnKind::Raw
-        | ConnKind::Sse
-        | ConnKind::Poll
-        | ConnKind::Yjs
-        | ConnKind::Pusher => None,
-    };
+    let protocol = endpoint
+        .subprotocol()
+        .and_then(|p| select_protocol(&upgrade.protocols, &[p]));
     let mut response = Vec::with_capacity(256);
     write_upgrade_response(
         &mut response,
@@ -380,15 +293,21 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
         negotiated.as_ref().map(|n| n.response.as_str()),
     );
     Some(Decision::Upgrade {
-        kind,
+        endpoint,
+        after,
         response,
         deflate: negotiated.map(|n| n.params),
         head_len: req.head_len,
-        raw,
-        yjs,
-        pusher,
         principal,
     })
+}
+
+fn close_request(code: CloseCode, reason: String) -> CloseRequest {
+    CloseRequest {
+        code,
+        reason,
+        discard_queue: false,
+    }
 }
 
 /// Reads the request head and answers it. On success the stream speaks WebSocket.
@@ -455,24 +374,20 @@ where
                 return Err(HandshakeFailure::Refused(status, label));
             }
             Some(Decision::Upgrade {
-                kind,
+                endpoint,
+                after,
                 response,
                 deflate,
                 head_len,
-                raw,
-                yjs,
-                pusher,
                 principal,
             }) => {
                 stream.write_all(&response).await?;
                 stream.flush().await?;
                 return Ok(Upgraded {
-                    kind,
+                    endpoint,
+                    after,
                     deflate,
                     leftover: head.split_off(head_len),
-                    raw,
-                    yjs,
-                    pusher,
                     principal,
                     mode: Mode::WebSocket,
                 });
@@ -561,13 +476,11 @@ where
         let _ = stream.shutdown().await;
         return Err(HandshakeFailure::Refused(429, "connections_per_user"));
     }
-    let upgraded = |kind, principal, mode, leftover| Upgraded {
-        kind,
+    let upgraded = |endpoint, principal, mode, leftover| Upgraded {
+        endpoint,
+        after: AfterUpgrade::Start,
         deflate: None,
         leftover,
-        raw: None,
-        yjs: None,
-        pusher: None,
         principal,
         mode,
     };
@@ -582,7 +495,7 @@ where
             let _ = stream.shutdown().await;
             if status < 400 {
                 return Ok(upgraded(
-                    ConnKind::App,
+                    Endpoint::App,
                     Principal::anonymous(),
                     Mode::Answered,
                     Vec::new(),
@@ -598,7 +511,7 @@ where
             stream.write_all(&response).await?;
             stream.flush().await?;
             Ok(upgraded(
-                ConnKind::Sse,
+                Endpoint::Sse,
                 principal,
                 Mode::Stream(rooms),
                 Vec::new(),
@@ -609,7 +522,7 @@ where
             principal,
             cors,
         } => Ok(upgraded(
-            ConnKind::Poll,
+            Endpoint::Poll,
             principal,
             Mode::Poll { rooms, cors },
             Vec::new(),
@@ -620,7 +533,7 @@ where
         } => {
             let body = read_body(stream, &mut head, head_len, content_length).await?;
             Ok(upgraded(
-                ConnKind::App,
+                Endpoint::App,
                 Principal::anonymous(),
                 Mode::PusherApi { request, body },
                 Vec::new(),
@@ -633,7 +546,7 @@ where
         } => {
             let body = read_body(stream, &mut head, head_len, content_length).await?;
             Ok(upgraded(
-                ConnKind::App,
+                Endpoint::App,
                 principal,
                 Mode::Publish { body, cors },
                 Vec::new(),
@@ -696,7 +609,7 @@ mod tests {
     fn upgrade_with_subprotocol_and_deflate() {
         let c = open_config();
         let Some(Decision::Upgrade {
-            kind,
+            endpoint,
             response,
             deflate,
             head_len,
@@ -706,7 +619,7 @@ mod tests {
         else {
             panic!("not an upgrade")
         };
-        assert_eq!(kind, ConnKind::App);
+        assert_eq!(endpoint, Endpoint::App);
         assert_eq!(head_len, REQ.len());
         assert!(deflate.is_some());
         assert!(principal.is_anonymous());

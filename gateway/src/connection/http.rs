@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use proto_codec::protocol::{ErrorCode, ServerEvent};
 
-use super::shared::ConnKind;
 use crate::auth::Principal;
+use crate::endpoint::Endpoint;
 use crate::http::public::{error_json, json_response, publish_body, StreamRoom};
 use crate::mailbox::{PublishOrigin, Source};
 use crate::shard::ShardCtx;
@@ -68,7 +68,7 @@ pub async fn long_poll(
     rooms: Vec<StreamRoom>,
     cors: Option<String>,
 ) -> Vec<u8> {
-    let conn = ctx.register_conn(ConnKind::Poll, false, principal);
+    let conn = ctx.register_conn(Endpoint::Poll, false, principal);
     for (room, since) in rooms {
         ctx.subscribe(&conn, None, &room, since, None);
     }

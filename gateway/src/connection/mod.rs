@@ -13,6 +13,7 @@ pub mod handshake;
 pub mod http;
 pub mod ops;
 pub mod outbox;
+pub mod route;
 pub mod shared;
 pub mod state;
 pub mod yjs;
@@ -28,15 +29,16 @@ use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 use proto_codec::protocol::ServerEvent;
 use proto_codec::ws::{
-    encode_close, encode_frame, encode_message, CloseCode, DataKind, Decoder, DecoderConfig,
-    Message, OpCode,
+    encode_close, encode_frame, encode_message, DataKind, Decoder, DecoderConfig, Message, OpCode,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use self::outbox::MAX_IOVECS;
-use self::shared::{CloseRequest, ConnKind, ConnShared};
+use self::route::AfterUpgrade;
+use self::shared::{CloseRequest, ConnShared};
 use self::state::ConnState;
 use crate::admission::AdmitTicket;
+use crate::endpoint::Endpoint;
 use crate::shard::ShardCtx;
 
 /// Input bytes one connection may process per turn before yielding to the others.
@@ -55,10 +57,6 @@ const WRITE_BUDGET: usize = 64 * 1024;
 
 /// Per-connection I/O state owned by the connection's task.
 struct ConnIo {
-    /// The internal room of a raw-broadcast connection.
-    raw_room: Option<String>,
-    /// The collaborative room of a y-websocket connection.
-    yjs_room: Option<String>,
     decoder: Decoder,
     /// Unconsumed bytes: a partial header or control frame, or (when `input_waits`) input the
     /// last turn's fan-out budget left undecoded.
@@ -202,17 +200,16 @@ fn start(ctx: &Rc<ShardCtx>, upgraded: handshake::Upgraded) -> (Rc<ConnShared>, 
     if let Some(p) = upgraded.deflate {
         decoder_config = decoder_config.with_deflate(p.client_no_context_takeover);
     }
-    // A y-websocket or Pusher client takes its own form of room messages, never the shared
-    // frames.
-    let takes_shared_deflate = !matches!(upgraded.kind, ConnKind::Yjs | ConnKind::Pusher)
+    let endpoint = upgraded.endpoint;
+    let takes_shared_deflate = endpoint.takes_shared_frames()
         && upgraded
             .deflate
             .is_some_and(|p| p.server_max_window_bits == 15);
-    let conn = ctx.register_conn(upgraded.kind, takes_shared_deflate, upgraded.principal);
+    let conn = ctx.register_conn(endpoint, takes_shared_deflate, upgraded.principal);
     // Refused at registration (the per-user limit, reached by a connection that raced this
     // one): closed without joining a room.
     let refused = conn.close_requested();
-    if matches!(upgraded.kind, ConnKind::App | ConnKind::Sse) {
+    if conn.endpoint.says_hello() {
         conn.push_control(
             ServerEvent::Hello {
                 client: ctx.client_id(conn.id).into(),
@@ -222,39 +219,29 @@ fn start(ctx: &Rc<ShardCtx>, upgraded: handshake::Upgraded) -> (Rc<ConnShared>, 
             .to_frame(),
         );
     }
-    let raw_room = upgraded
-        .raw
-        .as_ref()
-        .map(|(room, _)| crate::shard::raw_room(room));
-    if let (Some((_, false)), Some(room), false) = (&upgraded.raw, &raw_room, refused) {
-        ctx.subscribe(&conn, None, room, None, None);
-    }
-    // A y-websocket connection is a subscription to its room (checked before the upgrade),
-    // and a presence member where the namespace has presence.
-    match upgraded.yjs.as_ref().map(|t| (&t.room, &t.refusal)) {
-        Some((_, Some((code, reason)))) => conn.request_close(CloseRequest {
-            code: CloseCode(*code),
-            reason: reason.clone(),
-            discard_queue: false,
-        }),
-        Some((room, None)) if !refused => {
-            let presence = ctx
-                .namespaces
-                .of(room)
-                .ok()
-                .and_then(|ns| ns.policy.presence.then_some(ns.policy.join_leave));
-            ctx.subscribe(&conn, None, room, None, presence);
+    match upgraded.after {
+        AfterUpgrade::Close(close) => conn.request_close(close),
+        AfterUpgrade::PusherEstablished { app } => {
+            conn.push_control(crate::pusher::conn::established(ctx, &conn, app))
         }
-        Some(_) | None => {}
-    }
-    match &upgraded.pusher {
-        Some((_, Some((code, reason)))) => conn.request_close(CloseRequest {
-            code: CloseCode(*code),
-            reason: reason.clone(),
-            discard_queue: false,
-        }),
-        Some((app, None)) => conn.push_control(crate::pusher::conn::established(ctx, &conn, *app)),
-        None => {}
+        AfterUpgrade::Start if refused => {}
+        AfterUpgrade::Start => match &conn.endpoint {
+            Endpoint::Raw {
+                room,
+                publisher: false,
+            } => ctx.subscribe(&conn, None, room, None, None),
+            // A y-websocket connection is a subscription to its room (checked before the
+            // upgrade), and a presence member where the namespace has presence.
+            Endpoint::Yjs { room } => {
+                let presence = ctx
+                    .namespaces
+                    .of(room)
+                    .ok()
+                    .and_then(|ns| ns.policy.presence.then_some(ns.policy.join_leave));
+                ctx.subscribe(&conn, None, room, None, presence);
+            }
+            _ => {}
+        },
     }
     // An event stream subscribes to its rooms (checked before the stream started).
     if let (handshake::Mode::Stream(rooms), false) = (upgraded.mode, refused) {
@@ -268,8 +255,6 @@ fn start(ctx: &Rc<ShardCtx>, upgraded: handshake::Upgraded) -> (Rc<ConnShared>, 
         }
     }
     let mut io = ConnIo {
-        raw_room,
-        yjs_room: upgraded.yjs.map(|t| t.room),
         decoder: Decoder::new(decoder_config),
         remainder: upgraded.leftover,
         input_waits: false,
@@ -331,7 +316,7 @@ where
             io.state = ConnState::Lingering;
         }
         // An event stream only writes: whatever the client sends is discarded.
-        let read = if io.state == ConnState::Lingering || conn.kind == ConnKind::Sse {
+        let read = if io.state == ConnState::Lingering || conn.endpoint.is_stream() {
             discard_once(ctx, stream, cx)
         } else if io.input_waits {
             Poll::Ready(Ok(decode_waiting(ctx, conn, io)))
@@ -514,77 +499,47 @@ fn on_message(ctx: &ShardCtx, conn: &Rc<ConnShared>, io: &mut ConnIo, message: M
         return;
     }
     match message {
-        Message::Data(kind, payload) => match conn.kind {
-            ConnKind::App if kind == DataKind::Text => {
-                conn.last_op.set(ctx.now.get());
-                ops::handle(ctx, conn, &payload);
+        Message::Data(kind, payload) => {
+            if let Err(close) = conn.endpoint.takes(kind) {
+                return begin_close(ctx, conn, io, close);
             }
-            ConnKind::App => {
-                conn.last_op.set(ctx.now.get());
-                ops::handle_binary(ctx, conn, &payload);
-            }
-            ConnKind::Raw if kind == DataKind::Text => {
-                if let Some(room) = &io.raw_room {
-                    ctx.publish(
-                        room,
-                        bytes::Bytes::copy_from_slice(&payload),
-                        crate::mailbox::PublishOrigin::Raw,
-                        crate::mailbox::Source::Native,
-                    );
-                }
-            }
-            ConnKind::Raw => begin_close(
-                ctx,
-                conn,
-                io,
-                CloseRequest {
-                    code: CloseCode::UNSUPPORTED_DATA,
-                    reason: "raw mode carries text frames".into(),
-                    discard_queue: false,
-                },
-            ),
-            ConnKind::Yjs if kind == DataKind::Binary => {
-                conn.last_op.set(ctx.now.get());
-                let room = io.yjs_room.as_deref().unwrap_or_default();
-                if let Err(req) = yjs::handle(ctx, conn, room, &payload) {
-                    begin_close(ctx, conn, io, req);
-                }
-            }
-            ConnKind::Yjs => begin_close(
-                ctx,
-                conn,
-                io,
-                CloseRequest {
-                    code: CloseCode::UNSUPPORTED_DATA,
-                    reason: "y-websocket speaks binary messages".into(),
-                    discard_queue: false,
-                },
-            ),
-            ConnKind::Pusher if kind == DataKind::Text => {
-                conn.last_op.set(ctx.now.get());
-                crate::pusher::conn::handle(ctx, conn, &payload);
-            }
-            ConnKind::Pusher => begin_close(
-                ctx,
-                conn,
-                io,
-                CloseRequest {
-                    code: CloseCode::UNSUPPORTED_DATA,
-                    reason: "the Pusher protocol speaks text messages".into(),
-                    discard_queue: false,
-                },
-            ),
-            ConnKind::Sse | ConnKind::Poll => {}
-            ConnKind::Echo => {
-                let frame = match io.deflate_bits {
-                    Some(bits) => {
-                        ctx.with_deflater(bits, |d| encode_message(kind, &payload, Some(d)))
+            match &conn.endpoint {
+                Endpoint::App => {
+                    conn.last_op.set(ctx.now.get());
+                    if kind == DataKind::Text {
+                        ops::handle(ctx, conn, &payload);
+                    } else {
+                        ops::handle_binary(ctx, conn, &payload);
                     }
-                    None => encode_message(kind, &payload, None),
-                };
-                conn.push_control(frame);
+                }
+                Endpoint::Raw { room, .. } => ctx.publish(
+                    room,
+                    bytes::Bytes::copy_from_slice(&payload),
+                    crate::mailbox::PublishOrigin::Raw,
+                    crate::mailbox::Source::Native,
+                ),
+                Endpoint::Yjs { room } => {
+                    conn.last_op.set(ctx.now.get());
+                    if let Err(req) = yjs::handle(ctx, conn, room, &payload) {
+                        begin_close(ctx, conn, io, req);
+                    }
+                }
+                Endpoint::Pusher => {
+                    conn.last_op.set(ctx.now.get());
+                    crate::pusher::conn::handle(ctx, conn, &payload);
+                }
+                Endpoint::Sse | Endpoint::Poll => {}
+                Endpoint::Echo => {
+                    let frame = match io.deflate_bits {
+                        Some(bits) => {
+                            ctx.with_deflater(bits, |d| encode_message(kind, &payload, Some(d)))
+                        }
+                        None => encode_message(kind, &payload, None),
+                    };
+                    conn.push_control(frame);
+                }
             }
-        },
+        }
         Message::Ping(payload) => conn.push_pong(encode_frame(OpCode::Pong, false, payload)),
         Message::Pong(_) => {}
         Message::Close(close) => {
@@ -617,7 +572,7 @@ fn begin_close(ctx: &ShardCtx, conn: &ConnShared, io: &mut ConnIo, req: CloseReq
     if req.discard_queue {
         conn.outbox().borrow_mut().discard_unstarted();
     }
-    if conn.kind == ConnKind::Sse {
+    if conn.endpoint.is_stream() {
         // An event stream has no close frame: it ends once its queue is written.
         io.state = ConnState::CloseReceived;
         conn.closing_since.set(Some(ctx.now.get()));

@@ -14,28 +14,9 @@ use proto_codec::ws::CloseCode;
 
 use super::outbox::{Outbox, PolicyActions, Push, RoomMsg};
 use crate::auth::Principal;
+use crate::endpoint::Endpoint;
 use crate::mailbox::ConnId;
 use crate::ratelimit::ConnLimiter;
-
-/// What a connection speaks after the upgrade.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnKind {
-    /// The ringcast app protocol.
-    App,
-    /// The echo endpoint (conformance testing).
-    Echo,
-    /// Raw broadcast (benchmarks): text frames published as they are, no envelope.
-    Raw,
-    /// A Server-Sent Events stream: events are written in SSE form.
-    Sse,
-    /// A long-poll request: events are collected, then answered as one JSON array.
-    Poll,
-    /// A y-websocket client (`/yjs/<room>`): y-protocols sync and awareness messages of one
-    /// collaborative room, in binary frames.
-    Yjs,
-    /// A Pusher Channels client (`/app/<key>`): Pusher protocol 7 frames (docs/pusher.md).
-    Pusher,
-}
 
 /// A subscription as the connection sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +46,8 @@ pub struct CloseRequest {
 pub struct ConnShared {
     /// The connection's id on its shard.
     pub id: ConnId,
-    /// App protocol or echo.
-    pub kind: ConnKind,
+    /// What it speaks (decided at its request).
+    pub endpoint: Endpoint,
     /// Whether shared compressed room frames may be sent to it (permessage-deflate negotiated
     /// with a 15-bit server window).
     pub takes_shared_deflate: bool,
@@ -97,7 +78,7 @@ pub struct ConnShared {
     pub limiter: RefCell<ConnLimiter>,
     /// Used up its turn: listed for the shard's next round and idle until then.
     pub deferred: Cell<bool>,
-    /// A Pusher protocol connection's state (`ConnKind::Pusher` only).
+    /// A Pusher protocol connection's state (`Endpoint::Pusher` only).
     pub pusher: RefCell<Option<Box<crate::pusher::PusherConn>>>,
 }
 
@@ -105,7 +86,7 @@ impl ConnShared {
     /// A new connection's shared state.
     pub fn new(
         id: ConnId,
-        kind: ConnKind,
+        endpoint: Endpoint,
         takes_shared_deflate: bool,
         high_water: usize,
         now: Instant,
@@ -113,7 +94,7 @@ impl ConnShared {
     ) -> ConnShared {
         ConnShared {
             id,
-            kind,
+            endpoint,
             takes_shared_deflate,
             outbox: RefCell::new(Outbox::new(high_water)),
             waker: RefCell::new(None),
@@ -237,32 +218,9 @@ impl ConnShared {
         }
     }
 
-    /// A WebSocket frame in this connection's wire form: unchanged, or for an event stream
-    /// its SSE event (`None` for frames with no SSE form, such as pings and closes).
+    /// A frame in this connection's wire form ([`Endpoint::wire`]).
     fn wire(&self, frame: Bytes) -> Option<Bytes> {
-        match self.kind {
-            ConnKind::Sse => {
-                // Live messages get their id where they are fanned out; a replayed one (sent
-                // after `subscribed`) gets it here, so a resume starts after it too.
-                let id = proto_codec::sse::json_payload(&frame).and_then(|p| msg_position_id(&p));
-                proto_codec::sse::event_from_ws_frame(&frame, id.as_deref()).map(Bytes::from)
-            }
-            // A long poll answers the messages after a recovered `since`, not its `subscribed`
-            // (docs/protocol.md §20); only frames with a JSON form are collected.
-            ConnKind::Poll => {
-                let payload = proto_codec::sse::json_payload(&frame)?;
-                const RECOVERED: &[u8] = br#""recovered":true"#;
-                let recovered_subscribed = payload.starts_with(br#"{"ev":"subscribed""#)
-                    && payload.windows(RECOVERED.len()).any(|w| w == RECOVERED);
-                (!recovered_subscribed).then_some(frame)
-            }
-            // A y-websocket client reads y-protocols messages only: app events (acks, errors,
-            // `token_expiring`) have no form there (errors close the connection instead).
-            ConnKind::Yjs => (frame.first() != Some(&0x81)).then_some(frame),
-            // A Pusher client reads Pusher frames: app events are translated (or dropped).
-            ConnKind::Pusher => crate::pusher::wire::translate(self, frame),
-            _ => Some(frame),
-        }
+        self.endpoint.wire(self, frame)
     }
 
     /// The outbound queue, for the connection's writer.
@@ -309,29 +267,5 @@ impl ConnShared {
         if let Some(w) = self.waker.borrow().as_ref() {
             w.wake_by_ref();
         }
-    }
-}
-
-/// The SSE id (`<room>|<epoch>:<offset>`) of a `msg` event's JSON; `None` for other events.
-fn msg_position_id(payload: &[u8]) -> Option<String> {
-    if !payload.starts_with(br#"{"ev":"msg""#) {
-        return None;
-    }
-    match proto_codec::protocol::ServerEvent::decode(payload) {
-        Ok(
-            proto_codec::protocol::ServerEvent::Msg {
-                room,
-                epoch,
-                offset,
-                ..
-            }
-            | proto_codec::protocol::ServerEvent::MsgBinary {
-                room,
-                epoch,
-                offset,
-                ..
-            },
-        ) => Some(format!("{room}|{epoch}:{offset}")),
-        _ => None,
     }
 }

@@ -8,21 +8,9 @@ use broker_bridge::RoomName;
 use bytes::Bytes;
 
 use crate::connection::outbox::RoomMsg;
-use crate::connection::shared::{ConnKind, ConnShared};
+use crate::connection::shared::ConnShared;
+use crate::endpoint::{LiveAction, LiveForms, RoomForms};
 use crate::mailbox::ConnId;
-
-/// A room message as an SSE event, its id the position `<room>|<epoch>:<offset>`.
-fn sse_form(frame: &Bytes, msg: &RoomMsg) -> Option<Bytes> {
-    let id = format!("{}|{}:{}", msg.room, msg.epoch, msg.offset);
-    proto_codec::sse::event_from_ws_frame(frame, Some(&id)).map(Bytes::from)
-}
-
-/// A room message as a y-protocols sync `update` (a collaborative room's binary message).
-fn yjs_form(frame: &Bytes) -> Option<Bytes> {
-    let payload = proto_codec::sse::payload_of(frame, 0x82)?;
-    let msg = proto_codec::protocol::decode_binary_msg(payload).ok()?;
-    Some(crate::rooms::crdt::update_frame(msg.data))
-}
 
 /// Subscribers of one room on this shard.
 #[derive(Debug, Default)]
@@ -72,43 +60,11 @@ impl LocalRooms {
         let Some(r) = self.rooms.get(room) else {
             return 0;
         };
+        let mut forms = RoomForms::new(frame, deflated, msg);
         let mut delivered = 0;
-        // The SSE and y-protocols forms, each encoded once for every connection of its kind on
-        // this shard (not at all without one).
-        let mut sse: Option<Option<Bytes>> = None;
-        let mut yjs: Option<Option<Bytes>> = None;
-        let mut pusher: Option<Option<(Bytes, Option<String>)>> = None;
         for conn in &r.subscribers {
-            let f = match deflated {
-                Some(d) if conn.takes_shared_deflate => d,
-                _ if conn.kind == ConnKind::Pusher => {
-                    match pusher.get_or_insert_with(|| crate::pusher::wire::room_message(frame)) {
-                        Some((f, exclude)) => {
-                            // The server API's `socket_id`: every subscriber but that one.
-                            if exclude.is_some()
-                                && conn.pusher.borrow().as_ref().map(|s| &s.socket_id)
-                                    == exclude.as_ref()
-                            {
-                                continue;
-                            }
-                            f
-                        }
-                        None => continue,
-                    }
-                }
-                _ if conn.kind == ConnKind::Sse => {
-                    match sse.get_or_insert_with(|| sse_form(frame, msg)) {
-                        Some(f) => f,
-                        None => continue,
-                    }
-                }
-                _ if conn.kind == ConnKind::Yjs => {
-                    match yjs.get_or_insert_with(|| yjs_form(frame)) {
-                        Some(f) => f,
-                        None => continue,
-                    }
-                }
-                _ => frame,
+            let Some(f) = forms.for_conn(conn) else {
+                continue;
             };
             if conn.push_room(f.clone(), msg) {
                 delivered += 1;
@@ -125,38 +81,20 @@ impl LocalRooms {
         let Some(r) = self.rooms.get(room) else {
             return 0;
         };
-        let binary = frame.first() == Some(&0x82);
-        // The Pusher form, built once for every Pusher connection on this shard.
-        let mut pusher: Option<Option<Bytes>> = None;
+        let mut forms = LiveForms::new(frame);
         let mut delivered = 0;
         for conn in &r.subscribers {
             if Some(conn.id) == except {
                 continue;
             }
-            if conn.kind == ConnKind::Pusher {
-                let form = pusher.get_or_insert_with(|| crate::pusher::wire::live_frame(frame));
-                if let Some(f) = form {
+            match forms.for_conn(conn) {
+                LiveAction::Send(f) => {
                     if conn.push_live(f.clone()) {
                         delivered += 1;
                     }
                 }
-                continue;
-            }
-            if (conn.kind == ConnKind::Yjs) != binary {
-                if conn.kind == ConnKind::Yjs
-                    && proto_codec::sse::payload_of(frame, 0x81)
-                        .is_some_and(|p| p.starts_with(br#"{"ev":"gap""#))
-                {
-                    conn.request_close(crate::connection::shared::CloseRequest {
-                        code: proto_codec::ws::CloseCode::TRY_AGAIN_LATER,
-                        reason: "updates were lost on the way; reconnect to sync".into(),
-                        discard_queue: false,
-                    });
-                }
-                continue;
-            }
-            if conn.push_live(frame.clone()) {
-                delivered += 1;
+                LiveAction::Skip => {}
+                LiveAction::Close(close) => conn.request_close(close),
             }
         }
         delivered

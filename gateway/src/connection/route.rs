@@ -1,0 +1,157 @@
+//! The route table of the public listener: a request's path (and query) to what answers it,
+//! decided once (sans I/O). Authentication and the upgrade's own checks follow in
+//! `handshake::decide`.
+
+use proto_codec::http::Request;
+use proto_codec::ws::CloseCode;
+
+use super::shared::CloseRequest;
+use crate::config::{Config, RoomKind};
+use crate::endpoint::Endpoint;
+use crate::namespaces::Namespaces;
+
+/// What answers a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// An HTTP endpoint of the public listener.
+    Http(HttpRoute),
+    /// A WebSocket endpoint, and what happens right after the upgrade.
+    Upgrade {
+        /// What the connection speaks.
+        endpoint: Endpoint,
+        /// Its first step.
+        after: AfterUpgrade,
+    },
+}
+
+/// The HTTP endpoints of the public listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpRoute {
+    /// The Pusher HTTP API (`/apps/…`, with Pusher apps configured).
+    PusherApi,
+    /// `POST /publish`.
+    Publish,
+    /// `GET /sse`.
+    Stream,
+    /// `GET /poll`.
+    Poll,
+}
+
+/// What happens to a WebSocket connection right after its upgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterUpgrade {
+    /// Nothing more than the endpoint's own start (`hello`, its room's subscription).
+    Start,
+    /// A Pusher connection of this app (its index in `[pusher] apps`) is established.
+    PusherEstablished {
+        /// The app.
+        app: usize,
+    },
+    /// It is closed with this code: its request cannot be served, and its client reads why
+    /// only from a close (pusher-js; y-websocket, which retries a refused upgrade forever).
+    Close(CloseRequest),
+}
+
+/// A request no route takes: answered with this HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoRoute {
+    /// The status.
+    pub status: u16,
+    /// Why, as a metrics label.
+    pub label: &'static str,
+    /// Why, for the client.
+    pub reason: String,
+}
+
+fn no_route(status: u16, label: &'static str, reason: impl Into<String>) -> NoRoute {
+    NoRoute {
+        status,
+        label,
+        reason: reason.into(),
+    }
+}
+
+/// Where a request goes.
+pub fn route(
+    req: &Request<'_>,
+    config: &Config,
+    namespaces: &Namespaces,
+) -> Result<Route, NoRoute> {
+    let pusher = !config.pusher.apps.is_empty();
+    let path = req.path;
+    if pusher && path.starts_with("/apps/") {
+        return Ok(Route::Http(HttpRoute::PusherApi));
+    }
+    let start = |endpoint| Route::Upgrade {
+        endpoint,
+        after: AfterUpgrade::Start,
+    };
+    Ok(match path {
+        "/publish" => Route::Http(HttpRoute::Publish),
+        "/sse" => Route::Http(HttpRoute::Stream),
+        "/poll" => Route::Http(HttpRoute::Poll),
+        "/ws" => start(Endpoint::App),
+        "/echo" if config.websocket.echo_endpoint => start(Endpoint::Echo),
+        _ if pusher && path.starts_with("/app/") => {
+            pusher_route(req, config, &path["/app/".len()..])
+        }
+        _ if path.starts_with("/yjs/") => {
+            let room = &path["/yjs/".len()..];
+            if proto_codec::protocol::validate_room(room).is_err() {
+                return Err(no_route(400, "bad_request", "invalid room name"));
+            }
+            match namespaces.of(room) {
+                Ok(ns) if ns.policy.kind == RoomKind::Crdt => {}
+                Ok(_) => {
+                    return Err(no_route(
+                        404,
+                        "not_found",
+                        "not a collaborative room (its namespace is not kind = \"crdt\")",
+                    ))
+                }
+                Err((_, reason)) => return Err(no_route(404, "not_found", reason)),
+            }
+            start(Endpoint::Yjs { room: room.into() })
+        }
+        _ if config.websocket.raw_endpoint && path.starts_with("/raw/") => {
+            let room = &path["/raw/".len()..];
+            if proto_codec::protocol::validate_room(room).is_err() {
+                return Err(no_route(400, "bad_request", "invalid room name"));
+            }
+            start(Endpoint::Raw {
+                room: crate::shard::raw_room(room).into(),
+                publisher: req.query_param("role").as_deref() == Some("pub"),
+            })
+        }
+        _ => return Err(no_route(404, "not_found", "no such endpoint")),
+    })
+}
+
+/// A Pusher protocol connection: an unknown app or version is a close with Pusher's code after
+/// the upgrade, which is where pusher-js reads it.
+fn pusher_route(req: &Request<'_>, config: &Config, key: &str) -> Route {
+    let version = req.query_param("protocol");
+    let close = |code: u16, reason: String| {
+        AfterUpgrade::Close(CloseRequest {
+            code: CloseCode(code),
+            reason,
+            discard_queue: false,
+        })
+    };
+    let after = match (
+        crate::pusher::app_by_key(config, key),
+        version.as_deref().map(str::parse::<u8>),
+    ) {
+        (None, _) => close(4001, format!("App key {key} not in this cluster")),
+        (_, None) => close(4008, "No protocol version supplied".to_string()),
+        (_, Some(Err(_))) => close(4006, "Invalid version string format".to_string()),
+        (_, Some(Ok(v))) if !(5..=7).contains(&v) => {
+            close(4007, format!("Unsupported protocol version {v}"))
+        }
+        (Some((app, _)), Some(Ok(_))) => AfterUpgrade::PusherEstablished { app },
+    };
+    Route::Upgrade {
+        endpoint: Endpoint::Pusher,
+        after,
+    }
+}
