@@ -579,7 +579,7 @@ pub struct CrdtRooms {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use yrs::{GetString, Text};
+    use yrs::{GetString, Map, Text};
 
     fn edit(doc: &Doc, at: u32, s: &str) -> Bytes {
         let text = doc.get_or_insert_text("text");
@@ -670,6 +670,37 @@ mod tests {
             .answer_sync(&StateVector::default().encode_v1())
             .is_ok());
         assert!(!loaded.poisoned);
+    }
+
+    /// Issue 19 (F6): yrs held a strong reference from a sub-document's item to the document it
+    /// is in, so such a document owned itself and was never freed (found by LeakSanitizer in
+    /// the `yrs_update` fuzz target). Patched in `vendor/yrs` (`WeakDoc`).
+    #[test]
+    fn a_document_holding_a_sub_document_is_freed() {
+        let doc = Doc::new();
+        let map = doc.get_or_insert_map("map");
+        map.insert(&mut doc.transact_mut(), "sub", Doc::new());
+        let weak = doc.downgrade();
+        drop(doc);
+        assert!(
+            weak.upgrade().is_none(),
+            "the document outlived its last handle"
+        );
+
+        // The same from the fuzzer's input, merged into a room's document and encoded.
+        let input = Bytes::from_static(include_bytes!(
+            "../../fuzz/regressions/yrs_update/leak-a-subdocument-owns-its-document"
+        ));
+        let mut room = CrdtRoom::new();
+        let _ = room.apply(&input);
+        room.ready();
+        let _ = room.encode_state();
+        let weak = room.doc.downgrade();
+        drop(room);
+        assert!(
+            weak.upgrade().is_none(),
+            "the room's document outlived the room"
+        );
     }
 
     #[test]

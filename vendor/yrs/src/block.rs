@@ -12,6 +12,7 @@ use crate::undo::UndoStack;
 use crate::updates::decoder::{Decode, Decoder};
 use crate::updates::encoder::{Encode, Encoder};
 use crate::utils::OptionExt;
+use crate::doc::WeakDoc;
 use crate::{Any, Doc, IdSet, Options, Out, Transact};
 use serde::{Deserialize, Serialize};
 use smallstr::SmallString;
@@ -102,6 +103,18 @@ impl ClientID {
         }
     }
 
+    /// A client id read from an update, a state vector or a delete set: one past 53 bits is
+    /// refused as malformed input (patched for ringcast, vendor/README.md: `new` asserts, and a
+    /// panic in the middle of a decode leaks what the decode had built).
+    #[inline]
+    pub fn decoded(value: u64) -> Result<Self, Error> {
+        #[cfg(not(feature = "small-client"))]
+        if value & Self::MASK != 0 {
+            return Err(Error::UnexpectedValue);
+        }
+        Ok(Self::new(value))
+    }
+
     /// Returns the original yjs-compatible client identifier value.
     #[inline]
     pub const fn get(&self) -> u64 {
@@ -149,7 +162,7 @@ impl Serialize for ClientID {
 impl<'de> Deserialize<'de> for ClientID {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = u64::deserialize(deserializer)?;
-        Ok(ClientID::new(value))
+        ClientID::decoded(value).map_err(serde::de::Error::custom)
     }
 }
 
@@ -888,7 +901,7 @@ impl Item {
                 self.mark_as_deleted();
             }
             ItemContent::Doc(parent_doc, doc) => {
-                *parent_doc = Some(txn.doc().clone());
+                *parent_doc = Some(txn.doc().downgrade());
                 {
                     let mut child_txn = doc.transact_mut();
                     child_txn.store.parent = Some(self_ptr);
@@ -1770,7 +1783,9 @@ pub enum ItemContent {
     Deleted(u32),
 
     /// Sub-document container. Contains weak reference to a parent document and a child document.
-    Doc(Option<Doc>, Doc),
+    /// (Patched for ringcast, vendor/README.md: the reference was a strong `Doc`, so every
+    /// document holding a sub-document owned itself and was never freed.)
+    Doc(Option<WeakDoc>, Doc),
 
     /// Obsolete: collection of consecutively inserted stringified JSON values.
     JSON(Vec<String>),

@@ -56,6 +56,43 @@ pub struct Doc {
     pub(crate) store: DocStore,
 }
 
+/// A weak reference to a [Doc]: what a sub-document's item holds of the document it is in
+/// (patched for ringcast, vendor/README.md; a strong reference made such a document own
+/// itself through its own block store, and it was never freed).
+#[derive(Clone)]
+pub struct WeakDoc(std::sync::Weak<StoreInner>);
+
+impl WeakDoc {
+    /// The document, if it still exists.
+    pub fn upgrade(&self) -> Option<Doc> {
+        self.0.upgrade().map(|inner| Doc {
+            store: DocStore(inner),
+        })
+    }
+}
+
+impl std::fmt::Debug for WeakDoc {
+    fn fmt(&self, f: &mut Formatter<'_>) -> std::fmt::Result {
+        match self.upgrade() {
+            Some(doc) => write!(f, "WeakDoc({})", doc.guid()),
+            None => f.write_str("WeakDoc(dropped)"),
+        }
+    }
+}
+
+impl PartialEq for WeakDoc {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Weak::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Doc {
+    /// A weak reference to this document.
+    pub fn downgrade(&self) -> WeakDoc {
+        WeakDoc(Arc::downgrade(&self.store.0))
+    }
+}
+
 unsafe impl Send for Doc {}
 unsafe impl Sync for Doc {}
 

@@ -404,7 +404,9 @@ impl<A: DeserializeOwned + PartialEq + Eq + Hash + Clone> Decode for IdMap<A> {
         for _ in 0..num_clients {
             decoder.reset_ds_cur_val();
             let diff: u64 = decoder.read_var()?;
-            let client = last_client_id + diff;
+            let client = last_client_id
+                .checked_add(diff)
+                .ok_or(Error::UnexpectedValue)?;
             last_client_id = client;
             let num_ranges: u32 = decoder.read_var()?;
             let mut entries: SmallVec<[(Range<u32>, ContentAttributes<A>); 1]> = SmallVec::new();
@@ -442,7 +444,7 @@ impl<A: DeserializeOwned + PartialEq + Eq + Hash + Clone> Decode for IdMap<A> {
             id_map
                 .inner
                 .clients_mut()
-                .insert(ClientID::new(client), IdRanges::from_raw(entries));
+                .insert(ClientID::decoded(client)?, IdRanges::from_raw(entries));
         }
 
         for attr in visited_attributions {

@@ -27,7 +27,10 @@ impl Decode for Range<u32> {
     fn decode<D: Decoder>(decoder: &mut D) -> Result<Self, Error> {
         let clock = decoder.read_ds_clock()?;
         let len = decoder.read_ds_len()?;
-        Ok(clock..(clock + len))
+        // Patched for ringcast (vendor/README.md): a range past u32::MAX is malformed input
+        // (the addition overflowed: a panic with overflow checks, a wrapped range without).
+        let end = clock.checked_add(len).ok_or(Error::UnexpectedValue)?;
+        Ok(clock..end)
     }
 }
 
@@ -361,7 +364,7 @@ impl Decode for IdSet {
             decoder.reset_ds_cur_val();
             let client: u64 = decoder.read_var()?;
             let range = IdRange::decode(decoder)?;
-            set.0.clients_mut().insert(ClientID::new(client), range);
+            set.0.clients_mut().insert(ClientID::decoded(client)?, range);
             i += 1;
         }
         Ok(set)

@@ -530,7 +530,7 @@ impl Decode for AwarenessUpdate {
         let mut clients = HashMap::new();
         clients.try_reserve(len.min(4096))?;
         for _ in 0..len {
-            let client_id = ClientID::new(decoder.read_var::<u64>()?);
+            let client_id = ClientID::decoded(decoder.read_var::<u64>()?)?;
             let clock: u32 = decoder.read_var()?;
             let json: Arc<str> = decoder.read_string()?.into();
             clients.insert(client_id, AwarenessUpdateEntry { clock, json });

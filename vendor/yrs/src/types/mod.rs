@@ -173,13 +173,13 @@ impl TypeRef {
                 IndexScope::Root(name.into())
             } else {
                 IndexScope::Nested(ID::new(
-                    ClientID::new(decoder.read_var::<u64>()?),
+                    ClientID::decoded(decoder.read_var::<u64>()?)?,
                     decoder.read_var()?,
                 ))
             }
         } else {
             IndexScope::Relative(ID::new(
-                ClientID::new(decoder.read_var::<u64>()?),
+                ClientID::decoded(decoder.read_var::<u64>()?)?,
                 decoder.read_var()?,
             ))
         };
@@ -190,7 +190,7 @@ impl TypeRef {
                 IndexScope::Root(name.into())
             } else {
                 IndexScope::Nested(ID::new(
-                    ClientID::new(decoder.read_var::<u64>()?),
+                    ClientID::decoded(decoder.read_var::<u64>()?)?,
                     decoder.read_var()?,
                 ))
             }
@@ -198,7 +198,7 @@ impl TypeRef {
             start_scope.clone()
         } else {
             IndexScope::Relative(ID::new(
-                ClientID::new(decoder.read_var::<u64>()?),
+                ClientID::decoded(decoder.read_var::<u64>()?)?,
                 decoder.read_var()?,
             ))
         };
