@@ -19,6 +19,40 @@ pub const NAMESPACE: &str = "pusher";
 /// The longest channel name Pusher allows.
 pub const MAX_CHANNEL_BYTES: usize = 164;
 
+/// A Pusher protocol error code: the `code` of a `pusher:error` and the close code on a Pusher
+/// connection (the Pusher Channels protocol, "Error codes"). Its own type, because these are
+/// Pusher's numbers and some mean something else among ringcast's close codes (4004 is "over
+/// connection quota" here and `bad_request` in `protocol::codes::close`): one cannot be passed
+/// where the other is meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PusherCode(pub u16);
+
+impl PusherCode {
+    /// 4001: the app key is not known ("Application does not exist").
+    pub const APP_NOT_FOUND: PusherCode = PusherCode(4001);
+    /// 4004: the app is at its connection limit ("Application is over connection quota").
+    pub const OVER_CONNECTION_QUOTA: PusherCode = PusherCode(4004);
+    /// 4006: the `protocol` query parameter is not a number.
+    pub const INVALID_VERSION_FORMAT: PusherCode = PusherCode(4006);
+    /// 4007: a protocol version this server does not speak.
+    pub const UNSUPPORTED_PROTOCOL_VERSION: PusherCode = PusherCode(4007);
+    /// 4008: no `protocol` query parameter.
+    pub const NO_PROTOCOL_VERSION: PusherCode = PusherCode(4008);
+    /// 4009: the connection is not authorized (a bad `pusher:signin`, or terminated by the
+    /// server API); pusher-js does not reconnect on 4000–4099.
+    pub const UNAUTHORIZED: PusherCode = PusherCode(4009);
+    /// 4200: a generic error the client may reconnect after at once (used for malformed frames,
+    /// answered without closing).
+    pub const GENERIC_RECONNECT: PusherCode = PusherCode(4200);
+    /// 4301: a client event refused (rate limit, size, or not allowed on the channel).
+    pub const CLIENT_EVENT_REJECTED: PusherCode = PusherCode(4301);
+
+    /// The WebSocket close code that carries it.
+    pub fn close_code(self) -> crate::ws::CloseCode {
+        crate::ws::CloseCode(self.0)
+    }
+}
+
 /// What a channel's name makes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelKind {
@@ -194,8 +228,8 @@ pub fn ping_pong(event: &str) -> String {
 }
 
 /// `pusher:error`.
-pub fn error(code: u16, message: &str) -> String {
-    serde_json::json!({"event": "pusher:error", "data": {"code": code, "message": message}})
+pub fn error(code: PusherCode, message: &str) -> String {
+    serde_json::json!({"event": "pusher:error", "data": {"code": code.0, "message": message}})
         .to_string()
 }
 

@@ -3,7 +3,7 @@
 //! `handshake::decide`.
 
 use proto_codec::http::Request;
-use proto_codec::ws::CloseCode;
+use proto_codec::pusher::PusherCode;
 
 use super::shared::CloseRequest;
 use crate::config::{Config, RoomKind};
@@ -131,9 +131,9 @@ pub fn route(
 /// the upgrade, which is where pusher-js reads it.
 fn pusher_route(req: &Request<'_>, config: &Config, key: &str) -> Route {
     let version = req.query_param("protocol");
-    let close = |code: u16, reason: String| {
+    let close = |code: PusherCode, reason: String| {
         AfterUpgrade::Close(CloseRequest {
-            code: CloseCode(code),
+            code: code.close_code(),
             reason,
             discard_queue: false,
         })
@@ -142,12 +142,22 @@ fn pusher_route(req: &Request<'_>, config: &Config, key: &str) -> Route {
         crate::pusher::app_by_key(config, key),
         version.as_deref().map(str::parse::<u8>),
     ) {
-        (None, _) => close(4001, format!("App key {key} not in this cluster")),
-        (_, None) => close(4008, "No protocol version supplied".to_string()),
-        (_, Some(Err(_))) => close(4006, "Invalid version string format".to_string()),
-        (_, Some(Ok(v))) if !(5..=7).contains(&v) => {
-            close(4007, format!("Unsupported protocol version {v}"))
-        }
+        (None, _) => close(
+            PusherCode::APP_NOT_FOUND,
+            format!("App key {key} not in this cluster"),
+        ),
+        (_, None) => close(
+            PusherCode::NO_PROTOCOL_VERSION,
+            "No protocol version supplied".to_string(),
+        ),
+        (_, Some(Err(_))) => close(
+            PusherCode::INVALID_VERSION_FORMAT,
+            "Invalid version string format".to_string(),
+        ),
+        (_, Some(Ok(v))) if !(5..=7).contains(&v) => close(
+            PusherCode::UNSUPPORTED_PROTOCOL_VERSION,
+            format!("Unsupported protocol version {v}"),
+        ),
         (Some((app, _)), Some(Ok(_))) => AfterUpgrade::PusherEstablished { app },
     };
     Route::Upgrade {

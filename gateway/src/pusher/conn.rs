@@ -6,7 +6,9 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use proto_codec::protocol::{Member, ServerEvent};
-use proto_codec::pusher::{self as p, ChannelData, ChannelKind, ClientFrame, StoredEvent};
+use proto_codec::pusher::{
+    self as p, ChannelData, ChannelKind, ClientFrame, PusherCode, StoredEvent,
+};
 use proto_codec::ws::{encode_frame, OpCode};
 use serde_json::value::RawValue;
 
@@ -15,9 +17,6 @@ use crate::connection::shared::{ConnShared, SubState};
 use crate::mailbox::Source;
 use crate::ratelimit::{Bucket, Rate};
 use crate::shard::ShardCtx;
-
-/// Pusher's code for a client event refused by its rate limit.
-const CLIENT_EVENT_RATE: u16 = 4301;
 
 fn send(conn: &ConnShared, frame: String) {
     conn.push(encode_frame(OpCode::Text, false, frame.as_bytes()));
@@ -34,7 +33,10 @@ fn state(conn: &ConnShared) -> Option<(usize, String)> {
 /// Handles one text message from a Pusher client.
 pub fn handle(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
     let Ok(frame) = serde_json::from_slice::<ClientFrame>(payload) else {
-        return send(conn, p::error(4200, "invalid JSON frame"));
+        return send(
+            conn,
+            p::error(PusherCode::GENERIC_RECONNECT, "invalid JSON frame"),
+        );
     };
     let Some((app_index, socket_id)) = state(conn) else {
         return;
@@ -48,13 +50,25 @@ pub fn handle(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
         "pusher:pong" => {}
         "pusher:subscribe" => {
             let Ok(sub) = serde_json::from_str::<p::Subscribe>(data) else {
-                return send(conn, p::error(4200, "pusher:subscribe needs {channel}"));
+                return send(
+                    conn,
+                    p::error(
+                        PusherCode::GENERIC_RECONNECT,
+                        "pusher:subscribe needs {channel}",
+                    ),
+                );
             };
             subscribe(ctx, conn, app, &socket_id, sub);
         }
         "pusher:unsubscribe" => {
             let Ok(unsub) = serde_json::from_str::<p::Unsubscribe>(data) else {
-                return send(conn, p::error(4200, "pusher:unsubscribe needs {channel}"));
+                return send(
+                    conn,
+                    p::error(
+                        PusherCode::GENERIC_RECONNECT,
+                        "pusher:unsubscribe needs {channel}",
+                    ),
+                );
             };
             let Some(room) = p::room_of(&app.id, &unsub.channel) else {
                 return;
@@ -71,7 +85,10 @@ pub fn handle(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
             let Ok(signin) = serde_json::from_str::<p::Signin>(data) else {
                 return send(
                     conn,
-                    p::error(4009, "pusher:signin needs {auth, user_data}"),
+                    p::error(
+                        PusherCode::UNAUTHORIZED,
+                        "pusher:signin needs {auth, user_data}",
+                    ),
                 );
             };
             signin_user(ctx, conn, app, &socket_id, signin);
@@ -189,13 +206,19 @@ fn client_event(
     data: Option<&RawValue>,
 ) {
     let Some(channel) = channel else {
-        return send(conn, p::error(4200, "a client event needs a channel"));
+        return send(
+            conn,
+            p::error(
+                PusherCode::GENERIC_RECONNECT,
+                "a client event needs a channel",
+            ),
+        );
     };
     if !app.enable_client_messages {
         return send(
             conn,
             p::error(
-                4301,
+                PusherCode::CLIENT_EVENT_REJECTED,
                 "client events are not enabled for this app (enable_client_messages)",
             ),
         );
@@ -205,7 +228,7 @@ fn client_event(
         return send(
             conn,
             p::error(
-                4301,
+                PusherCode::CLIENT_EVENT_REJECTED,
                 "client events are only allowed on private and presence channels",
             ),
         );
@@ -217,7 +240,7 @@ fn client_event(
         return send(
             conn,
             p::error(
-                4301,
+                PusherCode::CLIENT_EVENT_REJECTED,
                 "subscribe to the channel before sending client events",
             ),
         );
@@ -237,7 +260,10 @@ fn client_event(
         crate::metrics::limit_hit("event");
         return send(
             conn,
-            p::error(CLIENT_EVENT_RATE, "client event rate limit exceeded"),
+            p::error(
+                PusherCode::CLIENT_EVENT_REJECTED,
+                "client event rate limit exceeded",
+            ),
         );
     }
     let null = RawValue::NULL;
@@ -257,7 +283,13 @@ fn client_event(
         return;
     };
     if json.len() > ns.policy.max_data_bytes {
-        return send(conn, p::error(4301, "client event over the size limit"));
+        return send(
+            conn,
+            p::error(
+                PusherCode::CLIENT_EVENT_REJECTED,
+                "client event over the size limit",
+            ),
+        );
     }
     let Ok(raw) = RawValue::from_string(json) else {
         return;
@@ -285,7 +317,13 @@ fn signin_user(
         &signin.auth,
     ) {
         crate::metrics::op_denied("forbidden");
-        return send(conn, p::error(4009, "Invalid signature for pusher:signin"));
+        return send(
+            conn,
+            p::error(
+                PusherCode::UNAUTHORIZED,
+                "Invalid signature for pusher:signin",
+            ),
+        );
     }
     let id = serde_json::from_str::<serde_json::Value>(&signin.user_data)
         .ok()
@@ -298,7 +336,10 @@ fn signin_user(
     else {
         return send(
             conn,
-            p::error(4009, "user_data needs an id of channel-name characters"),
+            p::error(
+                PusherCode::UNAUTHORIZED,
+                "user_data needs an id of channel-name characters",
+            ),
         );
     };
     let previous = conn
@@ -318,9 +359,15 @@ fn signin_user(
 /// Ends a connection for the API's `terminate_connections`: `pusher:error` 4009, then close
 /// 4009 (pusher-js does not reconnect on 4000-4099).
 pub fn terminate(conn: &ConnShared) {
-    send(conn, p::error(4009, "Connection terminated by the server"));
+    send(
+        conn,
+        p::error(
+            PusherCode::UNAUTHORIZED,
+            "Connection terminated by the server",
+        ),
+    );
     conn.request_close(crate::connection::shared::CloseRequest {
-        code: proto_codec::ws::CloseCode(4009),
+        code: PusherCode::UNAUTHORIZED.close_code(),
         reason: "terminated".into(),
         discard_queue: false,
     });
@@ -341,11 +388,14 @@ pub fn established(ctx: &ShardCtx, conn: &ConnShared, app: usize) -> Bytes {
             open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             crate::metrics::limit_hit("pusher_app_connections");
             conn.request_close(crate::connection::shared::CloseRequest {
-                code: proto_codec::ws::CloseCode(4004),
+                code: PusherCode::OVER_CONNECTION_QUOTA.close_code(),
                 reason: "Application is over connection quota".into(),
                 discard_queue: false,
             });
-            let frame = p::error(4004, "Application is over connection quota");
+            let frame = p::error(
+                PusherCode::OVER_CONNECTION_QUOTA,
+                "Application is over connection quota",
+            );
             return encode_frame(OpCode::Text, false, frame.as_bytes());
         }
     }

@@ -172,9 +172,10 @@ pub fn translate(conn: &ConnShared, frame: Bytes) -> Option<Bytes> {
         ev @ (ServerEvent::Event { .. } | ServerEvent::Join { .. } | ServerEvent::Leave { .. }) => {
             live_event(ev)?
         }
-        ServerEvent::Error { code, reason, .. } => {
-            p::error(4200, &format!("{}: {reason}", code.as_str()))
-        }
+        ServerEvent::Error { code, reason, .. } => p::error(
+            p::PusherCode::GENERIC_RECONNECT,
+            &format!("{}: {reason}", code.as_str()),
+        ),
         _ => return None,
     };
     Some(text(out))
