@@ -210,13 +210,19 @@ impl Broker for EmbeddedBroker {
         self.docs
             .load(room)
             .map(Completion::Ready)
-            .map_err(|e| BrokerError::Unavailable(format!("reading the document: {e}")))
+            .map_err(|e| BrokerError::DocStore {
+                op: "reading the document",
+                reason: e.to_string(),
+            })
     }
 
     fn doc_append(&mut self, room: &RoomName, update: &[u8]) -> Result<(), BrokerError> {
         self.docs
             .append(room, update)
-            .map_err(|e| BrokerError::Unavailable(format!("storing the update: {e}")))
+            .map_err(|e| BrokerError::DocStore {
+                op: "storing the update",
+                reason: e.to_string(),
+            })
     }
 
     fn doc_store(&mut self, room: &RoomName, snapshot: DocSnapshot) {

@@ -188,9 +188,23 @@ impl BrokerEvent {
 /// Why the broker refused a request now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerError {
-    /// The broker cannot take requests (disconnected, overloaded).
-    #[error("broker unavailable: {0}")]
-    Unavailable(String),
+    /// The broker bridge's thread is gone (the node is stopping).
+    #[error("broker unavailable: the broker bridge stopped")]
+    Stopped,
+    /// The bridge is not connected to Redis: a request is refused at once, never queued.
+    #[error("broker unavailable: redis disconnected")]
+    Disconnected,
+    /// The bridge holds its bound of queued bytes (`max_queued_bytes`): retry.
+    #[error("broker unavailable: the broker bridge is behind; retry")]
+    Behind,
+    /// The document store (a directory) failed doing `op`.
+    #[error("broker unavailable: {op}: {reason}")]
+    DocStore {
+        /// What it was doing.
+        op: &'static str,
+        /// The I/O error, as text.
+        reason: String,
+    },
 }
 
 /// A shard's handle on the broker, for the rooms the shard is home to. Not shared between

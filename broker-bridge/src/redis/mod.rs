@@ -57,7 +57,7 @@ pub struct RedisSettings {
     /// A command not answered within this fails (a hung Redis counts as down).
     pub response_timeout: Duration,
     /// Bytes of publishes the bridge may hold, from a shard's send until Redis answered (or the
-    /// link that carried them is gone); past it a publish is refused at once (`Unavailable`).
+    /// link that carried them is gone); past it a publish is refused at once (`BrokerError::Behind`).
     pub max_queued_bytes: usize,
 }
 
@@ -339,16 +339,14 @@ impl RedisBroker {
     }
 
     fn send(&self, cmd: Command) -> Result<(), BrokerError> {
-        self.tx
-            .send(cmd)
-            .map_err(|_| BrokerError::Unavailable("the broker bridge stopped".into()))
+        self.tx.send(cmd).map_err(|_| BrokerError::Stopped)
     }
 
     fn check_connected(&self) -> Result<(), BrokerError> {
         if self.health.is_connected() {
             Ok(())
         } else {
-            Err(BrokerError::Unavailable("redis disconnected".into()))
+            Err(BrokerError::Disconnected)
         }
     }
 }
@@ -368,9 +366,7 @@ impl Broker for RedisBroker {
         let Some(queued) = self.reserve(data.len()) else {
             metrics::counter!("ringcast_bridge_refused_total", "reason" => "queue_full")
                 .increment(1);
-            return Err(BrokerError::Unavailable(
-                "the broker bridge is behind; retry".into(),
-            ));
+            return Err(BrokerError::Behind);
         };
         self.send(Command::Publish {
             shard: self.shard,
