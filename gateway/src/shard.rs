@@ -1108,10 +1108,6 @@ impl ShardCtx {
             c.rooms.borrow_mut().remove(&room);
             self.leave_home(room, &c);
         }
-        // The `subscribed` event and the replay are bounded by the history size: they are not
-        // held to the live high-water mark, so a client can always catch up once. Raw-broadcast
-        // connections get no app events; a y-websocket client syncs from the document instead
-        // (and is closed to retry when its room could not be joined).
         c.endpoint.subscribed(&c, ok, frames);
     }
 
