@@ -213,15 +213,10 @@ fn node_clients_on_two_nodes_converge_through_redis_and_a_node_restart_keeps_the
         // Stored, not only merged on B: node A has it, which it can only get through Redis.
         // (y-websocket has no acknowledgement; the edit is acknowledged once stored.)
         let mut watcher = YjsClient::connect(a.public, room, &token("alice")).await;
-        let mut stored = false;
-        for _ in 0..100 {
-            if watcher.sync().await.contains("kept through a crash") {
-                stored = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(stored, "the edit never reached node A through Redis");
+        assert!(
+            watcher.sync_until_contains("kept through a crash").await,
+            "the edit never reached node A through Redis"
+        );
         b.signal(9);
         let _ = b.wait_exit(Duration::from_secs(5));
     });
@@ -256,15 +251,10 @@ fn clients_joining_a_loaded_document_get_every_update_another_node_streams_meanw
         let mut keeper = YjsClient::connect(a.public, room, &token("alice")).await;
         keeper.edit_and_confirm("first").await;
         let mut editor = YjsClient::connect(b.public, room, &token("bob")).await;
-        let mut seen = false;
-        for _ in 0..100 {
-            if editor.sync().await.contains("first") {
-                seen = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(seen, "B never got A's edit");
+        assert!(
+            editor.sync_until_contains("first").await,
+            "B never got A's edit"
+        );
         let stream = async {
             for i in 0..600 {
                 let msg = editor.local_edit(if i % 2 == 0 { "x" } else { "y" });
@@ -522,6 +512,18 @@ impl YjsClient {
             .await
             .expect("sync step 2 within 10 s");
         self.text()
+    }
+
+    /// Syncs until the server's answer holds `s` (another node's edit arrives through Redis),
+    /// at most 100 times 20 ms apart; whether it did.
+    async fn sync_until_contains(&mut self, s: &str) -> bool {
+        for _ in 0..100 {
+            if self.sync().await.contains(s) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
     }
 
     /// Applies what the server sends (sync step 2 and update messages, as y-websocket does)
