@@ -73,6 +73,17 @@ fn editors() -> String {
         .join(",")
 }
 
+/// A node (2 shards) of a cluster sharing `redis` under `prefix`, ready.
+fn redis_node(redis: &Redis, prefix: &str, env: &[(&str, &str)]) -> Server {
+    let broker = format!(
+        "[broker]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\n",
+        redis.url()
+    );
+    let s = Server::launch(2, &config(&broker), env);
+    assert!(s.wait_ready(200, Duration::from_secs(15)), "node ready");
+    s
+}
+
 fn converge(urls: &str, room: &str, clients: usize, extra: &[&str]) -> Value {
     let tokens = editors();
     let clients = clients.to_string();
@@ -183,16 +194,10 @@ fn base64_decode(s: &str) -> Vec<u8> {
 #[test]
 fn node_clients_on_two_nodes_converge_through_redis_and_a_node_restart_keeps_the_document() {
     let redis = Redis::start();
-    let broker = format!(
-        "[broker]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"crdt\"\n",
-        redis.url()
-    );
     let (pa, pb) = (common::free_port(), common::free_port());
     let start = |port: u16| {
         let listen = format!("127.0.0.1:{port}");
-        let s = Server::launch(2, &config(&broker), &[("RINGCAST_LISTEN", listen.as_str())]);
-        assert!(s.wait_ready(200, Duration::from_secs(15)), "node ready");
-        s
+        redis_node(&redis, "crdt", &[("RINGCAST_LISTEN", listen.as_str())])
     };
     let a = start(pa);
     let mut b = start(pb);
@@ -235,16 +240,10 @@ fn node_clients_on_two_nodes_converge_through_redis_and_a_node_restart_keeps_the
 #[test]
 fn clients_joining_a_loaded_document_get_every_update_another_node_streams_meanwhile() {
     let redis = Redis::start();
-    let broker = format!(
-        "[broker]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"joins\"\n",
-        redis.url()
+    let (a, b) = (
+        redis_node(&redis, "joins", &[]),
+        redis_node(&redis, "joins", &[]),
     );
-    let start = || {
-        let s = Server::launch(2, &config(&broker), &[]);
-        assert!(s.wait_ready(200, Duration::from_secs(15)), "node ready");
-        s
-    };
-    let (a, b) = (start(), start());
     let room = "docs.joins";
     rt().block_on(async {
         // The document is loaded on both nodes, and A's room is live.
