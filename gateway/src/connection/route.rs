@@ -165,3 +165,83 @@ fn pusher_route(req: &Request<'_>, config: &Config, key: &str) -> Route {
         after,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PusherApp;
+
+    fn config() -> Config {
+        let mut c = Config::default();
+        c.pusher.apps.push(PusherApp {
+            id: "1".into(),
+            key: "key".into(),
+            secret: "s".into(),
+            enable_client_messages: false,
+            max_connections: 0,
+            max_client_events_per_second: 0,
+            webhooks: Vec::new(),
+        });
+        c
+    }
+
+    fn route_of(head: &str, c: &Config) -> Result<Route, NoRoute> {
+        let req = proto_codec::http::parse_request(head.as_bytes())
+            .expect("parses")
+            .expect("complete");
+        route(&req, c, &Namespaces::from_config(c))
+    }
+
+    fn get(path: &str) -> String {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")
+    }
+
+    #[test]
+    fn each_path_has_one_route() {
+        let c = config();
+        let upgrade = |path: &str| match route_of(&get(path), &c) {
+            Ok(Route::Upgrade { endpoint, after }) => (endpoint, after),
+            other => panic!("{path}: {other:?}"),
+        };
+        assert_eq!(upgrade("/ws"), (Endpoint::App, AfterUpgrade::Start));
+        assert_eq!(
+            upgrade("/app/key?protocol=7"),
+            (Endpoint::Pusher, AfterUpgrade::PusherEstablished { app: 0 })
+        );
+        let http = |path: &str| route_of(&get(path), &c).map_err(|e| e.status);
+        assert_eq!(http("/sse"), Ok(Route::Http(HttpRoute::Stream)));
+        assert_eq!(http("/poll"), Ok(Route::Http(HttpRoute::Poll)));
+        assert_eq!(
+            http("/apps/1/events"),
+            Ok(Route::Http(HttpRoute::PusherApi))
+        );
+        // Off by default, and unknown paths: 404.
+        assert_eq!(http("/echo"), Err(404));
+        assert_eq!(http("/raw/r"), Err(404));
+        assert_eq!(http("/nothing"), Err(404));
+        // Not a collaborative namespace.
+        assert_eq!(http("/yjs/r"), Err(404));
+    }
+
+    #[test]
+    fn a_pusher_request_that_cannot_be_served_is_closed_with_pusher_s_code() {
+        let c = config();
+        let close = |path: &str| match route_of(&get(path), &c) {
+            Ok(Route::Upgrade {
+                endpoint: Endpoint::Pusher,
+                after: AfterUpgrade::Close(close),
+            }) => close.code.0,
+            other => panic!("{path}: {other:?}"),
+        };
+        assert_eq!(close("/app/nokey?protocol=7"), PusherCode::APP_NOT_FOUND.0);
+        assert_eq!(close("/app/key"), PusherCode::NO_PROTOCOL_VERSION.0);
+        assert_eq!(
+            close("/app/key?protocol=x"),
+            PusherCode::INVALID_VERSION_FORMAT.0
+        );
+        assert_eq!(
+            close("/app/key?protocol=4"),
+            PusherCode::UNSUPPORTED_PROTOCOL_VERSION.0
+        );
+    }
+}
