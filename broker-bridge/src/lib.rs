@@ -134,13 +134,12 @@ pub enum BrokerEvent {
         /// The members' JSON.
         members: Vec<Bytes>,
     },
-    /// A live (never stored) event from another node: an ephemeral event, a join or a leave, as
-    /// the JSON text of its frame.
+    /// A live (never stored) event from another node.
     Live {
         /// The room.
         room: RoomName,
-        /// The event's JSON.
-        payload: Bytes,
+        /// The event.
+        event: LiveEvent,
     },
     /// A pending [`Broker::doc_load`] completed.
     DocLoaded {
@@ -176,11 +175,30 @@ impl BrokerEvent {
                 recovery.messages.iter().map(|m| m.data.len()).sum()
             }
             BrokerEvent::Members { members, .. } => members.iter().map(Bytes::len).sum(),
-            BrokerEvent::Live { payload, .. } => payload.len(),
+            BrokerEvent::Live { event, .. } => event.bytes().len(),
             BrokerEvent::DocLoaded { snapshot, .. } => snapshot.as_ref().map_or(0, |s| {
                 s.state.len() + s.tail.iter().map(Bytes::len).sum::<usize>()
             }),
             BrokerEvent::Acked { .. } | BrokerEvent::Failed { .. } | BrokerEvent::Gap { .. } => 0,
+        }
+    }
+}
+
+/// A live (never stored) event between nodes, typed by what it is: the broker never looks
+/// inside, and the receiving node never guesses what it got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveEvent {
+    /// An app event (ephemeral event, join, leave), as the gateway encoded it.
+    App(Bytes),
+    /// A y-protocols awareness message of a collaborative room.
+    Awareness(Bytes),
+}
+
+impl LiveEvent {
+    /// Its bytes.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            LiveEvent::App(b) | LiveEvent::Awareness(b) => b,
         }
     }
 }
@@ -259,9 +277,14 @@ pub trait Broker {
         Ok(Completion::Ready(None))
     }
 
-    /// Sends a live event (its frame's JSON) to the room's subscribers on the other nodes; a
-    /// node-local broker has none.
-    fn publish_live(&mut self, _room: &RoomName, _payload: Bytes) {}
+    /// Whether other nodes share the rooms (live events are worth encoding for them).
+    fn reaches_other_nodes(&self) -> bool {
+        false
+    }
+
+    /// Sends a live event to the room's subscribers on the other nodes; a node-local broker has
+    /// none.
+    fn publish_live(&mut self, _room: &RoomName, _event: LiveEvent) {}
 
     /// This node has (or no longer has) local interest in a room; a networked broker subscribes
     /// upstream only while it has.

@@ -14,6 +14,7 @@ pub mod listener;
 pub mod mailbox;
 pub mod metrics;
 pub mod namespaces;
+pub mod outgoing;
 pub mod pusher;
 pub mod ratelimit;
 pub mod rooms;

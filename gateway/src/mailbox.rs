@@ -21,22 +21,12 @@ use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use proto_codec::protocol::{ErrorCode, Member};
 
+use crate::outgoing::{LiveMsg, Outgoing, Source};
+
 /// A shard's index.
 pub type ShardId = usize;
 /// A connection's id, unique within its shard.
 pub type ConnId = u64;
-
-/// Which protocol's path made a message or an event. A protocol bridge lets only its own paths
-/// speak its wire form: in a Pusher room, a native message is delivered to Pusher clients as the
-/// event `ringcast:message`, never as a Pusher event (docs/security.md, "Rooms two protocols
-/// reach").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// The ringcast protocol, SSE, long-poll, y-websocket, the server API, raw broadcast.
-    Native,
-    /// The Pusher paths (`/app/<key>` client events, the Pusher HTTP API).
-    Pusher,
-}
 
 /// Where the answer to a publish goes.
 #[derive(Debug)]
@@ -84,7 +74,7 @@ pub enum ShardMsg {
         source: Source,
     },
     /// From a home shard: the subscription is in force; register the subscriber and send it
-    /// these frames (the `subscribed` event, then any replayed messages).
+    /// its answer (the `subscribed` event, then any replayed messages).
     Subscribed {
         /// The room.
         room: RoomName,
@@ -92,10 +82,10 @@ pub enum ShardMsg {
         conn: ConnId,
         /// The request's sequence number on the connection.
         seq: u64,
-        /// Whether the subscription is in force (else `frames` holds the error).
+        /// Whether the subscription is in force (else `answer` holds the error).
         ok: bool,
-        /// The frames to send, in order.
-        frames: Vec<Bytes>,
+        /// What to send, in order.
+        answer: Vec<Outgoing>,
     },
     /// From a home shard: deliver a room message to this shard's subscribers.
     Deliver {
@@ -105,16 +95,14 @@ pub enum ShardMsg {
         frame: Bytes,
         /// The same frame compressed (permessage-deflate), when a subscriber negotiated it.
         deflated: Option<Bytes>,
-        /// Position, time and slow-consumer key of the message.
+        /// Data, position, time and slow-consumer key of the message.
         meta: DeliverMeta,
     },
-    /// From a home shard: deliver a live frame (ephemeral event, join, leave) to this shard's
-    /// subscribers of a room, except one connection (its sender or subject).
+    /// From a home shard: deliver a live event (ephemeral event, join, leave, gap, awareness)
+    /// to this shard's subscribers of its room, except one connection (its sender or subject).
     DeliverLive {
-        /// The room.
-        room: RoomName,
-        /// The encoded event.
-        frame: Bytes,
+        /// The event with its shared frame.
+        live: Arc<LiveMsg>,
         /// The connection that must not get it.
         except: Option<(ShardId, ConnId)>,
     },
@@ -122,8 +110,8 @@ pub enum ShardMsg {
     Event {
         /// The room.
         room: RoomName,
-        /// The encoded `event` frame.
-        frame: Bytes,
+        /// The event's data (valid JSON).
+        data: Bytes,
         /// The sender (it does not get its own event).
         from: (ShardId, ConnId),
         /// Which protocol's path made it.
@@ -195,12 +183,12 @@ pub enum ShardMsg {
         /// Why.
         reason: String,
     },
-    /// Send a frame to one connection (acks, errors).
+    /// Send an answer to one connection (acks, errors, presence, history).
     ToConn {
         /// The connection.
         conn: ConnId,
-        /// The frame.
-        frame: Bytes,
+        /// The answer.
+        out: Outgoing,
     },
     /// A server API query (from the admin thread).
     Admin(AdminQuery),
@@ -276,6 +264,8 @@ pub struct SubscribeReq {
 /// What a receiving shard needs to queue a room message under its namespace's policy.
 #[derive(Debug, Clone)]
 pub struct DeliverMeta {
+    /// The stored data (the forms other than the shared frame are built from it).
+    pub data: Bytes,
     /// The room's epoch.
     pub epoch: Epoch,
     /// The message's offset.
@@ -313,13 +303,17 @@ impl ShardMsg {
         const BASE: usize = 128;
         BASE + match self {
             ShardMsg::Publish { data, .. } => data.len(),
-            ShardMsg::Subscribed { frames, .. } => frames.iter().map(Bytes::len).sum(),
+            ShardMsg::Subscribed { answer, .. } => answer.iter().map(Outgoing::weight).sum(),
+            // The data is shared with the frames of every shard's copy; counted in each.
             ShardMsg::Deliver {
-                frame, deflated, ..
-            } => frame.len() + deflated.as_ref().map_or(0, Bytes::len),
-            ShardMsg::DeliverLive { frame, .. }
-            | ShardMsg::Event { frame, .. }
-            | ShardMsg::ToConn { frame, .. } => frame.len(),
+                frame,
+                deflated,
+                meta,
+                ..
+            } => frame.len() + deflated.as_ref().map_or(0, Bytes::len) + meta.data.len(),
+            ShardMsg::DeliverLive { live, .. } => live.weight(),
+            ShardMsg::Event { data, .. } => data.len(),
+            ShardMsg::ToConn { out, .. } => out.weight(),
             ShardMsg::CrdtSync { state_vector, .. } => state_vector.len(),
             ShardMsg::CrdtAwareness { update, .. } => update.len(),
             _ => 0,
@@ -447,7 +441,7 @@ mod tests {
             room: "r".into(),
             data: Bytes::from(vec![b'x'; n]),
             origin: PublishOrigin::Raw,
-            source: Source::Native,
+            source: Source::Raw,
         };
         boxes.send(1, publish(6_000));
         assert!(!boxes.is_full(1));
@@ -470,7 +464,7 @@ mod tests {
                     0,
                     ShardMsg::ToConn {
                         conn: i,
-                        frame: Bytes::new(),
+                        out: crate::outgoing::Outgoing::Yjs(Bytes::new()),
                     },
                 );
             }

@@ -20,20 +20,21 @@ use broker_bridge::{Appended, Broker, BrokerEvent, Completion, HistoryPolicy, Re
 use bytes::Bytes;
 use proto_codec::protocol::{room_message_frame, ErrorCode, HistoryItem, Member, ServerEvent};
 use proto_codec::ws::{encode_frame, CloseCode, MessageDeflater, OpCode};
+use std::borrow::Cow;
 
 use crate::admission::Admission;
 use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
-use crate::connection::outbox::RoomMsg;
 use crate::connection::shared::{CloseRequest, ConnShared, SubState};
 use crate::connection::Transport;
 use crate::endpoint::{Endpoint, Heartbeat};
 use crate::mailbox::{
     home_shard, AdminQuery, ConnId, DeliverMeta, Mailboxes, PublishOrigin, ShardId, ShardMsg,
-    Source, SubscribeReq,
+    SubscribeReq,
 };
 use crate::metrics::ShardMetrics;
 use crate::namespaces::Namespaces;
+use crate::outgoing::{error_event, LiveEvent, LiveMsg, Outgoing, Replayed, RoomMsg, Source};
 use crate::rooms::crdt::CrdtRooms;
 use crate::rooms::home::{HomeRooms, InterestChange};
 use crate::rooms::local::LocalRooms;
@@ -363,7 +364,7 @@ impl ShardCtx {
     ) {
         let error = |code, reason: &str| {
             self.metrics.op_errors.increment(1);
-            conn.push(error_frame(id, code, reason));
+            conn.send(&error_event(id, code, reason));
         };
         let room: RoomName = room.into();
         {
@@ -420,8 +421,8 @@ impl ShardCtx {
         format!("{}-{}-{}", self.node, self.id, conn)
     }
 
-    /// Sends an ephemeral event (already encoded) to a room's other subscribers.
-    pub fn send_event(&self, conn: &ConnShared, room: &str, frame: Bytes, source: Source) {
+    /// Sends an ephemeral event (its data, valid JSON) to a room's other subscribers.
+    pub fn send_event(&self, conn: &ConnShared, room: &str, data: Bytes, source: Source) {
         let room: RoomName = room.into();
         let home = home_shard(&room, self.mailboxes.len());
         if home != self.id && self.mailboxes.is_full(home) {
@@ -433,7 +434,7 @@ impl ShardCtx {
             home,
             ShardMsg::Event {
                 room,
-                frame,
+                data,
                 from: (self.id, conn.id),
                 source,
             },
@@ -489,7 +490,7 @@ impl ShardCtx {
     fn leave(&self, conn: &Rc<ConnShared>, id: Option<u64>, room: &str, reason: Option<&str>) {
         let Some((room, state)) = conn.rooms.borrow_mut().remove_entry(room) else {
             self.metrics.op_errors.increment(1);
-            conn.push(error_frame(
+            conn.send(&error_event(
                 id,
                 ErrorCode::NotSubscribed,
                 "not subscribed to this room",
@@ -499,14 +500,11 @@ impl ShardCtx {
         if state == SubState::Active {
             self.local.borrow_mut().remove(&room, conn.id);
         }
-        conn.push(
-            ServerEvent::Unsubscribed {
-                id,
-                room: room.as_ref().into(),
-                reason: reason.map(Into::into),
-            }
-            .to_frame(),
-        );
+        conn.send(&ServerEvent::Unsubscribed {
+            id,
+            room: room.as_ref().into(),
+            reason: reason.map(Into::into),
+        });
         self.leave_home(room, conn);
     }
 
@@ -578,12 +576,7 @@ impl ShardCtx {
                         self.pusher_webhook(&room, "member_removed", member.user.as_deref());
                     }
                     if self.join_leave(&room) && !user_stays {
-                        let frame = ServerEvent::Leave {
-                            room: room.as_ref().into(),
-                            member,
-                        }
-                        .to_frame();
-                        self.broadcast_live(&room, frame, Some((origin, conn)));
+                        self.broadcast_live(&room, LiveEvent::Leave(member), Some((origin, conn)));
                     }
                 }
                 let change = self.home.borrow_mut().remove(&room, origin, deflate);
@@ -593,23 +586,19 @@ impl ShardCtx {
                     self.pusher_webhook(&room, "channel_vacated", None);
                 }
             }
-            ShardMsg::DeliverLive {
-                room,
-                frame,
-                except,
-            } => {
+            ShardMsg::DeliverLive { live, except } => {
                 let except = except.filter(|(s, _)| *s == self.id).map(|(_, c)| c);
-                let n = self.local.borrow().deliver_live(&room, &frame, except);
+                let n = self.local.borrow().deliver_live(&live, except);
                 self.count_fanout(n);
             }
             ShardMsg::Event {
                 room,
-                frame,
+                data,
                 from,
                 source,
             } => {
-                if let Some(frame) = crate::pusher::wire::bridge_event(&room, frame, source) {
-                    self.broadcast_live(&room, frame, Some(from));
+                if let Some(data) = crate::pusher::wire::bridge_event(&room, data, source) {
+                    self.broadcast_live(&room, LiveEvent::Event { data, source }, Some(from));
                 }
             }
             ShardMsg::Presence { room, from, id } => {
@@ -637,18 +626,18 @@ impl ShardCtx {
                 conn,
                 seq,
                 ok,
-                frames,
-            } => self.local_subscribed(room, conn, seq, ok, frames),
+                answer,
+            } => self.local_subscribed(room, conn, seq, ok, answer),
             ShardMsg::Deliver {
                 room,
                 frame,
                 deflated,
                 meta,
             } => self.deliver_here(room, &frame, deflated.as_ref(), meta),
-            ShardMsg::ToConn { conn, frame } => {
+            ShardMsg::ToConn { conn, out } => {
                 let target = self.conns.borrow().get(&conn).cloned();
                 if let Some(c) = target {
-                    c.endpoint.answer(&c, frame);
+                    c.send_outgoing(&out, false);
                 }
             }
             ShardMsg::PusherTerminate { app, user } => {
@@ -703,6 +692,7 @@ impl ShardCtx {
         let policy = &self.namespaces.by_index(meta.namespace).policy;
         let msg = Rc::new(RoomMsg {
             room,
+            data: meta.data,
             epoch: meta.epoch,
             offset: meta.offset,
             published_at: meta.published_at,
@@ -711,10 +701,7 @@ impl ShardCtx {
             max_age: (policy.max_age_ms > 0).then(|| Duration::from_millis(policy.max_age_ms)),
             namespace: meta.namespace,
         });
-        let n = self
-            .local
-            .borrow()
-            .deliver(&msg.room, frame, deflated, &msg);
+        let n = self.local.borrow().deliver(frame, deflated, &msg);
         self.count_fanout(n);
         self.metrics.deliveries.increment(n as u64);
     }
@@ -758,10 +745,10 @@ impl ShardCtx {
             .is_ok_and(|ns| ns.policy.presence && ns.policy.join_leave)
     }
 
-    /// Sends a live frame to every shard with subscribers of a room (home side).
-    fn fan_out_live(&self, room: &RoomName, frame: Bytes, except: Option<(ShardId, ConnId)>) {
+    /// Sends a live event to every shard with subscribers of its room (home side).
+    fn fan_out_live(&self, live: Arc<LiveMsg>, except: Option<(ShardId, ConnId)>) {
         let home = self.home.borrow();
-        let Some(interest) = home.get(room) else {
+        let Some(interest) = home.get(&live.room) else {
             return;
         };
         for (shard, count) in interest.per_shard.iter().enumerate() {
@@ -770,14 +757,13 @@ impl ShardCtx {
             }
             if shard == self.id {
                 let except = except.filter(|(s, _)| *s == self.id).map(|(_, c)| c);
-                let n = self.local.borrow().deliver_live(room, &frame, except);
+                let n = self.local.borrow().deliver_live(&live, except);
                 self.count_fanout(n);
             } else {
                 self.mailboxes.send(
                     shard,
                     ShardMsg::DeliverLive {
-                        room: room.clone(),
-                        frame: frame.clone(),
+                        live: live.clone(),
                         except,
                     },
                 );
@@ -785,12 +771,18 @@ impl ShardCtx {
         }
     }
 
-    /// Sends a live frame to the room's subscribers on this node and, through the broker, on
+    /// Sends a live event to the room's subscribers on this node and, through the broker, on
     /// every other node (home side).
-    fn broadcast_live(&self, room: &RoomName, frame: Bytes, except: Option<(ShardId, ConnId)>) {
-        let payload = frame.slice(frame_header_len(&frame)..);
-        self.broker.borrow_mut().publish_live(room, payload);
-        self.fan_out_live(room, frame, except);
+    fn broadcast_live(&self, room: &RoomName, event: LiveEvent, except: Option<(ShardId, ConnId)>) {
+        let live = LiveMsg::new(room.clone(), event);
+        let mut broker = self.broker.borrow_mut();
+        if broker.reaches_other_nodes() {
+            if let Some(to_nodes) = live.to_node() {
+                broker.publish_live(room, to_nodes);
+            }
+        }
+        drop(broker);
+        self.fan_out_live(live, except);
     }
 
     fn admin_query(&self, query: AdminQuery) {
@@ -903,11 +895,11 @@ impl ShardCtx {
         });
         match answer {
             Answer::Conn { to, id } => {
-                let frame = match json {
-                    Ok(json) => encode_frame(OpCode::Text, false, json.as_bytes()),
-                    Err(code) => error_frame(id, code, "history not available now; retry"),
+                let out = match json {
+                    Ok(json) => Outgoing::History(Bytes::from(json)),
+                    Err(code) => Outgoing::error(id, code, "history not available now; retry"),
                 };
-                self.route(to.0, ShardMsg::ToConn { conn: to.1, frame });
+                self.route(to.0, ShardMsg::ToConn { conn: to.1, out });
             }
             Answer::Api(reply) => {
                 let _ = reply.send(json);
@@ -944,16 +936,15 @@ impl ShardCtx {
     ) {
         match answer {
             Answer::Conn { to, id } => {
-                let frame = match result {
-                    Ok(members) => ServerEvent::Presence {
+                let out = match result {
+                    Ok(members) => Outgoing::Event(ServerEvent::Presence {
                         id,
-                        room: room.as_ref().into(),
+                        room: Cow::Owned(room.to_string()),
                         members,
-                    }
-                    .to_frame(),
-                    Err(code) => error_frame(id, code, "presence not available now; retry"),
+                    }),
+                    Err(code) => Outgoing::error(id, code, "presence not available now; retry"),
                 };
-                self.route(to.0, ShardMsg::ToConn { conn: to.1, frame });
+                self.route(to.0, ShardMsg::ToConn { conn: to.1, out });
             }
             Answer::Api(reply) => {
                 let _ = reply.send(result);
@@ -985,12 +976,7 @@ impl ShardCtx {
                 self.pusher_webhook(&room, "member_added", member.user.as_deref());
             }
             if join_leave && !known_user {
-                let frame = ServerEvent::Join {
-                    room: room.as_ref().into(),
-                    member: member.clone(),
-                }
-                .to_frame();
-                self.broadcast_live(&room, frame, Some((origin, conn)));
+                self.broadcast_live(&room, LiveEvent::Join(member.clone()), Some((origin, conn)));
             }
             if let Ok(json) = serde_json::to_vec(&member) {
                 self.broker.borrow_mut().presence_set(
@@ -1047,27 +1033,29 @@ impl ShardCtx {
             id,
             seq,
         } = sub;
-        let (ok, frames) = match result {
+        let (ok, answer) = match result {
             Ok(rec) => {
-                let mut frames = Vec::with_capacity(1 + rec.messages.len());
-                frames.push(
-                    ServerEvent::Subscribed {
-                        id,
-                        room: room.as_ref().into(),
-                        epoch: rec.epoch.as_ref().into(),
-                        offset: rec.latest,
-                        recovered: rec.recovered,
-                    }
-                    .to_frame(),
-                );
-                for m in &rec.messages {
-                    frames.push(room_message_frame(&room, &rec.epoch, m.offset, &m.data));
+                let mut answer = Vec::with_capacity(1 + rec.messages.len());
+                answer.push(Outgoing::Event(ServerEvent::Subscribed {
+                    id,
+                    room: Cow::Owned(room.to_string()),
+                    epoch: Cow::Owned(rec.epoch.to_string()),
+                    offset: rec.latest,
+                    recovered: rec.recovered,
+                }));
+                for m in rec.messages {
+                    answer.push(Outgoing::Replayed(Replayed {
+                        room: room.clone(),
+                        epoch: rec.epoch.clone(),
+                        offset: m.offset,
+                        data: m.data,
+                    }));
                 }
-                (true, frames)
+                (true, answer)
             }
             Err(reason) => (
                 false,
-                vec![error_frame(id, ErrorCode::Unavailable, &reason)],
+                vec![Outgoing::error(id, ErrorCode::Unavailable, &reason)],
             ),
         };
         self.route(
@@ -1077,7 +1065,7 @@ impl ShardCtx {
                 conn,
                 seq,
                 ok,
-                frames,
+                answer,
             },
         );
         self.crdt_subscribed(&room, (origin, conn), ok);
@@ -1089,7 +1077,7 @@ impl ShardCtx {
         conn: ConnId,
         seq: u64,
         ok: bool,
-        frames: Vec<Bytes>,
+        answer: Vec<Outgoing>,
     ) {
         let Some(c) = self.conns.borrow().get(&conn).cloned() else {
             // The connection is gone; closing it already told the home shard.
@@ -1108,7 +1096,7 @@ impl ShardCtx {
             c.rooms.borrow_mut().remove(&room);
             self.leave_home(room, &c);
         }
-        c.endpoint.subscribed(&c, ok, frames);
+        c.endpoint.subscribed(&c, ok, &answer);
     }
 
     fn token(&self) -> u64 {
@@ -1246,16 +1234,16 @@ impl ShardCtx {
                     }
                     None => {}
                 },
-                BrokerEvent::Live { room, payload } => {
-                    // App events are JSON objects; anything else is a y-protocols awareness
-                    // message of a collaborative room.
-                    let frame = if payload.first() == Some(&b'{') {
-                        Some(encode_frame(OpCode::Text, false, &payload))
-                    } else {
-                        self.crdt_remote_awareness(&room, &payload)
+                BrokerEvent::Live { room, event } => {
+                    let event = match event {
+                        broker_bridge::LiveEvent::App(json) => LiveMsg::app_from_node(&json)
+                            .and_then(|e| self.relayed_by_another_node(&room, e)),
+                        broker_bridge::LiveEvent::Awareness(message) => self
+                            .crdt_remote_awareness(&room, &message)
+                            .map(LiveEvent::Awareness),
                     };
-                    if let Some(frame) = frame {
-                        self.fan_out_live(&room, frame, None);
+                    if let Some(event) = event {
+                        self.fan_out_live(LiveMsg::new(room, event), None);
                     }
                 }
                 BrokerEvent::Gap {
@@ -1264,16 +1252,23 @@ impl ShardCtx {
                     from,
                     to,
                 } => {
-                    let frame = ServerEvent::Gap {
-                        room: room.as_ref().into(),
-                        epoch: epoch.as_ref().into(),
-                        from,
-                        to,
-                    }
-                    .to_frame();
-                    self.fan_out_live(&room, frame, None);
+                    let gap = LiveEvent::Gap { epoch, from, to };
+                    self.fan_out_live(LiveMsg::new(room, gap), None);
                 }
             }
+        }
+    }
+
+    /// A live app event another node relayed, by the rule its home applied there (a native
+    /// event in a Pusher room carries the event `ringcast:message`): enforced here too, so a
+    /// node that broke the rule cannot forge Pusher events on this one.
+    fn relayed_by_another_node(&self, room: &RoomName, event: LiveEvent) -> Option<LiveEvent> {
+        match event {
+            LiveEvent::Event { data, source } => {
+                let data = crate::pusher::wire::bridge_event(room, data, source)?;
+                Some(LiveEvent::Event { data, source })
+            }
+            other => Some(other),
         }
     }
 
@@ -1305,6 +1300,7 @@ impl ShardCtx {
                     _ => (0, None),
                 };
                 let meta = DeliverMeta {
+                    data: m.data.clone(),
                     epoch: m.epoch.clone(),
                     offset: m.offset,
                     published_at: m.at,
@@ -1316,7 +1312,7 @@ impl ShardCtx {
                     let mut compressed = Vec::with_capacity(payload.len() / 2 + 16);
                     self.with_deflater(15, |d| d.compress(payload, &mut compressed));
                     // The compressed frame keeps the message's type (binary messages, §9.9).
-                    let opcode = if frame.first() == Some(&0x82) {
+                    let opcode = if proto_codec::protocol::binary_payload(&m.data).is_some() {
                         OpCode::Binary
                     } else {
                         OpCode::Text
@@ -1354,21 +1350,20 @@ impl ShardCtx {
     fn answer_publish(&self, origin: PublishOrigin, result: Result<Appended, (ErrorCode, String)>) {
         match origin {
             PublishOrigin::Conn { shard, conn, id } => {
-                let frame = match result {
-                    Ok(m) if id.is_some() => ServerEvent::Published {
+                let out = match result {
+                    Ok(m) if id.is_some() => Outgoing::Event(ServerEvent::Published {
                         id,
-                        room: m.room.as_ref().into(),
-                        epoch: m.epoch.as_ref().into(),
+                        room: Cow::Owned(m.room.to_string()),
+                        epoch: Cow::Owned(m.epoch.to_string()),
                         offset: m.offset,
-                    }
-                    .to_frame(),
+                    }),
                     Ok(_) => return,
                     Err((code, reason)) => {
                         self.metrics.op_errors.increment(1);
-                        error_frame(id, code, &reason)
+                        Outgoing::error(id, code, &reason)
                     }
                 };
-                self.route(shard, ShardMsg::ToConn { conn, frame });
+                self.route(shard, ShardMsg::ToConn { conn, out });
             }
             PublishOrigin::Api(tx) => {
                 let _ = tx.send(result.map(|m| (m.epoch, m.offset)).map_err(|(c, _)| c));
@@ -1451,7 +1446,7 @@ impl ShardCtx {
                 }
                 None if now.saturating_duration_since(conn.last_rx.get()) >= interval => {
                     conn.ping_sent.set(Some(now));
-                    conn.push_control(encode_frame(OpCode::Ping, false, b""));
+                    conn.push_ws_control(encode_frame(OpCode::Ping, false, b""));
                 }
                 _ => {}
             }
@@ -1499,12 +1494,9 @@ impl ShardCtx {
             && unix_now_ms.saturating_add(auth.expiry_warning_ms) >= exp.saturating_mul(1000)
         {
             conn.expiry_warned.set(true);
-            conn.push_control(
-                ServerEvent::TokenExpiring {
-                    expires_in_ms: close_at_ms - unix_now_ms,
-                }
-                .to_frame(),
-            );
+            conn.send_control(&ServerEvent::TokenExpiring {
+                expires_in_ms: close_at_ms - unix_now_ms,
+            });
         }
     }
 
@@ -1588,16 +1580,6 @@ pub const RAW_ROOM_PREFIX: &str = "~raw/";
 /// The internal room of the raw-broadcast path `/raw/<room>`.
 pub fn raw_room(room: &str) -> String {
     format!("{RAW_ROOM_PREFIX}{room}")
-}
-
-/// An `error` event frame.
-pub fn error_frame(id: Option<u64>, code: ErrorCode, reason: &str) -> Bytes {
-    ServerEvent::Error {
-        id,
-        code,
-        reason: reason.into(),
-    }
-    .to_frame()
 }
 
 /// The conflation key of a message in a conflating namespace: the room itself (`Some(0)`) when

@@ -453,3 +453,87 @@ async fn gap_merge_a_resuming_conflated_client_gets_one_gap_per_run_of_dropped_o
     assert_eq!(seen.touching_gaps, 0, "of {} gaps", seen.gaps);
     assert_eq!(newest_per_key(&seen), last);
 }
+
+/// An event stream in a `drop-oldest` namespace that falls behind gets its gap notice as an SSE
+/// event. Before typed outgoing values, every queue wrote the notice as a WebSocket frame: the
+/// stream carried frame bytes (`0x81`, a length, the JSON) in the middle of its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_event_stream_gets_its_gap_as_an_sse_event() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(1, &config());
+    let room = "feed.sse";
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stream = socket.connect(server.public).await.expect("connect");
+    let request = format!(
+        "GET /sse?room={room} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+        server.public
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    // Wait until the subscription is in force (its `subscribed` event).
+    let mut text = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !String::from_utf8_lossy(&text).contains("event: subscribed") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("the stream starts")
+            .expect("read");
+        assert!(n > 0, "stream ended: {}", String::from_utf8_lossy(&text));
+        text.extend_from_slice(&buf[..n]);
+    }
+    let n = 8_000;
+    flood(&server, room, n, 7).await;
+    // Read until the last message's event (drop-oldest keeps the newest).
+    let last = format!("\"offset\":{n},");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&text).contains(&last) {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .expect("the last message arrives")
+            .expect("read");
+        assert!(n > 0, "stream ended");
+        text.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8(text).expect("an event stream is UTF-8 text");
+    let body = &text[text.find("\r\n\r\n").expect("head") + 4..];
+    let (mut gaps, mut msgs, mut next) = (0, 0, 1u64);
+    for block in body.split("\n\n").filter(|b| !b.is_empty()) {
+        let mut event = None;
+        let mut data = None;
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event: ") {
+                event = Some(v);
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data = Some(v);
+            } else {
+                assert!(
+                    line.starts_with(':') || line.starts_with("id: "),
+                    "not an SSE line: {line:?}"
+                );
+            }
+        }
+        let (Some(event), Some(data)) = (event, data) else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(data).expect("each event's data is JSON");
+        assert_eq!(v["ev"], event, "the event name is its `ev`");
+        match event {
+            "gap" => {
+                assert_eq!(v["from"], next, "a gap starts where the stream was: {v}");
+                next = v["to"].as_u64().expect("to") + 1;
+                gaps += 1;
+            }
+            "msg" => {
+                assert_eq!(v["offset"], next, "offsets continue: {v}");
+                next += 1;
+                msgs += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        gaps > 0,
+        "the stream fell behind: no gap in {msgs} messages"
+    );
+    assert_eq!(next, n + 1);
+}

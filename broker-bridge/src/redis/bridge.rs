@@ -471,13 +471,13 @@ impl Bridge {
             }
             Command::Live {
                 room,
-                payload,
+                event,
                 queued,
             } => {
                 if let Some(link) = &self.link {
                     let mut conn = link.cmd.clone();
                     let channel = self.keys(&room).channel;
-                    let body = wire::live_payload(&self.instance, &payload);
+                    let body = wire::live_payload(&self.instance, &event);
                     let cmd = self.publish_cmd();
                     let done = self.done_tx.clone();
                     let gen = self.gen;
@@ -733,14 +733,14 @@ impl Bridge {
                         );
                         self.act(out);
                     }
-                    Ok(ChannelMsg::Live { instance, payload }) => {
+                    Ok(ChannelMsg::Live { instance, event }) => {
                         if *instance != *self.instance {
                             if let Some(home) = self.seq.home(&room) {
                                 if self.outlet.is_full(home) {
                                     metrics::counter!("ringcast_bridge_dropped_total", "kind" => "live_in")
                                         .increment(1);
                                 } else {
-                                    self.outlet.emit(home, BrokerEvent::Live { room, payload });
+                                    self.outlet.emit(home, BrokerEvent::Live { room, event });
                                 }
                             }
                         }

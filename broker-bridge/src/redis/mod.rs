@@ -23,8 +23,8 @@ use crossbeam_queue::SegQueue;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::{
-    Appended, Broker, BrokerError, BrokerEvent, Completion, Epoch, HistoryPolicy, Recovery,
-    RoomName, Token,
+    Appended, Broker, BrokerError, BrokerEvent, Completion, Epoch, HistoryPolicy, LiveEvent,
+    Recovery, RoomName, Token,
 };
 
 /// How the bridge reaches Redis and paces itself.
@@ -203,7 +203,7 @@ enum Command {
     },
     Live {
         room: RoomName,
-        payload: Bytes,
+        event: LiveEvent,
         queued: QueuedBytes,
     },
     DocLoad {
@@ -501,18 +501,22 @@ impl Broker for RedisBroker {
         });
     }
 
-    fn publish_live(&mut self, room: &RoomName, payload: Bytes) {
+    fn reaches_other_nodes(&self) -> bool {
+        true
+    }
+
+    fn publish_live(&mut self, room: &RoomName, event: LiveEvent) {
         if !self.health.is_connected() {
             return;
         }
         // Live events are never stored: while the bridge holds its bound they are dropped.
-        let Some(queued) = self.reserve(payload.len()) else {
+        let Some(queued) = self.reserve(event.bytes().len()) else {
             metrics::counter!("ringcast_bridge_dropped_total", "kind" => "live_out").increment(1);
             return;
         };
         let _ = self.send(Command::Live {
             room: room.clone(),
-            payload,
+            event,
             queued,
         });
     }

@@ -17,6 +17,8 @@
 
 use bytes::Bytes;
 
+use crate::LiveEvent;
+
 /// The Redis names of one room.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomKeys {
@@ -79,8 +81,8 @@ pub enum ChannelMsg {
     Live {
         /// The sending node's instance id.
         instance: String,
-        /// The event's JSON.
-        payload: Bytes,
+        /// The event.
+        event: LiveEvent,
     },
 }
 
@@ -110,7 +112,7 @@ pub fn parse(raw: Bytes) -> Result<ChannelMsg, Malformed> {
                 data: raw.slice(start..),
             })
         }
-        b'l' => {
+        kind @ (b'l' | b'a') => {
             let nl = rest
                 .iter()
                 .position(|b| *b == b'\n')
@@ -118,19 +120,29 @@ pub fn parse(raw: Bytes) -> Result<ChannelMsg, Malformed> {
             let instance = std::str::from_utf8(&rest[..nl])
                 .map_err(|_| Malformed("instance is not UTF-8"))?
                 .to_string();
+            let payload = raw.slice(2 + nl..);
             Ok(ChannelMsg::Live {
                 instance,
-                payload: raw.slice(2 + nl..),
+                event: if *kind == b'l' {
+                    LiveEvent::App(payload)
+                } else {
+                    LiveEvent::Awareness(payload)
+                },
             })
         }
         _ => Err(Malformed("unknown kind")),
     }
 }
 
-/// A live event's channel payload.
-pub fn live_payload(instance: &str, payload: &[u8]) -> Vec<u8> {
+/// A live event's channel payload: `l` (an app event) or `a` (an awareness message), the
+/// sending instance, a newline, the event's bytes.
+pub fn live_payload(instance: &str, event: &LiveEvent) -> Vec<u8> {
+    let (kind, payload) = match event {
+        LiveEvent::App(p) => (b'l', p),
+        LiveEvent::Awareness(p) => (b'a', p),
+    };
     let mut out = Vec::with_capacity(2 + instance.len() + payload.len());
-    out.push(b'l');
+    out.push(kind);
     out.extend_from_slice(instance.as_bytes());
     out.push(b'\n');
     out.extend_from_slice(payload);
@@ -182,14 +194,19 @@ mod tests {
                 data: Bytes::from_static(b"{\"p\":\"a\\nb\"}"),
             }
         );
-        let live = live_payload("node-1", b"{\"ev\":\"event\"}\n");
-        assert_eq!(
-            parse(Bytes::from(live)).unwrap(),
-            ChannelMsg::Live {
-                instance: "node-1".into(),
-                payload: Bytes::from_static(b"{\"ev\":\"event\"}\n"),
-            }
-        );
+        for event in [
+            LiveEvent::App(Bytes::from_static(b"{\"ev\":\"event\"}\n")),
+            LiveEvent::Awareness(Bytes::from_static(b"\x01\x01\n{")),
+        ] {
+            let live = live_payload("node-1", &event);
+            assert_eq!(
+                parse(Bytes::from(live)).unwrap(),
+                ChannelMsg::Live {
+                    instance: "node-1".into(),
+                    event,
+                }
+            );
+        }
     }
 
     #[test]

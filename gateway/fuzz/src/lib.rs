@@ -542,7 +542,8 @@ fn check_awareness(room: &CrdtRoom, kept: &HashMap<u64, KeptState>, limits: Awar
 fn states_of(frames: &[Bytes]) -> HashMap<u64, (u32, String)> {
     let mut states = HashMap::new();
     for frame in frames {
-        let payload = proto_codec::sse::payload_of(frame, 0x82).expect("a binary frame");
+        // A frame (`awareness_frames`) or a message (`awareness_update`, `remove_owner`).
+        let payload = proto_codec::sse::payload_of(frame, 0x82).unwrap_or(frame);
         let Ok(Message::Awareness(update)) = Message::decode_v1(payload) else {
             panic!("not an awareness message: {payload:?}");
         };

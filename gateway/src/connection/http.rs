@@ -12,7 +12,8 @@ use proto_codec::protocol::{ErrorCode, ServerEvent};
 use crate::auth::Principal;
 use crate::endpoint::Endpoint;
 use crate::http::public::{error_json, json_response, publish_body, StreamRoom};
-use crate::mailbox::{PublishOrigin, Source};
+use crate::mailbox::PublishOrigin;
+use crate::outgoing::Source;
 use crate::shard::ShardCtx;
 
 /// Publishes a checked HTTP body and returns the whole response: `200` with the `published`
@@ -39,7 +40,7 @@ pub async fn publish(
         &p.room,
         Bytes::from(p.data),
         PublishOrigin::Api(tx),
-        Source::Native,
+        Source::Api,
     );
     match monoio::time::timeout(Duration::from_secs(5), rx).await {
         Ok(Ok(Ok((epoch, offset)))) => {
@@ -85,18 +86,16 @@ pub async fn long_poll(
     });
     let hold = Duration::from_millis(ctx.config.websocket.long_poll_hold_ms);
     let _ = monoio::time::timeout(hold, ready).await;
-    let frames = conn.outbox().borrow_mut().take_all();
+    // A long poll's queue holds its events' JSON (`outgoing::Form::Json`).
+    let events = conn.outbox().borrow_mut().take_all();
     ctx.unregister_conn(&conn);
-    let mut body = Vec::with_capacity(2 + frames.iter().map(Bytes::len).sum::<usize>());
+    let mut body = Vec::with_capacity(2 + events.iter().map(|e| e.len() + 1).sum::<usize>());
     body.push(b'[');
-    for payload in frames
-        .iter()
-        .filter_map(|f| proto_codec::sse::json_payload(f))
-    {
+    for json in &events {
         if body.len() > 1 {
             body.push(b',');
         }
-        body.extend_from_slice(&payload);
+        body.extend_from_slice(json);
     }
     body.push(b']');
     let mut out = Vec::with_capacity(200 + body.len());

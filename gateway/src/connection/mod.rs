@@ -210,19 +210,16 @@ fn start(ctx: &Rc<ShardCtx>, upgraded: handshake::Upgraded) -> (Rc<ConnShared>, 
     // one): closed without joining a room.
     let refused = conn.close_requested();
     if conn.endpoint.says_hello() {
-        conn.push_control(
-            ServerEvent::Hello {
-                client: ctx.client_id(conn.id).into(),
-                node: ctx.node.as_ref().into(),
-                heartbeat_ms: ws.heartbeat_interval_ms,
-            }
-            .to_frame(),
-        );
+        conn.send_control(&ServerEvent::Hello {
+            client: ctx.client_id(conn.id).into(),
+            node: ctx.node.as_ref().into(),
+            heartbeat_ms: ws.heartbeat_interval_ms,
+        });
     }
     match upgraded.after {
         AfterUpgrade::Close(close) => conn.request_close(close),
         AfterUpgrade::PusherEstablished { app } => {
-            conn.push_control(crate::pusher::conn::established(ctx, &conn, app))
+            conn.push_bytes(crate::pusher::conn::established(ctx, &conn, app))
         }
         AfterUpgrade::Start if refused => {}
         AfterUpgrade::Start => match &conn.endpoint {
@@ -516,7 +513,7 @@ fn on_message(ctx: &ShardCtx, conn: &Rc<ConnShared>, io: &mut ConnIo, message: M
                     room,
                     bytes::Bytes::copy_from_slice(&payload),
                     crate::mailbox::PublishOrigin::Raw,
-                    crate::mailbox::Source::Native,
+                    crate::outgoing::Source::Raw,
                 ),
                 Endpoint::Yjs { room } => {
                     conn.last_op.set(ctx.now.get());
@@ -536,7 +533,7 @@ fn on_message(ctx: &ShardCtx, conn: &Rc<ConnShared>, io: &mut ConnIo, message: M
                         }
                         None => encode_message(kind, &payload, None),
                     };
-                    conn.push_control(frame);
+                    conn.push_ws_control(frame);
                 }
             }
         }
@@ -547,7 +544,7 @@ fn on_message(ctx: &ShardCtx, conn: &Rc<ConnShared>, io: &mut ConnIo, message: M
                 ConnState::Open => {
                     // Echo the code (RFC 6455 §5.5.1; an empty close gets an empty close), then
                     // end once it is written.
-                    conn.push_control(match close {
+                    conn.push_ws_control(match close {
                         Some((code, _)) => encode_close(code, ""),
                         None => encode_frame(OpCode::Close, false, b""),
                     });
@@ -578,7 +575,7 @@ fn begin_close(ctx: &ShardCtx, conn: &ConnShared, io: &mut ConnIo, req: CloseReq
         conn.closing_since.set(Some(ctx.now.get()));
         return;
     }
-    conn.push_control(encode_close(req.code, &req.reason));
+    conn.push_ws_control(encode_close(req.code, &req.reason));
     io.state = ConnState::Closing;
     conn.closing_since.set(Some(ctx.now.get()));
 }
@@ -591,7 +588,7 @@ fn fail(ctx: &ShardCtx, conn: &ConnShared, io: &mut ConnIo, e: proto_codec::ws::
     io.input_waits = false;
     if matches!(io.state, ConnState::Open | ConnState::Closing) {
         if io.state == ConnState::Open {
-            conn.push_control(encode_close(e.close_code(), &e.to_string()));
+            conn.push_ws_control(encode_close(e.close_code(), &e.to_string()));
         }
         io.state = ConnState::Failed;
         conn.closing_since.set(Some(ctx.now.get()));

@@ -11,10 +11,11 @@ use proto_codec::protocol::{
 
 use super::shared::{CloseRequest, ConnShared};
 use crate::auth::{Action, AuthError};
-use crate::mailbox::{PublishOrigin, Source};
+use crate::mailbox::PublishOrigin;
 use crate::namespaces::Namespace;
+use crate::outgoing::{error_event, Source};
 use crate::ratelimit::{Bucket, Rate};
-use crate::shard::{error_frame, ShardCtx};
+use crate::shard::ShardCtx;
 
 /// Handles one text message of the app protocol.
 pub fn handle(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
@@ -57,12 +58,12 @@ pub fn handle(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
                     conn: conn.id,
                     id,
                 },
-                Source::Native,
+                Source::Client,
             );
         }
         ClientOp::Refresh { id, token } => refresh(ctx, conn, id, &token),
         ClientOp::Ping { id } => {
-            conn.push(ServerEvent::Pong { id }.to_frame());
+            conn.send(&ServerEvent::Pong { id });
         }
         ClientOp::Presence { id, room } => {
             let Some(ns) = check(ctx, conn, id, Action::Presence, &room) else {
@@ -105,12 +106,8 @@ pub fn handle(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
             if !within_limits(ctx, conn, id, ns, data.get().len(), Bucket::Event(ns.index)) {
                 return;
             }
-            let frame = ServerEvent::Event {
-                room: room.as_ref().into(),
-                data,
-            }
-            .to_frame();
-            ctx.send_event(conn, &room, frame, Source::Native);
+            let data = Bytes::copy_from_slice(data.get().as_bytes());
+            ctx.send_event(conn, &room, data, Source::Client);
         }
     }
 }
@@ -142,7 +139,7 @@ pub fn handle_binary(ctx: &ShardCtx, conn: &Rc<ConnShared>, payload: &[u8]) {
                     conn: conn.id,
                     id,
                 },
-                Source::Native,
+                Source::Client,
             );
         }
     }
@@ -244,7 +241,7 @@ fn enabled_and_subscribed(
 
 fn refuse(ctx: &ShardCtx, conn: &ConnShared, id: Option<u64>, code: ErrorCode, reason: &str) {
     ctx.metrics.op_errors.increment(1);
-    conn.push(error_frame(id, code, reason));
+    conn.send(&error_event(id, code, reason));
 }
 
 /// Answers `rate_limited`, and closes with 4009 once the strikes within a second reach the
@@ -299,7 +296,7 @@ fn refresh(ctx: &ShardCtx, conn: &Rc<ConnShared>, id: Option<u64>, token: &str) 
     let expires_at = fresh.expires_at;
     *conn.principal.borrow_mut() = Rc::new(fresh);
     conn.expiry_warned.set(false);
-    conn.push(ServerEvent::Refreshed { id, expires_at }.to_frame());
+    conn.send(&ServerEvent::Refreshed { id, expires_at });
     let lost: Vec<String> = {
         let principal = conn.principal.borrow();
         conn.rooms

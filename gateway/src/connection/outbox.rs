@@ -21,13 +21,14 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use broker_bridge::{Epoch, RoomName};
 use bytes::Bytes;
-use proto_codec::protocol::ServerEvent;
 
 use crate::config::SlowConsumer;
+pub use crate::outgoing::RoomMsg;
+use crate::outgoing::{gap_notice, Form};
 
 /// The most frames handed to one `writev`.
 pub const MAX_IOVECS: usize = 64;
@@ -40,27 +41,6 @@ pub const CONFLATE_HARD_LIMIT: usize = 2;
 /// bytes). More than one, so that a client that pings several times before reading gets every
 /// answer (Autobahn 2.10 sends ten).
 pub const MAX_PENDING_PONGS: usize = 16;
-
-/// One room message as every subscriber on a shard shares it.
-#[derive(Debug)]
-pub struct RoomMsg {
-    /// The room.
-    pub room: RoomName,
-    /// Its epoch.
-    pub epoch: Epoch,
-    /// Its offset.
-    pub offset: u64,
-    /// When it was published (latency metric, `max_age`).
-    pub published_at: Instant,
-    /// The slow-consumer policy of its namespace.
-    pub policy: SlowConsumer,
-    /// Its conflation key (`None`: never conflated).
-    pub key: Option<u64>,
-    /// Dropped when older than this when its turn to be written comes.
-    pub max_age: Option<Duration>,
-    /// Its namespace's index (latency SLOs).
-    pub namespace: usize,
-}
 
 /// What an entry of the queue is.
 #[derive(Debug)]
@@ -88,14 +68,9 @@ struct GapMark {
 }
 
 impl GapMark {
-    fn frame(&self) -> Bytes {
-        ServerEvent::Gap {
-            room: self.room.as_ref().into(),
-            epoch: self.epoch.as_ref().into(),
-            from: self.from,
-            to: self.to,
-        }
-        .to_frame()
+    /// The notice in the queue's form; a form without one ([`gap_notice`]) is never asked.
+    fn frame(&self, form: Form) -> Bytes {
+        gap_notice(form, &self.room, &self.epoch, self.from, self.to).unwrap_or_default()
     }
 }
 
@@ -147,11 +122,13 @@ pub struct Outbox {
     /// Queued pongs.
     pongs: usize,
     actions: PolicyActions,
+    /// The connection's wire form (gap notices are written in it).
+    form: Form,
 }
 
 impl Outbox {
-    /// An empty queue whose mark is `high_water` bytes.
-    pub fn new(high_water: usize) -> Outbox {
+    /// An empty queue whose mark is `high_water` bytes, of a connection taking `form`.
+    pub fn new(high_water: usize, form: Form) -> Outbox {
         Outbox {
             entries: VecDeque::new(),
             queued_bytes: 0,
@@ -161,7 +138,24 @@ impl Outbox {
             live: 0,
             pongs: 0,
             actions: PolicyActions::default(),
+            form,
         }
+    }
+
+    /// The slow-consumer policy for a room message. A y-websocket client cannot skip document
+    /// updates (it has no `gap`, and would diverge from the document): whatever its namespace's
+    /// policy, a full queue closes it (4008) and it syncs again when it reconnects.
+    fn policy(&self, msg: &RoomMsg) -> SlowConsumer {
+        match self.form {
+            Form::Yjs => SlowConsumer::Disconnect,
+            _ => msg.policy,
+        }
+    }
+
+    /// Whether a room message may expire in this queue (`max_age`; never for a y-websocket
+    /// client, as above).
+    fn ages(&self, msg: &RoomMsg) -> bool {
+        msg.max_age.is_some() && self.form != Form::Yjs
     }
 
     fn fits(&self, len: usize) -> bool {
@@ -219,7 +213,7 @@ impl Outbox {
             self.drop_live();
         }
         if !self.fits(frame.len()) {
-            match msg.policy {
+            match self.policy(&msg) {
                 SlowConsumer::Disconnect => return Push::Overflow,
                 SlowConsumer::DropOldest => self.drop_oldest(frame.len()),
                 SlowConsumer::Conflate => {
@@ -233,7 +227,7 @@ impl Outbox {
                 }
             }
         }
-        if msg.max_age.is_some() {
+        if self.ages(&msg) {
             self.aged += 1;
         }
         self.enqueue(frame, Kind::Room(msg))
@@ -316,7 +310,7 @@ impl Outbox {
         let mut i = self.first_unstarted();
         while i < self.entries.len() {
             let stale = matches!(&self.entries[i].kind,
-                Kind::Room(m) if m.max_age.is_some_and(|a| now.saturating_duration_since(m.published_at) > a));
+                Kind::Room(m) if self.ages(m) && m.max_age.is_some_and(|a| now.saturating_duration_since(m.published_at) > a));
             if stale {
                 i = self.replace_with_gap(i);
                 self.actions.expired += 1;
@@ -337,8 +331,12 @@ impl Outbox {
             return i + 1;
         };
         self.queued_bytes -= frame.len();
-        if msg.max_age.is_some() {
+        if self.ages(&msg) {
             self.aged -= 1;
+        }
+        if !self.form.has_gap_notice() {
+            // A form without a gap notice (Pusher): the message is only dropped.
+            return i;
         }
         let start = self.first_unstarted();
         // Merge into the marker just before, or just after, when the offsets are contiguous.
@@ -350,7 +348,7 @@ impl Outbox {
             {
                 if g.room == msg.room && g.epoch == msg.epoch && g.to + 1 == msg.offset {
                     g.to = msg.offset;
-                    let f = g.frame();
+                    let f = g.frame(self.form);
                     self.queued_bytes = self.queued_bytes - frame.len() + f.len();
                     *frame = f;
                     // It may now touch the marker after it (issue 19: conflation left runs of
@@ -367,7 +365,7 @@ impl Outbox {
         {
             if g.room == msg.room && g.epoch == msg.epoch && msg.offset + 1 == g.from {
                 g.from = msg.offset;
-                let f = g.frame();
+                let f = g.frame(self.form);
                 self.queued_bytes = self.queued_bytes - frame.len() + f.len();
                 *frame = f;
                 if i > start && self.coalesce(i - 1) {
@@ -382,7 +380,7 @@ impl Outbox {
             from: msg.offset,
             to: msg.offset,
         };
-        let f = mark.frame();
+        let f = mark.frame(self.form);
         self.queued_bytes += f.len();
         self.entries.insert(
             i,
@@ -421,7 +419,7 @@ impl Outbox {
         }) = self.entries.get_mut(j)
         {
             g.to = to;
-            let f = g.frame();
+            let f = g.frame(self.form);
             self.queued_bytes = self.queued_bytes - frame.len() + f.len();
             *frame = f;
         }
@@ -453,7 +451,7 @@ impl Outbox {
         ));
         // The kept (partly written) front frame may be one with a `max_age`.
         self.aged = usize::from(
-            matches!(self.entries.front(), Some(Entry { kind: Kind::Room(m), .. }) if m.max_age.is_some()),
+            matches!(self.entries.front(), Some(Entry { kind: Kind::Room(m), .. }) if self.ages(m)),
         );
     }
 
@@ -525,7 +523,7 @@ impl Outbox {
                 self.queued_bytes -= front.frame.len();
                 match &front.kind {
                     Kind::Room(m) => {
-                        if m.max_age.is_some() {
+                        if self.form != Form::Yjs && m.max_age.is_some() {
                             self.aged -= 1;
                         }
                         on_room(m);

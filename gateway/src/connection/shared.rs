@@ -10,12 +10,14 @@ use std::time::Instant;
 
 use broker_bridge::RoomName;
 use bytes::Bytes;
+use proto_codec::protocol::ServerEvent;
 use proto_codec::ws::CloseCode;
 
-use super::outbox::{Outbox, PolicyActions, Push, RoomMsg};
+use super::outbox::{Outbox, PolicyActions, Push};
 use crate::auth::Principal;
 use crate::endpoint::Endpoint;
 use crate::mailbox::ConnId;
+use crate::outgoing::{render_event, Form, Outgoing, Rendered, RoomMsg};
 use crate::ratelimit::ConnLimiter;
 
 /// A subscription as the connection sees it.
@@ -48,6 +50,8 @@ pub struct ConnShared {
     pub id: ConnId,
     /// What it speaks (decided at its request).
     pub endpoint: Endpoint,
+    /// The wire form it takes (`endpoint.form()`, kept at hand for delivery).
+    pub form: Form,
     /// Whether shared compressed room frames may be sent to it (permessage-deflate negotiated
     /// with a 15-bit server window).
     pub takes_shared_deflate: bool,
@@ -92,11 +96,13 @@ impl ConnShared {
         now: Instant,
         principal: Rc<Principal>,
     ) -> ConnShared {
+        let form = endpoint.form();
         ConnShared {
             id,
             endpoint,
+            form,
             takes_shared_deflate,
-            outbox: RefCell::new(Outbox::new(high_water)),
+            outbox: RefCell::new(Outbox::new(high_water, form)),
             waker: RefCell::new(None),
             rooms: RefCell::new(HashMap::new()),
             next_sub_seq: Cell::new(1),
@@ -115,17 +121,49 @@ impl ConnShared {
         }
     }
 
-    /// Queues a data frame (an op answer, an echo). Past the high-water mark the connection is
-    /// closed as a slow consumer (4008) and the frame is dropped: the client resumes from
-    /// history. Returns whether the frame was queued.
-    pub fn push(&self, frame: Bytes) -> bool {
+    /// Queues an app-protocol event (an op answer) in this connection's form, held to the
+    /// high-water mark ([`ConnShared::push_wire`]). Returns whether it was queued.
+    pub fn send(&self, ev: &ServerEvent<'_>) -> bool {
+        self.take(render_event(self, ev), false)
+    }
+
+    /// Queues an app-protocol event in this connection's form, ignoring the mark (`hello`,
+    /// `token_expiring`).
+    pub fn send_control(&self, ev: &ServerEvent<'_>) {
+        self.take(render_event(self, ev), true);
+    }
+
+    /// Queues an answer from another shard in this connection's form, held to the mark unless
+    /// `control` (a subscription's answer). Returns whether it was queued.
+    pub fn send_outgoing(&self, out: &Outgoing, control: bool) -> bool {
+        self.take(out.render(self), control)
+    }
+
+    fn take(&self, rendered: Rendered, control: bool) -> bool {
+        match rendered {
+            Rendered::Send(bytes) if control => {
+                self.push_bytes(bytes);
+                true
+            }
+            Rendered::Send(bytes) => self.push_wire(bytes),
+            // Nothing to send is not a refusal.
+            Rendered::Skip => true,
+            Rendered::Close(close) => {
+                self.request_close(close);
+                false
+            }
+        }
+    }
+
+    /// Queues bytes already in this connection's wire form (a Pusher frame from the Pusher
+    /// paths, an op answer). Past the high-water mark the connection is closed as a slow
+    /// consumer (4008) and the frame is dropped: the client resumes from history. Returns
+    /// whether the frame was queued.
+    pub fn push_wire(&self, frame: Bytes) -> bool {
         if self.closing_since.get().is_some() {
             // A close frame is queued or sent: nothing may follow it (RFC 6455 §5.5.1).
             return false;
         }
-        let Some(frame) = self.wire(frame) else {
-            return true;
-        };
         let push = self.outbox.borrow_mut().push(frame);
         self.after_push(push)
     }
@@ -148,15 +186,12 @@ impl ConnShared {
         self.after_push(push)
     }
 
-    /// Queues a live frame (ephemeral event, join, leave), dropped rather than queued past the
-    /// high-water mark. Returns whether it was queued.
+    /// Queues a live frame (ephemeral event, join, leave), already in this connection's wire
+    /// form, dropped rather than queued past the high-water mark. Returns whether it was queued.
     pub fn push_live(&self, frame: Bytes) -> bool {
         if self.closing_since.get().is_some() {
             return false;
         }
-        let Some(frame) = self.wire(frame) else {
-            return true;
-        };
         let push = self.outbox.borrow_mut().push_live(frame);
         if push == Push::Dropped {
             crate::metrics::slow_consumer_actions(PolicyActions {
@@ -186,15 +221,13 @@ impl ConnShared {
         }
     }
 
-    /// Queues a control frame (or a frame that must not be held to the high-water mark),
-    /// ignoring the mark. Nothing is queued after a close frame.
-    pub fn push_control(&self, frame: Bytes) {
-        if self.closing_since.get().is_some() {
+    /// Queues a WebSocket control frame (ping, close) or an echoed frame, ignoring the mark;
+    /// an event stream or a long poll has none (it is not a WebSocket). Nothing is queued
+    /// after a close frame.
+    pub fn push_ws_control(&self, frame: Bytes) {
+        if matches!(self.form, Form::Sse | Form::Json) {
             return;
         }
-        let Some(frame) = self.wire(frame) else {
-            return;
-        };
         self.push_bytes(frame);
     }
 
@@ -216,11 +249,6 @@ impl ConnShared {
         if self.outbox.borrow_mut().push_control(frame) == Push::QueuedFirst {
             self.wake();
         }
-    }
-
-    /// A frame in this connection's wire form ([`Endpoint::wire`]).
-    fn wire(&self, frame: Bytes) -> Option<Bytes> {
-        self.endpoint.wire(self, frame)
     }
 
     /// The outbound queue, for the connection's writer.

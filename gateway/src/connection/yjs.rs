@@ -17,7 +17,8 @@ use proto_codec::ws::CloseCode;
 
 use super::shared::{CloseRequest, ConnShared};
 use crate::auth::Action;
-use crate::mailbox::{home_shard, PublishOrigin, ShardMsg, Source};
+use crate::mailbox::{home_shard, PublishOrigin, ShardMsg};
+use crate::outgoing::Source;
 use crate::ratelimit::{Bucket, Rate};
 use crate::rooms::crdt::{decode_client_message, ClientMessage};
 use crate::shard::ShardCtx;
@@ -94,7 +95,7 @@ pub fn handle(
                     conn: conn.id,
                     id: None,
                 },
-                Source::Native,
+                Source::Yjs,
             );
         }
         ClientMessage::Awareness => {
@@ -139,18 +140,7 @@ pub fn handle(
 }
 
 /// The close that answers an `error` event meant for a y-websocket client (a refused update).
-pub fn close_for_error(frame: &[u8]) -> CloseRequest {
-    let json = proto_codec::sse::text_payload(frame).unwrap_or_default();
-    let event = proto_codec::protocol::ServerEvent::decode(json);
-    let (code, reason) = match event {
-        Ok(proto_codec::protocol::ServerEvent::Error { code, reason, .. }) => {
-            (code, reason.into_owned())
-        }
-        _ => (
-            proto_codec::protocol::ErrorCode::Internal,
-            "unexpected answer".to_string(),
-        ),
-    };
+pub fn close_for_error(code: proto_codec::protocol::ErrorCode, reason: &str) -> CloseRequest {
     use proto_codec::protocol::ErrorCode as E;
     let close_code = match code {
         E::TooLarge => CloseCode::MESSAGE_TOO_BIG,

@@ -16,7 +16,8 @@ use tokio::sync::oneshot;
 
 use super::admin::Admin;
 use crate::config::Config;
-use crate::mailbox::{home_shard, AdminQuery, PublishOrigin, ShardMsg, Source};
+use crate::mailbox::{home_shard, AdminQuery, PublishOrigin, ShardMsg};
+use crate::outgoing::Source;
 
 /// How long the API waits for shards to answer.
 const SHARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -155,7 +156,7 @@ fn send_publish(
             room: p.room.as_str().into(),
             data: Bytes::copy_from_slice(p.data.get().as_bytes()),
             origin: PublishOrigin::Api(tx),
-            source: Source::Native,
+            source: Source::Api,
         },
     );
     rx

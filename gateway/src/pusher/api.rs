@@ -18,8 +18,9 @@ use serde_json::{json, Value};
 use super::auth;
 use crate::config::{Config, PusherApp};
 use crate::http::public::{json_response, PusherRequest};
-use crate::mailbox::{home_shard, AdminQuery, PublishOrigin, ShardMsg, Source};
+use crate::mailbox::{home_shard, AdminQuery, PublishOrigin, ShardMsg};
 use crate::namespaces::Namespaces;
+use crate::outgoing::Source;
 use crate::shard::ShardCtx;
 
 /// How far a request's `auth_timestamp` may be from the server's clock.

@@ -5,7 +5,7 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use proto_codec::protocol::{Member, ServerEvent};
+use proto_codec::protocol::Member;
 use proto_codec::pusher::{
     self as p, ChannelData, ChannelKind, ClientFrame, PusherCode, StoredEvent,
 };
@@ -14,12 +14,12 @@ use serde_json::value::RawValue;
 
 use super::auth;
 use crate::connection::shared::{ConnShared, SubState};
-use crate::mailbox::Source;
+use crate::outgoing::Source;
 use crate::ratelimit::{Bucket, Rate};
 use crate::shard::ShardCtx;
 
 fn send(conn: &ConnShared, frame: String) {
-    conn.push(encode_frame(OpCode::Text, false, frame.as_bytes()));
+    conn.push_wire(encode_frame(OpCode::Text, false, frame.as_bytes()));
 }
 
 /// The connection's app, socket id and signed-in user.
@@ -291,15 +291,7 @@ fn client_event(
             ),
         );
     }
-    let Ok(raw) = RawValue::from_string(json) else {
-        return;
-    };
-    let frame = ServerEvent::Event {
-        room: room.as_str().into(),
-        data: &raw,
-    }
-    .to_frame();
-    ctx.send_event(conn, &room, frame, Source::Pusher);
+    ctx.send_event(conn, &room, Bytes::from(json), Source::Pusher);
 }
 
 fn signin_user(

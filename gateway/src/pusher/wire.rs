@@ -1,6 +1,7 @@
-//! The engine's events as Pusher frames. A Pusher connection is an ordinary subscriber: room
-//! messages, ephemeral events, joins and leaves reach it as the same frames every connection
-//! gets, and are translated here (room messages once per shard, in `LocalRooms::deliver`).
+//! The engine's values as Pusher frames. A Pusher connection is an ordinary subscriber: room
+//! messages, live events and answers reach it as the same typed values every connection gets
+//! (`outgoing`), and their Pusher forms are built here, from the values (room messages and
+//! live events once per shard).
 
 use bytes::Bytes;
 use proto_codec::protocol::ServerEvent;
@@ -9,7 +10,7 @@ use proto_codec::ws::{encode_frame, OpCode};
 use serde_json::value::RawValue;
 
 use crate::connection::shared::{ConnShared, SubState};
-use crate::mailbox::Source;
+use crate::outgoing::{LiveEvent, Source};
 
 fn text(frame: String) -> Bytes {
     encode_frame(OpCode::Text, false, frame.as_bytes())
@@ -53,25 +54,14 @@ pub fn bridge_message(room: &str, data: Bytes, source: Source) -> Bytes {
     }
 }
 
-/// The `event` frame a live event of `room` is relayed with, by the same rule: a native event
-/// in a Pusher room carries the Pusher event `ringcast:message` (`None`: not an event frame).
-pub fn bridge_event(room: &str, frame: Bytes, source: Source) -> Option<Bytes> {
+/// The data a live event of `room` is relayed with, by the same rule: a native event in a
+/// Pusher room carries the Pusher event `ringcast:message` (`None`: its data cannot be
+/// wrapped).
+pub fn bridge_event(room: &str, data: Bytes, source: Source) -> Option<Bytes> {
     if source == Source::Pusher || !is_pusher_room(room) {
-        return Some(frame);
+        return Some(data);
     }
-    let payload = proto_codec::sse::text_payload(&frame)?;
-    let ServerEvent::Event { data, .. } = ServerEvent::decode(payload).ok()? else {
-        return None;
-    };
-    let wrapped = native_event(&super::channel_name(room)?, data.get().as_bytes())?;
-    let raw = RawValue::from_string(wrapped).ok()?;
-    Some(
-        ServerEvent::Event {
-            room: room.into(),
-            data: &raw,
-        }
-        .to_frame(),
-    )
+    native_event(&super::channel_name(room)?, &data).map(Bytes::from)
 }
 
 /// The Pusher frame of a room message's `data`: a stored Pusher event as it is (without its
@@ -89,59 +79,43 @@ pub fn event_frame(channel: &str, data: &[u8]) -> Option<(Bytes, Option<String>)
     Some((text(stored.to_frame()), None))
 }
 
-/// The Pusher form of a shared `msg` frame (computed once per shard).
-pub fn room_message(frame: &[u8]) -> Option<(Bytes, Option<String>)> {
-    let payload = proto_codec::sse::text_payload(frame)?;
-    let ServerEvent::Msg { room, data, .. } = ServerEvent::decode(payload).ok()? else {
+/// The Pusher form of a room message (built once per shard): `None` outside a Pusher
+/// channel's room and for binary messages (no Pusher form).
+pub fn room_message(room: &str, data: &[u8]) -> Option<(Bytes, Option<String>)> {
+    if proto_codec::protocol::binary_payload(data).is_some() {
         return None;
-    };
-    let channel = super::channel_name(&room)?;
-    event_frame(&channel, data.get().as_bytes())
+    }
+    event_frame(&super::channel_name(room)?, data)
 }
 
 /// The Pusher frame of a live event (a client event, a member added or removed), the same for
-/// every connection: `LocalRooms::deliver_live` builds it once per shard.
-pub fn live_frame(frame: &[u8]) -> Option<Bytes> {
-    let payload = proto_codec::sse::text_payload(frame)?;
-    live_event(ServerEvent::decode(payload).ok()?).map(text)
-}
-
-fn live_event(event: ServerEvent<'_>) -> Option<String> {
-    Some(match event {
-        ServerEvent::Event { data, .. } => serde_json::from_str::<StoredEvent>(data.get())
-            .ok()?
-            .to_frame(),
-        ServerEvent::Join { room, member } => p::member_added(
-            &super::channel_name(&room)?,
+/// every connection: built once per shard (`outgoing::LiveForms`).
+pub fn live(room: &str, event: &LiveEvent) -> Option<Bytes> {
+    let frame = match event {
+        // The data of an event in a Pusher room is a Pusher event (`bridge_event`).
+        LiveEvent::Event { data, .. } => {
+            serde_json::from_slice::<StoredEvent>(data).ok()?.to_frame()
+        }
+        LiveEvent::Join(member) => p::member_added(
+            &super::channel_name(room)?,
             member.user.as_deref()?,
             member.info.as_deref(),
         ),
-        ServerEvent::Leave { room, member } => {
-            p::member_removed(&super::channel_name(&room)?, member.user.as_deref()?)
+        LiveEvent::Leave(member) => {
+            p::member_removed(&super::channel_name(room)?, member.user.as_deref()?)
         }
-        _ => return None,
-    })
+        LiveEvent::Gap { .. } | LiveEvent::Awareness(_) => return None,
+    };
+    Some(text(frame))
 }
 
-/// A frame for a Pusher connection: Pusher frames pass; the engine's events (`{"ev":…}`) are
-/// translated or dropped (`hello`, acks, `unsubscribed`, binary messages, …).
-pub fn translate(conn: &ConnShared, frame: Bytes) -> Option<Bytes> {
-    let first = *frame.first()?;
-    if first != 0x81 {
-        // Control frames pass; binary messages have no Pusher form.
-        return (first & 0x0f >= 0x8).then_some(frame);
-    }
-    let payload = proto_codec::sse::text_payload(&frame)?;
-    // The engine's events start with `"ev"`; anything else is already a Pusher frame.
-    if !payload.starts_with(b"{\"ev\":") {
-        return Some(frame);
-    }
-    let event = ServerEvent::decode(payload).ok()?;
-    let channel_of = |room: &str| super::channel_name(room);
+/// The Pusher frame of an app-protocol answer to a Pusher connection: a subscription's
+/// success (a presence channel's comes with its members, the `presence` answer), or an error;
+/// the rest (`hello`, acks, `unsubscribed`, …) has no Pusher form.
+pub fn event(conn: &ConnShared, event: &ServerEvent<'_>) -> Option<Bytes> {
     let out = match event {
         ServerEvent::Subscribed { room, .. } => {
-            let channel = channel_of(&room)?;
-            // A presence channel succeeds with its member list (the `presence` answer).
+            let channel = super::channel_name(room)?;
             if ChannelKind::of(&channel) == ChannelKind::Presence {
                 return None;
             }
@@ -151,26 +125,13 @@ pub fn translate(conn: &ConnShared, frame: Bytes) -> Option<Bytes> {
             if conn.rooms.borrow().get(room.as_ref()) != Some(&SubState::Active) {
                 return None;
             }
-            let channel = channel_of(&room)?;
+            let channel = super::channel_name(room)?;
             let data = p::presence_data(
                 members
                     .iter()
                     .filter_map(|m| Some((m.user.clone()?, m.info.as_deref()))),
             );
             p::subscription_succeeded(&channel, &data)
-        }
-        ServerEvent::Msg { room, data, .. } => {
-            let channel = channel_of(&room)?;
-            let (frame, exclude) = event_frame(&channel, data.get().as_bytes())?;
-            let me = conn.pusher.borrow();
-            if exclude.is_some() && exclude.as_deref() == me.as_ref().map(|s| s.socket_id.as_str())
-            {
-                return None;
-            }
-            return Some(frame);
-        }
-        ev @ (ServerEvent::Event { .. } | ServerEvent::Join { .. } | ServerEvent::Leave { .. }) => {
-            live_event(ev)?
         }
         ServerEvent::Error { code, reason, .. } => p::error(
             p::PusherCode::GENERIC_RECONNECT,

@@ -87,6 +87,11 @@ fn decode_client_message_inner(payload: &[u8]) -> Result<ClientMessage, CrdtErro
     })
 }
 
+/// A y-protocols message's bytes (the payload of its binary frame).
+fn message(msg: &Message) -> Bytes {
+    Bytes::from(msg.encode_v1())
+}
+
 /// A y-protocols message as one binary WebSocket frame.
 fn frame(msg: &Message) -> Bytes {
     encode_frame(OpCode::Binary, false, &msg.encode_v1())
@@ -454,7 +459,7 @@ impl CrdtRoom {
     }
 
     /// Takes in an awareness message (from a client of this node, or relayed from another
-    /// node); returns the frame to relay to the room's other clients: the states it was allowed
+    /// node); returns the message to relay to the room's other clients: the states it was allowed
     /// to set (`None` when none). A connection sets only client ids that are free or its own,
     /// at most `max_per_connection` of them; a room keeps at most `max_states`, each of at most
     /// `max_state_bytes`; another node's message sets only ids no client of this node owns.
@@ -525,7 +530,7 @@ impl CrdtRoom {
             relayed.insert(id, entry);
         }
         Ok((!relayed.is_empty())
-            .then(|| frame(&Message::Awareness(AwarenessUpdate { clients: relayed }))))
+            .then(|| message(&Message::Awareness(AwarenessUpdate { clients: relayed }))))
     }
 
     fn disown(&mut self, owner: (ShardId, ConnId)) {
@@ -537,8 +542,8 @@ impl CrdtRoom {
         }
     }
 
-    /// A connection left: its clients' awareness states are removed; returns the removal to
-    /// relay (`None` if it had none).
+    /// A connection left: its clients' awareness states are removed; returns the removal
+    /// message to relay (`None` if it had none).
     pub fn remove_owner(&mut self, owner: (ShardId, ConnId)) -> Option<Bytes> {
         self.owned.remove(&owner)?;
         let gone: Vec<(u64, u32)> = self
@@ -558,7 +563,7 @@ impl CrdtRoom {
                 },
             );
         }
-        Some(frame(&Message::Awareness(AwarenessUpdate { clients })))
+        Some(message(&Message::Awareness(AwarenessUpdate { clients })))
     }
 
     /// Drops other nodes' awareness states not renewed within `ttl` (clients renew theirs every
@@ -798,7 +803,8 @@ mod tests {
     fn states_of(frames: &[Bytes]) -> HashMap<u64, (u32, String)> {
         let mut all = HashMap::new();
         for f in frames {
-            let payload = proto_codec::sse::payload_of(f, 0x82).unwrap();
+            // A frame (`awareness_frames`) or a message (`awareness_update`, `remove_owner`).
+            let payload = proto_codec::sse::payload_of(f, 0x82).unwrap_or(f);
             let Message::Awareness(u) = Message::decode_v1(payload).unwrap() else {
                 panic!("not awareness")
             };

@@ -7,10 +7,9 @@ use std::rc::Rc;
 use broker_bridge::RoomName;
 use bytes::Bytes;
 
-use crate::connection::outbox::RoomMsg;
 use crate::connection::shared::ConnShared;
-use crate::endpoint::{LiveAction, LiveForms, RoomForms};
 use crate::mailbox::ConnId;
+use crate::outgoing::{LiveForms, LiveMsg, Rendered, RoomForms, RoomMsg};
 
 /// Subscribers of one room on this shard.
 #[derive(Debug, Default)]
@@ -49,18 +48,14 @@ impl LocalRooms {
         true
     }
 
-    /// Queues a room message to every local subscriber; returns how many got it.
-    pub fn deliver(
-        &self,
-        room: &str,
-        frame: &Bytes,
-        deflated: Option<&Bytes>,
-        msg: &Rc<RoomMsg>,
-    ) -> usize {
-        let Some(r) = self.rooms.get(room) else {
+    /// Queues a room message to every local subscriber, each in its form (the shared frame
+    /// `frame`, its compressed twin `deflated`, or a form built once here); returns how many got
+    /// it.
+    pub fn deliver(&self, frame: &Bytes, deflated: Option<&Bytes>, msg: &Rc<RoomMsg>) -> usize {
+        let Some(r) = self.rooms.get(msg.room.as_ref()) else {
             return 0;
         };
-        let mut forms = RoomForms::new(frame, deflated, msg);
+        let mut forms = RoomForms::new(msg.as_ref().into(), Some(frame.clone()), deflated);
         let mut delivered = 0;
         for conn in &r.subscribers {
             let Some(f) = forms.for_conn(conn) else {
@@ -73,28 +68,26 @@ impl LocalRooms {
         delivered
     }
 
-    /// Queues a live frame to every local subscriber but `except`; returns how many got it.
-    /// App events (`event`, `join`, `leave`, `gap`; text frames) go to app connections, and
-    /// y-protocols awareness messages (binary frames) to y-websocket connections. A `gap` closes
-    /// a y-websocket connection instead: its client reconnects and syncs what it missed.
-    pub fn deliver_live(&self, room: &str, frame: &Bytes, except: Option<ConnId>) -> usize {
-        let Some(r) = self.rooms.get(room) else {
+    /// Queues a live event to every local subscriber of its room but `except`, each in its form
+    /// ([`LiveForms::for_conn`]); returns how many got it.
+    pub fn deliver_live(&self, live: &LiveMsg, except: Option<ConnId>) -> usize {
+        let Some(r) = self.rooms.get(live.room.as_ref()) else {
             return 0;
         };
-        let mut forms = LiveForms::new(frame);
+        let mut forms = LiveForms::new(live);
         let mut delivered = 0;
         for conn in &r.subscribers {
             if Some(conn.id) == except {
                 continue;
             }
             match forms.for_conn(conn) {
-                LiveAction::Send(f) => {
-                    if conn.push_live(f.clone()) {
+                Rendered::Send(f) => {
+                    if conn.push_live(f) {
                         delivered += 1;
                     }
                 }
-                LiveAction::Skip => {}
-                LiveAction::Close(close) => conn.request_close(close),
+                Rendered::Skip => {}
+                Rendered::Close(close) => conn.request_close(close),
             }
         }
         delivered

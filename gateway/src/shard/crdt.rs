@@ -13,6 +13,7 @@ use super::{Pending, ShardCtx};
 use crate::config::RoomKind;
 use crate::mailbox::{ConnId, PublishOrigin, ShardId, ShardMsg};
 use crate::namespaces::Namespace;
+use crate::outgoing::{LiveEvent, Outgoing};
 use crate::rooms::crdt::{AwarenessLimits, CrdtError, CrdtRoom, Load, ParkedPublish, WaitingSync};
 
 /// Other nodes' awareness states are dropped when not renewed for this long (y-websocket
@@ -443,7 +444,8 @@ impl ShardCtx {
             None => return,
         };
         for frame in frames {
-            self.route(to.0, ShardMsg::ToConn { conn: to.1, frame });
+            let out = Outgoing::Yjs(frame);
+            self.route(to.0, ShardMsg::ToConn { conn: to.1, out });
         }
     }
 
@@ -460,7 +462,7 @@ impl ShardCtx {
             // To the sender too, as the reference server does: y-websocket drops a connection
             // that hears nothing for 30 s, and its awareness renewal every 15 s is what a lone
             // editor hears. Only the states it was allowed to set are relayed.
-            Ok(Some(frame)) => self.broadcast_live(&room, frame, None),
+            Ok(Some(message)) => self.broadcast_live(&room, LiveEvent::Awareness(message), None),
             Ok(None) => {}
             Err(e) => self.route(
                 from.0,
@@ -473,8 +475,8 @@ impl ShardCtx {
         }
     }
 
-    /// Home: another node relayed an awareness message (its frame payload); returns the frame
-    /// of the states it may set, for this node's clients of the room.
+    /// Home: another node relayed an awareness message; returns the message of the states it
+    /// may set, for this node's clients of the room.
     pub(super) fn crdt_remote_awareness(&self, room: &RoomName, payload: &[u8]) -> Option<Bytes> {
         let limits = self.awareness_limits();
         let mut rooms = self.crdt.borrow_mut();
@@ -498,7 +500,7 @@ impl ShardCtx {
                 from.0,
                 ShardMsg::ToConn {
                     conn: from.1,
-                    frame,
+                    out: Outgoing::Yjs(frame),
                 },
             );
         }
@@ -511,8 +513,8 @@ impl ShardCtx {
             d.subscribing.remove(&who);
             d.remove_owner(who)
         });
-        if let Some(frame) = removal {
-            self.broadcast_live(room, frame, Some(who));
+        if let Some(message) = removal {
+            self.broadcast_live(room, LiveEvent::Awareness(message), Some(who));
         }
         if last {
             let doc = self.crdt.borrow_mut().rooms.remove(room);

@@ -322,6 +322,27 @@ fn need<T>(v: Option<T>, field: &str) -> Result<T, EventError> {
 }
 
 impl<'a> ServerEvent<'a> {
+    /// The event's name (its `ev`; the SSE event name).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ServerEvent::Hello { .. } => "hello",
+            ServerEvent::Subscribed { .. } => "subscribed",
+            ServerEvent::Unsubscribed { .. } => "unsubscribed",
+            ServerEvent::Msg { .. } | ServerEvent::MsgBinary { .. } => "msg",
+            ServerEvent::Published { .. } => "published",
+            ServerEvent::Event { .. } => "event",
+            ServerEvent::Presence { .. } => "presence",
+            ServerEvent::Join { .. } => "join",
+            ServerEvent::Leave { .. } => "leave",
+            ServerEvent::History { .. } => "history",
+            ServerEvent::Refreshed { .. } => "refreshed",
+            ServerEvent::TokenExpiring { .. } => "token_expiring",
+            ServerEvent::Gap { .. } => "gap",
+            ServerEvent::Pong { .. } => "pong",
+            ServerEvent::Error { .. } => "error",
+        }
+    }
+
     /// Encodes the event as JSON.
     pub fn to_json(&self) -> String {
         let mut w = EventWire::default();
@@ -599,6 +620,18 @@ fn write_room_message_json(out: &mut Vec<u8>, room: &str, epoch: &str, offset: u
     out.push(b'}');
 }
 
+/// The JSON of an `event` (an ephemeral event of `room`), with `data` (valid JSON) spliced in
+/// as is. Matches [`ServerEvent::Event`]'s `to_json` byte for byte.
+pub fn event_json(room: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + room.len() + data.len());
+    out.extend_from_slice(br#"{"ev":"event","room":"#);
+    push_json_str(&mut out, room);
+    out.extend_from_slice(br#","data":"#);
+    out.extend_from_slice(data);
+    out.push(b'}');
+    out
+}
+
 fn itoa_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
@@ -644,6 +677,24 @@ pub fn room_message_frame(room: &str, epoch: &str, offset: u64, data: &[u8]) -> 
 mod tests {
     use super::*;
     use crate::ws::{parse_header, FrameLimits, HeaderParse};
+
+    #[test]
+    fn event_json_matches_the_serde_encoding_and_names_are_the_ev_field() {
+        for (room, data) in [("chat.1", r#"{"a":[1,"\u00e9"]}"#), ("r\"q", "7")] {
+            let raw = RawValue::from_string(data.to_string()).unwrap();
+            let ev = ServerEvent::Event {
+                room: room.into(),
+                data: &raw,
+            };
+            assert_eq!(event_json(room, data.as_bytes()), ev.to_json().as_bytes());
+            let decoded: serde_json::Value = serde_json::from_str(&ev.to_json()).unwrap();
+            assert_eq!(decoded["ev"], ev.name());
+        }
+        let ev = ServerEvent::TokenExpiring { expires_in_ms: 5 };
+        assert!(ev
+            .to_json()
+            .starts_with(&format!(r#"{{"ev":"{}""#, ev.name())));
+    }
 
     #[test]
     fn msg_frame_matches_the_serde_encoding() {

@@ -13,6 +13,8 @@ pub use binary::{
     encode_binary_publish, stored_binary, BinaryMsg, BinaryOp, BINARY_MARK,
 };
 pub use codes::ErrorCode;
-pub use events::{room_message_frame, room_message_json, HistoryItem, Member, ServerEvent};
+pub use events::{
+    event_json, room_message_frame, room_message_json, HistoryItem, Member, ServerEvent,
+};
 pub use ops::{decode_op, ClientOp, OpError, Position};
 pub use room::{namespace_of, validate_room, RoomError};

@@ -1,10 +1,12 @@
 use super::*;
+use std::time::Duration;
 
 fn msg(room: &str, offset: u64, key: Option<u64>, policy: SlowConsumer) -> Rc<RoomMsg> {
     Rc::new(RoomMsg {
         room: room.into(),
         epoch: "e".into(),
         offset,
+        data: Bytes::new(),
         published_at: Instant::now(),
         policy,
         key,
@@ -37,7 +39,7 @@ fn drain(o: &mut Outbox) -> Vec<String> {
 
 #[test]
 fn bounded_and_partial_writes() {
-    let mut o = Outbox::new(10);
+    let mut o = Outbox::new(10, Form::Ws);
     assert_eq!(o.push(Bytes::from_static(b"abcdef")), Push::QueuedFirst);
     assert_eq!(o.push(Bytes::from_static(b"ghij")), Push::Queued);
     assert_eq!(o.push(Bytes::from_static(b"k")), Push::Overflow);
@@ -61,13 +63,13 @@ fn bounded_and_partial_writes() {
 
 #[test]
 fn one_huge_frame_is_accepted_into_an_empty_queue() {
-    let mut o = Outbox::new(4);
+    let mut o = Outbox::new(4, Form::Ws);
     assert_eq!(o.push(Bytes::from(vec![0u8; 100])), Push::QueuedFirst);
 }
 
 #[test]
 fn disconnect_policy_overflows_after_live_frames_are_dropped() {
-    let mut o = Outbox::new(100);
+    let mut o = Outbox::new(100, Form::Ws);
     o.push_room(frame("r1", 40), msg("r", 1, None, SlowConsumer::Disconnect));
     assert_eq!(o.push_live(frame("typing", 40)), Push::Queued);
     assert_eq!(o.push_live(frame("typing2", 40)), Push::Dropped);
@@ -86,7 +88,7 @@ fn disconnect_policy_overflows_after_live_frames_are_dropped() {
 
 #[test]
 fn drop_oldest_leaves_merged_gaps_in_order() {
-    let mut o = Outbox::new(300);
+    let mut o = Outbox::new(300, Form::Ws);
     for i in 1..=3 {
         o.push_room(
             frame(&format!("r{i}"), 100),
@@ -119,7 +121,7 @@ fn drop_oldest_leaves_merged_gaps_in_order() {
 
 #[test]
 fn partly_written_front_is_never_touched() {
-    let mut o = Outbox::new(200);
+    let mut o = Outbox::new(200, Form::Ws);
     o.push_room(
         frame("r1", 100),
         msg("r", 1, None, SlowConsumer::DropOldest),
@@ -138,7 +140,7 @@ fn partly_written_front_is_never_touched() {
 
 #[test]
 fn conflate_keeps_the_newest_per_key_and_order_of_others() {
-    let mut o = Outbox::new(250);
+    let mut o = Outbox::new(250, Form::Ws);
     let c = SlowConsumer::Conflate;
     o.push_room(frame("a1", 100), msg("p", 1, Some(1), c));
     o.push_room(frame("b2", 100), msg("p", 2, Some(2), c));
@@ -158,7 +160,7 @@ fn conflate_keeps_the_newest_per_key_and_order_of_others() {
 #[test]
 fn conflate_converges_and_stays_bounded_under_a_long_flood() {
     // 20 keys, 10,000 ticks, nothing written: the queue holds at most one message per key.
-    let mut o = Outbox::new(2_000);
+    let mut o = Outbox::new(2_000, Form::Ws);
     for i in 0..10_000u64 {
         let key = i % 20;
         let push = o.push_room(
@@ -185,7 +187,7 @@ fn conflate_converges_and_stays_bounded_under_a_long_flood() {
 
 #[test]
 fn conflate_without_a_key_disconnects_at_the_hard_limit() {
-    let mut o = Outbox::new(200);
+    let mut o = Outbox::new(200, Form::Ws);
     let mut overflowed = false;
     for i in 0..10 {
         if o.push_room(frame("x", 100), msg("p", i, None, SlowConsumer::Conflate)) == Push::Overflow
@@ -200,13 +202,14 @@ fn conflate_without_a_key_disconnects_at_the_hard_limit() {
 
 #[test]
 fn stale_messages_are_dropped_with_a_gap() {
-    let mut o = Outbox::new(10_000);
+    let mut o = Outbox::new(10_000, Form::Ws);
     let old = Instant::now() - Duration::from_millis(500);
     let aged = |offset, at| {
         Rc::new(RoomMsg {
             room: "p".into(),
             epoch: "e".into(),
             offset,
+            data: Bytes::new(),
             published_at: at,
             policy: SlowConsumer::Disconnect,
             key: None,
@@ -228,11 +231,12 @@ fn stale_messages_are_dropped_with_a_gap() {
 
 #[test]
 fn discarding_keeps_the_aged_count_of_a_partly_written_front() {
-    let mut o = Outbox::new(10_000);
+    let mut o = Outbox::new(10_000, Form::Ws);
     let aged = Rc::new(RoomMsg {
         room: "p".into(),
         epoch: "e".into(),
         offset: 1,
+        data: Bytes::new(),
         published_at: Instant::now(),
         policy: SlowConsumer::Disconnect,
         key: None,
@@ -252,7 +256,7 @@ fn discarding_keeps_the_aged_count_of_a_partly_written_front() {
 
 #[test]
 fn live_count_is_kept_and_a_full_queue_is_not_rescanned() {
-    let mut o = Outbox::new(1000);
+    let mut o = Outbox::new(1000, Form::Ws);
     o.push_live(frame("l1", 100));
     o.push_room(
         frame("r1", 100),
@@ -278,7 +282,7 @@ fn live_count_is_kept_and_a_full_queue_is_not_rescanned() {
 fn conflating_out_of_key_order_leaves_no_touching_gaps() {
     // Keys in a shuffled order: a gap merged into the marker before it may then touch the one
     // after it (the review saw `gap(463-463) gap(464-465) gap(466-468)`); they are one.
-    let mut o = Outbox::new(1_000);
+    let mut o = Outbox::new(1_000, Form::Ws);
     let mut rng = 7u64;
     for i in 0..5_000u64 {
         rng = rng
@@ -309,7 +313,7 @@ fn conflating_out_of_key_order_leaves_no_touching_gaps() {
 #[test]
 fn pongs_wait_in_a_bounded_number_and_then_the_newest_answers_the_latest_ping() {
     // Finding 4 of issue 19: a ping flood from a client that never reads.
-    let mut o = Outbox::new(1_000);
+    let mut o = Outbox::new(1_000, Form::Ws);
     for i in 0..MAX_PENDING_PONGS {
         o.push_pong(frame(&format!("p{i}"), 10));
     }
@@ -331,4 +335,80 @@ fn pongs_wait_in_a_bounded_number_and_then_the_newest_answers_the_latest_ping() 
     o.advance(written);
     o.push_pong(frame("q", 10));
     assert_eq!(drain(&mut o), ["q"]);
+}
+
+#[test]
+fn gap_notices_are_written_in_the_connections_form() {
+    // Before typed outgoing values, every queue wrote its gap notice as a WebSocket frame: an
+    // SSE stream got frame bytes, a Pusher client an engine event.
+    let fill = |form| {
+        let mut o = Outbox::new(200, form);
+        for i in 1..=3 {
+            o.push_room(
+                frame(&format!("m{i}"), 100),
+                msg("r", i, None, SlowConsumer::DropOldest),
+            );
+        }
+        o
+    };
+    let sse = fill(Form::Sse);
+    let gaps: Vec<&Bytes> = sse
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::Gap(_)))
+        .map(|e| &e.frame)
+        .collect();
+    assert_eq!(gaps.len(), 1);
+    let text = std::str::from_utf8(gaps[0]).unwrap();
+    assert!(
+        text.starts_with("event: gap\ndata: {\"ev\":\"gap\",\"room\":\"r\""),
+        "{text:?}"
+    );
+    assert!(text.ends_with("\n\n"));
+
+    let json = fill(Form::Json);
+    let gap = json
+        .entries
+        .iter()
+        .find(|e| matches!(e.kind, Kind::Gap(_)))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&gap.frame).unwrap();
+    assert_eq!(
+        (v["ev"].as_str(), v["from"].as_u64()),
+        (Some("gap"), Some(1))
+    );
+
+    // Pusher has no gap notice: the message is only dropped.
+    let mut pusher = fill(Form::Pusher);
+    assert_eq!(drain(&mut pusher), ["m2", "m3"]);
+    assert_eq!(pusher.queued_bytes(), 200);
+}
+
+#[test]
+fn a_document_clients_queue_never_drops_or_expires_an_update() {
+    // A y-websocket client has no gap notice: skipping an update would leave its document
+    // behind for good. Whatever the namespace's policy, a full queue closes it instead.
+    for policy in [SlowConsumer::DropOldest, SlowConsumer::Conflate] {
+        let mut o = Outbox::new(200, Form::Yjs);
+        assert_eq!(
+            o.push_room(frame("m1", 150), msg("r", 1, Some(0), policy)),
+            Push::QueuedFirst
+        );
+        assert_eq!(
+            o.push_room(frame("m2", 150), msg("r", 2, Some(0), policy)),
+            Push::Overflow
+        );
+        assert_eq!(drain(&mut o), ["m1"]);
+    }
+    let mut o = Outbox::new(10_000, Form::Yjs);
+    let old = Rc::new(RoomMsg {
+        published_at: Instant::now() - Duration::from_secs(5),
+        max_age: Some(Duration::from_millis(10)),
+        ..Rc::try_unwrap(msg("r", 1, None, SlowConsumer::DropOldest)).unwrap()
+    });
+    o.push_room(frame("m1", 10), old);
+    o.drop_stale(Instant::now());
+    assert_eq!(drain(&mut o), ["m1"]);
+    o.advance(10);
+    assert!(o.is_empty());
 }
