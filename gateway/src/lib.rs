@@ -9,6 +9,7 @@ pub mod config;
 pub mod connection;
 pub mod contain;
 pub mod endpoint;
+pub mod errors;
 pub mod http;
 pub mod listener;
 pub mod mailbox;

@@ -8,6 +8,7 @@ use broker_bridge::HistoryPolicy;
 use proto_codec::protocol::{namespace_of, ErrorCode};
 
 use crate::config::{Access, Config, NamespacePolicy};
+use crate::errors::OpFailure;
 
 /// One namespace as the shards use it.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,12 +87,12 @@ impl Namespaces {
     }
 
     /// The namespace of a (valid) room name, or `not_found`.
-    pub fn of(&self, room: &str) -> Result<&Namespace, (ErrorCode, String)> {
+    pub fn of(&self, room: &str) -> Result<&Namespace, OpFailure> {
         let name = namespace_of(room);
         match self.by_name.get(name) {
             Some(&i) => Ok(&self.all[i]),
             None if !self.strict => Ok(&self.all[0]),
-            None => Err((
+            None => Err(OpFailure::new(
                 ErrorCode::NotFound,
                 format!("namespace `{name}` is not configured"),
             )),
@@ -150,7 +151,7 @@ mod tests {
         assert!(ns.anonymous_allowed());
         config.strict_namespaces = true;
         let ns = Namespaces::from_config(&config);
-        assert_eq!(ns.of("other.x").unwrap_err().0, ErrorCode::NotFound);
+        assert_eq!(ns.of("other.x").unwrap_err().code, ErrorCode::NotFound);
         assert!(ns.of("lobby").is_ok());
     }
 }

@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 
 use self::pattern::{PatternError, RoomPattern};
 use crate::config::{Access, AuthConfig, KeyAlg, Publishers};
+use crate::errors::OpFailure;
 use crate::namespaces::Namespace;
 
 /// The subprotocol-entry prefix that carries a token (browsers cannot set headers).
@@ -134,23 +135,15 @@ impl Principal {
 
     /// Checks an op on a room of namespace `ns`. The error is the code and reason of the
     /// `error` event.
-    pub fn authorize(
-        &self,
-        action: Action,
-        room: &str,
-        ns: &Namespace,
-    ) -> Result<(), (ErrorCode, String)> {
+    pub fn authorize(&self, action: Action, room: &str, ns: &Namespace) -> Result<(), OpFailure> {
         if !ns.native {
-            return Err((
-                ErrorCode::Forbidden,
-                format!(
+            return Err(OpFailure::new(ErrorCode::Forbidden, format!(
                     "the rooms of namespace `{}` are reached through the Pusher protocol (/app/<key>); [pusher] native_access opens them to native clients",
                     ns.name
-                ),
-            ));
+                )));
         }
         if action == Action::Publish && ns.policy.publish == Publishers::Server {
-            return Err((
+            return Err(OpFailure::new(
                 ErrorCode::Forbidden,
                 format!("only the server API publishes in namespace `{}`", ns.name),
             ));
@@ -159,7 +152,7 @@ impl Principal {
             return Ok(());
         }
         if self.is_anonymous() {
-            return Err((
+            return Err(OpFailure::new(
                 ErrorCode::Unauthorized,
                 format!("{} in namespace `{}` needs a token", action.name(), ns.name),
             ));
@@ -172,7 +165,7 @@ impl Principal {
         if grants.iter().any(|p| p.matches(room)) {
             Ok(())
         } else {
-            Err((
+            Err(OpFailure::new(
                 ErrorCode::Forbidden,
                 format!("{} is not allowed in {room}", action.name()),
             ))

@@ -95,7 +95,7 @@ fn all_three_algorithms_by_kid() {
         assert_eq!(
             p.authorize(Action::Subscribe, "chat.bob", &open)
                 .unwrap_err()
-                .0,
+                .code,
             ErrorCode::Forbidden
         );
         assert!(p.authorize(Action::Publish, "prices.BTC", &open).is_ok());
@@ -225,19 +225,21 @@ fn anonymous_and_namespace_rules() {
     assert_eq!(
         anon.authorize(Action::Subscribe, "x.a", &closed)
             .unwrap_err()
-            .0,
+            .code,
         ErrorCode::Unauthorized
     );
     assert!(anon.authorize(Action::Subscribe, "x.a", &read).is_ok());
     assert!(anon.authorize(Action::Presence, "x.a", &read).is_ok());
     assert_eq!(
-        anon.authorize(Action::Publish, "x.a", &read).unwrap_err().0,
+        anon.authorize(Action::Publish, "x.a", &read)
+            .unwrap_err()
+            .code,
         ErrorCode::Unauthorized
     );
     assert_eq!(
         anon.authorize(Action::Publish, "x.a", &server_only)
             .unwrap_err()
-            .0,
+            .code,
         ErrorCode::Forbidden
     );
     // A token sent to a server without keys is refused, never downgraded to anonymous.

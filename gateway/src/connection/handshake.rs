@@ -15,6 +15,7 @@ use crate::admission::{Admission, Verdict};
 use crate::auth::{Action, Authenticator, Principal};
 use crate::config::Config;
 use crate::endpoint::{Credential, Endpoint};
+use crate::errors::OpFailure;
 use crate::http::public::{self, HttpDecision, StreamRoom};
 use crate::namespaces::Namespaces;
 
@@ -265,7 +266,7 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
             .namespaces
             .of(room)
             .and_then(|ns| principal.authorize(Action::Subscribe, room, ns));
-        if let Err((code, reason)) = verdict {
+        if let Err(OpFailure { code, reason }) = verdict {
             let close = if code == proto_codec::protocol::ErrorCode::Unauthorized {
                 super::yjs::AUTH_FAILED
             } else {

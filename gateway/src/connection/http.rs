@@ -11,6 +11,7 @@ use proto_codec::protocol::{ErrorCode, ServerEvent};
 
 use crate::auth::Principal;
 use crate::endpoint::Endpoint;
+use crate::errors::OpFailure;
 use crate::http::public::{error_json, json_response, publish_body, StreamRoom};
 use crate::mailbox::PublishOrigin;
 use crate::outgoing::Source;
@@ -27,7 +28,7 @@ pub async fn publish(
     let cors = cors.as_deref();
     let p = match publish_body(body, principal, &ctx.namespaces) {
         Ok(p) => p,
-        Err((code, reason)) => {
+        Err(OpFailure { code, reason }) => {
             ctx.metrics.op_errors.increment(1);
             return error_json(code, &reason, cors);
         }

@@ -11,6 +11,7 @@ use proto_codec::protocol::{
 
 use super::shared::{CloseRequest, ConnShared};
 use crate::auth::{Action, AuthError};
+use crate::errors::OpFailure;
 use crate::mailbox::PublishOrigin;
 use crate::namespaces::Namespace;
 use crate::outgoing::{error_event, Source};
@@ -162,7 +163,7 @@ fn check<'c>(
     });
     match verdict {
         Ok(ns) => Some(ns),
-        Err((code, reason)) => {
+        Err(OpFailure { code, reason }) => {
             if matches!(code, ErrorCode::Forbidden | ErrorCode::Unauthorized) {
                 crate::metrics::op_denied(code.as_str());
             }

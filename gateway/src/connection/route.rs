@@ -8,6 +8,7 @@ use proto_codec::pusher::PusherCode;
 use super::shared::CloseRequest;
 use crate::config::{Config, RoomKind};
 use crate::endpoint::Endpoint;
+use crate::errors::OpFailure;
 use crate::namespaces::Namespaces;
 
 /// What answers a request.
@@ -109,7 +110,7 @@ pub fn route(
                         "not a collaborative room (its namespace is not kind = \"crdt\")",
                     ))
                 }
-                Err((_, reason)) => return Err(no_route(404, "not_found", reason)),
+                Err(OpFailure { reason, .. }) => return Err(no_route(404, "not_found", reason)),
             }
             start(Endpoint::Yjs { room: room.into() })
         }

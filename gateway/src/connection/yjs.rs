@@ -17,6 +17,7 @@ use proto_codec::ws::CloseCode;
 
 use super::shared::{CloseRequest, ConnShared};
 use crate::auth::Action;
+use crate::errors::OpFailure;
 use crate::mailbox::{home_shard, PublishOrigin, ShardMsg};
 use crate::outgoing::Source;
 use crate::ratelimit::{Bucket, Rate};
@@ -49,7 +50,7 @@ pub fn handle(
     let ns = ctx
         .namespaces
         .of(room)
-        .map_err(|(_, reason)| refuse(close::BAD_REQUEST, reason))?;
+        .map_err(|OpFailure { reason, .. }| refuse(close::BAD_REQUEST, reason))?;
     let from = (ctx.id, conn.id);
     let home = home_shard(room, ctx.mailboxes.len());
     match msg {
@@ -69,7 +70,7 @@ pub fn handle(
             conn.principal
                 .borrow()
                 .authorize(Action::Publish, room, ns)
-                .map_err(|(_, reason)| {
+                .map_err(|OpFailure { reason, .. }| {
                     refuse(FORBIDDEN, format!("read-only document: {reason}"))
                 })?;
             if update.len() > ns.policy.max_data_bytes {

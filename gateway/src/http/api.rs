@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use super::admin::Admin;
 use crate::config::Config;
+use crate::errors::OpFailure;
 use crate::mailbox::{home_shard, AdminQuery, PublishOrigin, ShardMsg};
 use crate::outgoing::Source;
 
@@ -123,16 +124,22 @@ struct BatchBody<'a> {
 }
 
 /// The room is valid and in a configured namespace, and `data` fits its limit.
-fn check_publish(admin: &Admin, p: &PublishBody<'_>) -> Result<(), (ErrorCode, String)> {
-    validate_room(&p.room).map_err(|e| (ErrorCode::BadRoom, e.to_string()))?;
+fn check_publish(admin: &Admin, p: &PublishBody<'_>) -> Result<(), OpFailure> {
+    validate_room(&p.room).map_err(|e| OpFailure::new(ErrorCode::BadRoom, e.to_string()))?;
     if p.data.get() == "null" {
-        return Err((ErrorCode::BadRequest, "data must not be null".into()));
+        return Err(OpFailure::new(
+            ErrorCode::BadRequest,
+            "data must not be null",
+        ));
     }
     // The server API may publish in every configured namespace (including `publish =
     // "server"` ones); it is held to the namespace's size limit.
     let ns = admin.namespaces.of(&p.room)?;
     if p.data.get().len() > ns.policy.max_data_bytes {
-        return Err((ErrorCode::TooLarge, "data is over the size limit".into()));
+        return Err(OpFailure::new(
+            ErrorCode::TooLarge,
+            "data is over the size limit",
+        ));
     }
     Ok(())
 }
@@ -165,15 +172,15 @@ fn send_publish(
 async fn position(
     room: &str,
     rx: oneshot::Receiver<Result<(broker_bridge::Epoch, u64), ErrorCode>>,
-) -> Result<Value, (ErrorCode, String)> {
+) -> Result<Value, OpFailure> {
     match monoio::time::timeout(SHARD_TIMEOUT, rx).await {
         Ok(Ok(Ok((epoch, offset)))) => {
             Ok(json!({ "room": room, "epoch": &*epoch, "offset": offset }))
         }
-        Ok(Ok(Err(code))) => Err((code, "publish failed; retry".into())),
-        Ok(Err(_)) | Err(_) => Err((
+        Ok(Ok(Err(code))) => Err(OpFailure::new(code, "publish failed; retry")),
+        Ok(Err(_)) | Err(_) => Err(OpFailure::new(
             ErrorCode::Unavailable,
-            "no answer from the room's shard; retry".into(),
+            "no answer from the room's shard; retry",
         )),
     }
 }
@@ -190,13 +197,13 @@ async fn publish_one(admin: &Admin, body: &[u8]) -> Vec<u8> {
         Ok(p) => p,
         Err(e) => return error(ErrorCode::BadRequest, &e.to_string()),
     };
-    if let Err((code, reason)) = check_publish(admin, &p) {
+    if let Err(OpFailure { code, reason }) = check_publish(admin, &p) {
         return error(code, &reason);
     }
     let rx = send_publish(admin, &p);
     match position(&p.room, rx).await {
         Ok(v) => json_response(200, &v),
-        Err((code, reason)) => error(code, &reason),
+        Err(OpFailure { code, reason }) => error(code, &reason),
     }
 }
 
@@ -230,7 +237,9 @@ async fn publish_batch(admin: &Admin, body: &[u8]) -> Vec<u8> {
         };
         results.push(match result {
             Ok(v) => v,
-            Err((code, reason)) => json!({"ev": "error", "code": code.as_str(), "reason": reason}),
+            Err(OpFailure { code, reason }) => {
+                json!({"ev": "error", "code": code.as_str(), "reason": reason})
+            }
         });
     }
     json_response(200, &json!({ "results": results }))
@@ -253,7 +262,7 @@ fn room_param(
     let ns = admin
         .namespaces
         .of(&room)
-        .map_err(|(code, reason)| error(code, &reason))?
+        .map_err(|OpFailure { code, reason }| error(code, &reason))?
         .clone();
     Ok((room.into_owned(), ns))
 }

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 
 use crate::auth::{Action, Principal};
 use crate::connection::handshake::Gate;
+use crate::errors::OpFailure;
 
 /// A room of an event stream, with the position to resume it from.
 pub type StreamRoom = (String, Option<(String, u64)>);
@@ -193,7 +194,7 @@ pub fn stream_request(req: &Request<'_>, gate: &Gate<'_>, poll: bool) -> HttpDec
     };
     let rooms = match stream_rooms(req, gate, &principal) {
         Ok(r) => r,
-        Err((code, reason)) => return refuse(code, "bad_stream", &reason, &[]),
+        Err(OpFailure { code, reason }) => return refuse(code, "bad_stream", &reason, &[]),
     };
     if poll {
         return HttpDecision::Poll {
@@ -219,15 +220,18 @@ pub fn stream_rooms(
     req: &Request<'_>,
     gate: &Gate<'_>,
     principal: &Principal,
-) -> Result<Vec<StreamRoom>, (ErrorCode, String)> {
-    let bad = |reason: String| Err((ErrorCode::BadRequest, reason));
+) -> Result<Vec<StreamRoom>, OpFailure> {
+    let bad = |reason: String| Err(OpFailure::new(ErrorCode::BadRequest, reason));
     let mut rooms: Vec<StreamRoom> = Vec::new();
     for value in req.query_params("room") {
         let Some(room) = value else {
             return bad("a room parameter is not valid percent-encoding".into());
         };
         if let Err(e) = validate_room(&room) {
-            return Err((ErrorCode::BadRoom, format!("room `{room}`: {e}")));
+            return Err(OpFailure::new(
+                ErrorCode::BadRoom,
+                format!("room `{room}`: {e}"),
+            ));
         }
         if rooms.iter().any(|(r, _)| *r == room) {
             return bad(format!("room `{room}` is listed twice"));
@@ -238,7 +242,7 @@ pub fn stream_rooms(
         return bad("at least one room parameter is required".into());
     }
     if rooms.len() > gate.config.limits.max_rooms_per_connection {
-        return Err((ErrorCode::LimitExceeded, "too many rooms".into()));
+        return Err(OpFailure::new(ErrorCode::LimitExceeded, "too many rooms"));
     }
     let position = |value: &str| -> Option<(String, String, u64)> {
         let (room, pos) = value.split_once('|')?;
@@ -371,21 +375,27 @@ pub fn publish_body(
     body: &[u8],
     principal: &Principal,
     namespaces: &crate::namespaces::Namespaces,
-) -> Result<HttpPublish, (ErrorCode, String)> {
-    let parsed: PublishBody<'_> =
-        serde_json::from_slice(body).map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
+) -> Result<HttpPublish, OpFailure> {
+    let parsed: PublishBody<'_> = serde_json::from_slice(body)
+        .map_err(|e| OpFailure::new(ErrorCode::BadRequest, e.to_string()))?;
     if parsed.op.is_some_and(|op| op != "publish") {
-        return Err((ErrorCode::BadRequest, "op must be publish".into()));
+        return Err(OpFailure::new(ErrorCode::BadRequest, "op must be publish"));
     }
     if parsed.data.get() == "null" {
-        return Err((ErrorCode::BadRequest, "data must not be null".into()));
+        return Err(OpFailure::new(
+            ErrorCode::BadRequest,
+            "data must not be null",
+        ));
     }
-    validate_room(&parsed.room).map_err(|e| (ErrorCode::BadRoom, e.to_string()))?;
+    validate_room(&parsed.room).map_err(|e| OpFailure::new(ErrorCode::BadRoom, e.to_string()))?;
     let ns = namespaces.of(&parsed.room)?;
     principal.authorize(Action::Publish, &parsed.room, ns)?;
     let data = parsed.data.get().as_bytes();
     if data.len() > ns.policy.max_data_bytes {
-        return Err((ErrorCode::TooLarge, "data is over the size limit".into()));
+        return Err(OpFailure::new(
+            ErrorCode::TooLarge,
+            "data is over the size limit",
+        ));
     }
     Ok(HttpPublish {
         room: parsed.room.into_owned(),

@@ -9,8 +9,10 @@ use broker_bridge::{Appended, Completion, DocSnapshot, Recovery, RoomName};
 use bytes::Bytes;
 use proto_codec::protocol::{binary_payload, ErrorCode};
 
+use super::kinds::Admit;
 use super::{Pending, ShardCtx};
 use crate::config::RoomKind;
+use crate::errors::OpFailure;
 use crate::mailbox::{ConnId, PublishOrigin, ShardId, ShardMsg};
 use crate::namespaces::Namespace;
 use crate::outgoing::{LiveEvent, Outgoing};
@@ -41,6 +43,33 @@ impl ShardCtx {
             .is_some_and(|d| d.load == Load::Ready)
     }
 
+    /// Home: a publish into a collaborative room, before it is stored: merged into the loaded
+    /// document (or refused), or parked until the document has loaded ([`ShardCtx::crdt_park`]).
+    pub(super) fn crdt_admit(&self, room: &RoomName, data: Bytes, origin: PublishOrigin) -> Admit {
+        let Some(ns) = self.crdt_namespace(room) else {
+            return Admit::Store {
+                data,
+                origin,
+                merged: false,
+            };
+        };
+        if !self.crdt_ready(room) {
+            self.crdt_park(room, data, origin, ns.policy.max_document_bytes);
+            return Admit::Taken;
+        }
+        match self.crdt_accept(room, &data, ns) {
+            Ok(()) => Admit::Store {
+                data,
+                origin,
+                merged: true,
+            },
+            Err(refusal) => {
+                self.answer_publish(origin, Err(refusal));
+                Admit::Taken
+            }
+        }
+    }
+
     /// Home: a publish into a collaborative room whose document is not loaded (or still
     /// loading) waits for it, so that it is checked against the whole document (size limit,
     /// engine) before it is stored. The room is opened for it; it is answered `unavailable`
@@ -64,7 +93,10 @@ impl ShardCtx {
                         drop(rooms);
                         return self.answer_publish(
                             parked.origin,
-                            Err((ErrorCode::Unavailable, "document loading; retry".into())),
+                            Err(OpFailure::new(
+                                ErrorCode::Unavailable,
+                                "document loading; retry",
+                            )),
                         );
                     }
                     doc.parked.push(parked);
@@ -92,11 +124,11 @@ impl ShardCtx {
         room: &RoomName,
         data: &Bytes,
         ns: &Namespace,
-    ) -> Result<(), (ErrorCode, String)> {
+    ) -> Result<(), OpFailure> {
         let Some(update) = binary_payload(data).map(|_| data.slice(1..)) else {
-            return Err((
+            return Err(OpFailure::new(
                 ErrorCode::BadRequest,
-                "a collaborative room takes binary Yjs updates".into(),
+                "a collaborative room takes binary Yjs updates",
             ));
         };
         let (result, poisoned) = match self.crdt.borrow_mut().rooms.get_mut(room) {
@@ -104,7 +136,12 @@ impl ShardCtx {
                 doc.accept(&update, ns.policy.max_document_bytes),
                 doc.poisoned,
             ),
-            None => return Err((ErrorCode::Unavailable, "document unavailable; retry".into())),
+            None => {
+                return Err(OpFailure::new(
+                    ErrorCode::Unavailable,
+                    "document unavailable; retry",
+                ))
+            }
         };
         if poisoned {
             self.crdt_reload(room);
@@ -115,12 +152,12 @@ impl ShardCtx {
                 _ => ErrorCode::BadRequest,
             };
             crate::metrics::crdt_refused(code.as_str());
-            return Err((code, e.to_string()));
+            return Err(OpFailure::new(code, e.to_string()));
         }
         self.broker
             .borrow_mut()
             .doc_append(room, &update)
-            .map_err(|e| (ErrorCode::Unavailable, e.to_string()))
+            .map_err(|e| OpFailure::new(ErrorCode::Unavailable, e.to_string()))
     }
 
     /// Home: the engine failed on an update of the loaded document, or the document could not
@@ -334,7 +371,10 @@ impl ShardCtx {
         for p in doc.parked {
             self.answer_publish(
                 p.origin,
-                Err((ErrorCode::Unavailable, "document unavailable; retry".into())),
+                Err(OpFailure::new(
+                    ErrorCode::Unavailable,
+                    "document unavailable; retry",
+                )),
             );
         }
     }
