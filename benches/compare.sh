@@ -4,12 +4,49 @@
 # rewrites the "comparison" section of docs/benchmarks.md (absolute figures and ratios).
 #
 #   benches/compare.sh            full run (release build, fixed rate + --find-max), ~10 minutes
+#   BEFORE=old/ringcast benches/compare.sh   also an older build, beside this one, in the same run
+#   BEFORE=old/ringcast benches/compare.sh --before-after   only the two builds, alternating, 3 rounds
 #   benches/compare.sh --short    CI smoke test (debug build, small load): asserts no loss, no
 #                                 duplicates and no errors for every target; claims no timings
 set -euo pipefail
 cd "$(dirname "$0")/.."
 short=0
 [ "${1:-}" = "--short" ] && short=1
+# --before-after (with BEFORE=<older binary>): only the older build and this one, app and raw
+# modes on io_uring, alternating, ROUNDS times (default 3); writes the "before-after" section of
+# docs/benchmarks.md with the median ratio of CPU per delivery. AFTER=<binary> measures that
+# binary instead of this tree's build.
+if [ "${1:-}" = "--before-after" ]; then
+    : "${BEFORE:?set BEFORE to the older ringcast binary}"
+    subs=${SUBS:-1000}; rate=${RATE:-100}; duration=${DURATION:-5}
+    cargo build --release -p ringcast-bench
+    after=${AFTER:-}
+    if [ -z "$after" ]; then
+        cargo build --release -p gateway
+        after=target/release/ringcast
+    fi
+    ulimit -n 20000 || true
+    export RINGCAST_WEBSOCKET__OUTBOUND_HIGH_WATER_BYTES=268435456
+    export RINGCAST_WEBSOCKET__HEARTBEAT_INTERVAL_MS=600000
+    export RINGCAST_ROOMS__ANONYMOUS=publish
+    flags="--listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --shards 1 --no-pin --raw-endpoint --log-level warn --io-driver io-uring"
+    out=$(mktemp)
+    for round in $(seq "${ROUNDS:-3}"); do
+        for mode in app raw; do
+            for which in before after; do
+                bin=$BEFORE; [ "$which" = after ] && bin=$after
+                echo "== round $round: $which ($mode)" >&2
+                taskset -c 1 target/release/ringcast-bench fanout --label "ringcast-$which-io_uring" --mode "$mode" \
+                    --spawn "taskset -c 0 $bin $flags" --subscribers "$subs" --rate "$rate" \
+                    --duration-secs "$duration" --warmup-secs 2 --json | tee -a "$out" | grep -v '^{' >&2
+            done
+        done
+    done
+    python3 scripts/before-after-report.py --write docs/benchmarks.md \
+        --command "BEFORE=<ringcast at ${BEFORE_REV:-an older build}> benches/compare.sh --before-after  (SUBS=$subs RATE=$rate DURATION=$duration ROUNDS=${ROUNDS:-3})" "$out"
+    echo "docs/benchmarks.md updated" >&2
+    exit 0
+fi
 
 if [ "$short" = 1 ]; then
     profile=debug; subs=200; rate=50; duration=2; warmup=1
@@ -42,6 +79,19 @@ targets=(
     "ceiling-writev|raw|$server $bin/ringcast-bench ceiling-server --variant writev"
     "ceiling-uring|raw|$server $bin/ringcast-bench ceiling-server --variant uring"
 )
+# BEFORE=<path to an older ringcast binary>: its app and raw modes run first, beside this
+# build's, in the same run (a change's before/after figures; the report adds their ratios).
+if [ -n "${BEFORE:-}" ]; then
+    before="$BEFORE --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --shards 1 --no-pin --raw-endpoint --log-level warn --io-driver"
+    targets=(
+        "ringcast-before-io_uring|app|$server $before io-uring"
+        "${targets[0]}"
+        "ringcast-before-io_uring|raw|$server $before io-uring"
+        "${targets[2]}"
+        "${targets[@]:1:1}"
+        "${targets[@]:3}"
+    )
+fi
 out=$(mktemp)
 for t in "${targets[@]}"; do
     IFS='|' read -r label mode cmd <<<"$t"
@@ -59,6 +109,6 @@ if [ "$short" = 1 ]; then
     python3 scripts/compare-report.py --check "$out"
 else
     python3 scripts/compare-report.py --write docs/benchmarks.md \
-        --command "benches/compare.sh  (SUBS=$subs RATE=$rate DURATION=$duration FIND_SUBS=${FIND_SUBS:-100} FIND_START=${FIND_START:-100})" "$out"
+        --command "${BEFORE:+BEFORE=<ringcast at ${BEFORE_REV:-an older build}> }benches/compare.sh  (SUBS=$subs RATE=$rate DURATION=$duration FIND_SUBS=${FIND_SUBS:-100} FIND_START=${FIND_START:-100})" "$out"
     echo "docs/benchmarks.md updated" >&2
 fi

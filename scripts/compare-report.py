@@ -74,6 +74,23 @@ if fmax:
         vc = f"{d / ceil_max:.2f}" if ceil_max else "n/a"
         ge = "≥ " if r.get("limited_by_load") or r.get("capped") else ""
         lines.append(f"| {label} | {m} | {ge}{r['max_rate']:.0f} | {ge}{d:.0f} | {ms(r['p99_us'])} | {vp} | {vc} |")
+befores = [r for r in fan if r["label"].startswith("ringcast-before-")]
+if befores:
+    lines.append("")
+    lines.append("### Before and after a change (`BEFORE=`), same run")
+    lines.append("")
+    lines.append("Server CPU per delivered message of this build divided by the older build's, and the p99s "
+                 "(below 1.00: this build costs less).")
+    lines.append("")
+    lines.append("| target | mode | CPU per delivery, after / before | p99 ms before | p99 ms after |")
+    lines.append("|---|---|---:|---:|---:|")
+    for b in befores:
+        label = b["label"].replace("ringcast-before-", "ringcast-")
+        a = next((r for r in fan if r["label"] == label and r["mode"] == b["mode"]), None)
+        if a is None:
+            continue
+        per = lambda r: r["server_cpu_percent"] / max(r["deliveries_per_sec"], 1)
+        lines.append(f"| {label} | {b['mode']} | {per(a) / per(b):.2f} | {ms(b['p99_us'])} | {ms(a['p99_us'])} |")
 lines.append("<!-- compare:end -->")
 section = "\n".join(lines) + "\n"
 
