@@ -43,6 +43,9 @@ cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "import circles in the gateway (none of more than three files: docs/architecture.md §5)"
+python3 scripts/import-cycles.py --max 3 gateway/src
+
 log=$(mktemp)
 step "cargo test (every crate; the gateway on io_uring)"
 RINGCAST_IO_DRIVER=io-uring cargo test --workspace 2>&1 | tee -a "$log"

@@ -13,8 +13,8 @@ use bytes::Bytes;
 
 use crate::docs::DocStore;
 use crate::{
-    Appended, Broker, BrokerError, BrokerEvent, Completion, DocSnapshot, Epoch, HistoryPolicy,
-    Recovery, RoomName, Stored, Token,
+    Appended, Broker, BrokerError, BrokerEvent, Completion, DocSnapshot, DocumentStore, Epoch,
+    HistoryPolicy, LiveRelay, OrderedHistory, PresenceStore, Recovery, RoomName, Stored, Token,
 };
 
 /// How long a room with no stored message and no subscriber keeps its epoch and offset, so a
@@ -82,7 +82,7 @@ impl EmbeddedBroker {
     }
 }
 
-impl Broker for EmbeddedBroker {
+impl OrderedHistory for EmbeddedBroker {
     fn publish(
         &mut self,
         room: &RoomName,
@@ -201,7 +201,13 @@ impl Broker for EmbeddedBroker {
         }
         Ok(Completion::Ready(rec))
     }
+}
 
+impl PresenceStore for EmbeddedBroker {}
+
+impl LiveRelay for EmbeddedBroker {}
+
+impl DocumentStore for EmbeddedBroker {
     fn doc_load(
         &mut self,
         room: &RoomName,
@@ -231,7 +237,9 @@ impl Broker for EmbeddedBroker {
             tracing::warn!(room = %room, error = %e, "could not store a document snapshot");
         }
     }
+}
 
+impl Broker for EmbeddedBroker {
     fn set_interest(&mut self, room: &RoomName, interested: bool) {
         if interested {
             self.interested.insert(room.clone());

@@ -225,9 +225,9 @@ pub enum BrokerError {
     },
 }
 
-/// A shard's handle on the broker, for the rooms the shard is home to. Not shared between
-/// threads: each shard has its own.
-pub trait Broker {
+/// A room's order and its stored history: the seam every broker implements (the home shard
+/// appends, recovers a subscriber's position and reads history through it).
+pub trait OrderedHistory {
     /// Appends `data` to the room's stream.
     fn publish(
         &mut self,
@@ -249,7 +249,7 @@ pub trait Broker {
     ) -> Result<Completion<Recovery>, BrokerError>;
 
     /// Stored messages of a room, for the `history` op: with `since`, the messages after it
-    /// (at most `limit`, oldest first; `recovered` as for [`Broker::recover`]); without, the
+    /// (at most `limit`, oldest first; `recovered` as for [`OrderedHistory::recover`]); without, the
     /// newest `limit` messages and `recovered: false`. Reading never creates the room.
     fn history(
         &mut self,
@@ -260,7 +260,11 @@ pub trait Broker {
         token: Token,
         now: Instant,
     ) -> Result<Completion<Recovery>, BrokerError>;
+}
 
+/// Presence shared between nodes. A node-local broker holds none (the home shard's own list is
+/// complete): the defaults.
+pub trait PresenceStore {
     /// A member of a room on this node joined (`Some(member JSON)`) or left (`None`). A networked
     /// broker shares it with the other nodes; a node-local broker holds no presence (the home
     /// shard's own list is complete).
@@ -276,7 +280,10 @@ pub trait Broker {
     ) -> Result<Completion<Option<Vec<Bytes>>>, BrokerError> {
         Ok(Completion::Ready(None))
     }
+}
 
+/// Live (never stored) events between nodes. A node-local broker reaches none: the defaults.
+pub trait LiveRelay {
     /// Whether other nodes share the rooms (live events are worth encoding for them).
     fn reaches_other_nodes(&self) -> bool {
         false
@@ -285,11 +292,11 @@ pub trait Broker {
     /// Sends a live event to the room's subscribers on the other nodes; a node-local broker has
     /// none.
     fn publish_live(&mut self, _room: &RoomName, _event: LiveEvent) {}
+}
 
-    /// This node has (or no longer has) local interest in a room; a networked broker subscribes
-    /// upstream only while it has.
-    fn set_interest(&mut self, room: &RoomName, interested: bool);
-
+/// The document store of collaborative rooms (`kind = "crdt"`): snapshots and the updates after
+/// them. The defaults store nothing.
+pub trait DocumentStore {
     /// The stored document of a CRDT room (`crdt` namespaces): its last snapshot and the updates
     /// stored after it, now or later as [`BrokerEvent::DocLoaded`].
     fn doc_load(
@@ -308,6 +315,14 @@ pub trait Broker {
 
     /// Stores a CRDT room's snapshot, replacing the previous one and the updates it covers.
     fn doc_store(&mut self, _room: &RoomName, _snapshot: DocSnapshot) {}
+}
+
+/// A shard's handle on the broker, for the rooms the shard is home to: every seam, plus
+/// interest, completions and upkeep. Not shared between threads: each shard has its own.
+pub trait Broker: OrderedHistory + PresenceStore + LiveRelay + DocumentStore {
+    /// This node has (or no longer has) local interest in a room; a networked broker subscribes
+    /// upstream only while it has.
+    fn set_interest(&mut self, room: &RoomName, interested: bool);
 
     /// Moves events that completed since the last call into `out`.
     fn poll_events(&mut self, out: &mut Vec<BrokerEvent>);

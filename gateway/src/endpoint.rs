@@ -11,7 +11,8 @@ use broker_bridge::RoomName;
 use proto_codec::ws::{CloseCode, DataKind};
 
 use crate::connection::shared::{CloseRequest, ConnShared};
-use crate::outgoing::{Form, Outgoing};
+use crate::form::Form;
+use crate::outgoing::Outgoing;
 
 /// What a connection speaks after its request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +65,15 @@ pub enum Heartbeat {
     None,
 }
 
+/// The WebSocket subprotocol of the ringcast app protocol.
+pub const SUBPROTOCOL: &str = "ringcast.v1";
+
+/// Close code on `/yjs` for a missing or invalid token: y-websocket stops reconnecting on codes
+/// 4400–4499 (and retries forever after a refused upgrade).
+pub const YJS_AUTH_FAILED: CloseCode = CloseCode(4401);
+/// Close code on `/yjs` for a token that may not open the room, or not edit it.
+pub const YJS_FORBIDDEN: CloseCode = CloseCode(4403);
+
 /// Close code for a data frame of the wrong type.
 const UNSUPPORTED: CloseCode = CloseCode::UNSUPPORTED_DATA;
 
@@ -80,7 +90,7 @@ impl Endpoint {
     /// The WebSocket subprotocol it answers with, if the client offers it.
     pub fn subprotocol(&self) -> Option<&'static str> {
         match self {
-            Endpoint::App => Some(crate::connection::handshake::SUBPROTOCOL),
+            Endpoint::App => Some(SUBPROTOCOL),
             _ => None,
         }
     }

@@ -47,3 +47,12 @@ mod tests {
         assert!(ls.iter().all(|l| l.local_addr().unwrap().port() == port));
     }
 }
+
+/// Which listener a connection came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain TCP.
+    Plain,
+    /// TLS (the shard's TLS acceptor).
+    Tls,
+}

@@ -21,12 +21,8 @@ use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use proto_codec::protocol::{ErrorCode, Member};
 
+use crate::ids::{ConnId, ShardId};
 use crate::outgoing::{LiveMsg, Outgoing, Source};
-
-/// A shard's index.
-pub type ShardId = usize;
-/// A connection's id, unique within its shard.
-pub type ConnId = u64;
 
 /// Where the answer to a publish goes.
 #[derive(Debug)]

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use gateway::admission::Admission;
 use gateway::auth::Authenticator;
 use gateway::config::{BrokerKind, Config, IoDriver};
-use gateway::connection::Transport;
+use gateway::listener::Transport;
 use gateway::mailbox::{Mailboxes, ShardMsg};
 use gateway::namespaces::Namespaces;
 use gateway::shard::{self, Global, Policy, ShardSetup};
@@ -376,7 +376,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         };
         let handle = std::thread::Builder::new()
             .name(format!("ringcast-shard-{id}"))
-            .spawn(move || shard::run(setup))
+            .spawn(move || shard::serve::run(setup))
             .context("spawning a shard thread")?;
         threads.push(handle);
     }

@@ -17,20 +17,19 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use broker_bridge::{Epoch, RoomName};
 use bytes::Bytes;
 use proto_codec::protocol::{
-    event_json, room_message_frame, room_message_json, Member, ServerEvent,
+    event_json, room_message_frame, room_message_json, ErrorCode, Member, ServerEvent,
 };
-use proto_codec::sse::SseEvent;
 use proto_codec::ws::{encode_frame, CloseCode, OpCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::config::SlowConsumer;
-use crate::connection::shared::{CloseRequest, ConnShared};
+use crate::connection::outbox::RoomMsg;
+use crate::connection::shared::{CloseRequest, ConnShared, SubState};
+use crate::form::{sse, Form};
 
 /// Which path made a message or an event. A protocol bridge lets only its own paths speak its
 /// wire form: in a Pusher room, a native message is delivered to Pusher clients as the event
@@ -63,29 +62,6 @@ impl Source {
     }
 }
 
-/// The wire form an endpoint takes (`Endpoint::form`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Form {
-    /// WebSocket frames of the app protocol (also echo and raw broadcast).
-    Ws,
-    /// Server-Sent Events.
-    Sse,
-    /// JSON values, one per event (a long poll's answer is their array).
-    Json,
-    /// y-protocols messages in binary frames: room updates and awareness only.
-    Yjs,
-    /// Pusher protocol frames.
-    Pusher,
-}
-
-impl Form {
-    /// Whether a connection of this form is told of messages dropped from its queue
-    /// ([`gap_notice`]).
-    pub fn has_gap_notice(self) -> bool {
-        matches!(self, Form::Ws | Form::Sse | Form::Json)
-    }
-}
-
 /// What an outgoing value does for one connection.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rendered {
@@ -102,19 +78,6 @@ impl From<Option<Bytes>> for Rendered {
     fn from(form: Option<Bytes>) -> Rendered {
         form.map_or(Rendered::Skip, Rendered::Send)
     }
-}
-
-/// An SSE event of `json`, named `name`.
-fn sse(name: &str, id: Option<&str>, json: &[u8]) -> Bytes {
-    Bytes::from(
-        SseEvent {
-            id,
-            event: Some(name),
-            data: json,
-            retry_ms: None,
-        }
-        .encode(),
-    )
 }
 
 fn text_frame(json: &[u8]) -> Bytes {
@@ -151,11 +114,7 @@ pub struct Replayed {
 }
 
 /// An `error` event (an op refused).
-pub fn error_event(
-    id: Option<u64>,
-    code: proto_codec::protocol::ErrorCode,
-    reason: &str,
-) -> ServerEvent<'_> {
+pub fn error_event(id: Option<u64>, code: ErrorCode, reason: &str) -> ServerEvent<'_> {
     ServerEvent::Error {
         id,
         code,
@@ -178,7 +137,7 @@ pub enum Outgoing {
 
 impl Outgoing {
     /// An `error` event.
-    pub fn error(id: Option<u64>, code: proto_codec::protocol::ErrorCode, reason: &str) -> Self {
+    pub fn error(id: Option<u64>, code: ErrorCode, reason: &str) -> Self {
         Outgoing::Event(ServerEvent::Error {
             id,
             code,
@@ -250,38 +209,43 @@ pub fn render_event(conn: &ConnShared, ev: &ServerEvent<'_>) -> Rendered {
         // y-websocket reads y-protocols messages only: an error is the close that says why.
         Form::Yjs => match ev {
             ServerEvent::Error { code, reason, .. } => {
-                Rendered::Close(crate::connection::yjs::close_for_error(*code, reason))
+                Rendered::Close(yjs_close_for_error(*code, reason))
             }
             _ => Rendered::Skip,
         },
-        Form::Pusher => crate::pusher::wire::event(conn, ev).into(),
+        Form::Pusher => {
+            let active = |room: &str| conn.rooms.borrow().get(room) == Some(&SubState::Active);
+            crate::pusher::wire::event(ev, &active).into()
+        }
     }
 }
 
-// ---- room messages ---------------------------------------------------------------------------
-
-/// One room message as every subscriber on a shard shares it (one `Rc` per shard).
-#[derive(Debug)]
-pub struct RoomMsg {
-    /// The room.
-    pub room: RoomName,
-    /// Its epoch.
-    pub epoch: Epoch,
-    /// Its offset.
-    pub offset: u64,
-    /// The stored data (JSON, or binary behind its marker): the other forms are built from it.
-    pub data: Bytes,
-    /// When it was published (latency metric, `max_age`).
-    pub published_at: Instant,
-    /// The slow-consumer policy of its namespace.
-    pub policy: SlowConsumer,
-    /// Its conflation key (`None`: never conflated).
-    pub key: Option<u64>,
-    /// Dropped when older than this when its turn to be written comes.
-    pub max_age: Option<Duration>,
-    /// Its namespace's index (latency SLOs).
-    pub namespace: usize,
+/// The close that answers an `error` event meant for a y-websocket client (a refused update):
+/// y-protocols has no error message.
+pub fn yjs_close_for_error(code: ErrorCode, reason: &str) -> CloseRequest {
+    use proto_codec::protocol::codes::close;
+    let close_code = match code {
+        ErrorCode::TooLarge => CloseCode::MESSAGE_TOO_BIG,
+        ErrorCode::RateLimited => close::RATE_LIMITED,
+        ErrorCode::Forbidden | ErrorCode::Unauthorized => crate::endpoint::YJS_FORBIDDEN,
+        ErrorCode::Unavailable | ErrorCode::Internal => CloseCode::TRY_AGAIN_LATER,
+        _ => close::BAD_REQUEST,
+    };
+    CloseRequest {
+        code: close_code,
+        reason: format!("{}: {reason}", code.as_str()),
+        discard_queue: false,
+    }
 }
+
+/// The frame that carries a room update to y-websocket clients (a y-protocols sync `update`).
+pub fn yjs_update_frame(update: &[u8]) -> Bytes {
+    use yrs::updates::encoder::Encode;
+    let message = yrs::sync::Message::Sync(yrs::sync::SyncMessage::Update(update.to_vec()));
+    encode_frame(OpCode::Binary, false, &message.encode_v1())
+}
+
+// ---- room messages ---------------------------------------------------------------------------
 
 /// The fields of a room message its forms are built from.
 #[derive(Debug, Clone, Copy)]
@@ -366,8 +330,7 @@ impl<'a> RoomForms<'a> {
             Form::Yjs => self
                 .yjs
                 .get_or_insert_with(|| {
-                    proto_codec::protocol::binary_payload(m.data)
-                        .map(crate::rooms::crdt::update_frame)
+                    proto_codec::protocol::binary_payload(m.data).map(yjs_update_frame)
                 })
                 .as_ref(),
             Form::Pusher => {
@@ -544,6 +507,17 @@ struct NodeLive<'a> {
     src: Option<Source>,
 }
 
+/// The Pusher frame of a live event (a client event, a member added or removed).
+fn pusher_live(room: &str, event: &LiveEvent) -> Option<Bytes> {
+    use crate::pusher::wire;
+    match event {
+        LiveEvent::Event { data, .. } => wire::live_event(data),
+        LiveEvent::Join(member) => wire::member_added(room, member),
+        LiveEvent::Leave(member) => wire::member_removed(room, member),
+        LiveEvent::Gap { .. } | LiveEvent::Awareness(_) => None,
+    }
+}
+
 /// One live event's wire forms for the subscribers of one shard (each built at most once, on
 /// first use).
 pub struct LiveForms<'a> {
@@ -584,31 +558,10 @@ impl<'a> LiveForms<'a> {
             ),
             Form::Pusher => self
                 .pusher
-                .get_or_insert_with(|| crate::pusher::wire::live(&live.room, &live.event))
+                .get_or_insert_with(|| pusher_live(&live.room, &live.event))
                 .clone()
                 .into(),
         }
-    }
-}
-
-// ---- gaps in a connection's queue -------------------------------------------------------------
-
-/// The notice that offsets `from..=to` of a room were dropped from one connection's queue, in
-/// its form (`None`: the form has no such notice; a Pusher client is not told).
-pub fn gap_notice(form: Form, room: &str, epoch: &str, from: u64, to: u64) -> Option<Bytes> {
-    let ev = ServerEvent::Gap {
-        room: room.into(),
-        epoch: epoch.into(),
-        from,
-        to,
-    };
-    match form {
-        Form::Ws => Some(ev.to_frame()),
-        Form::Sse => Some(sse("gap", None, ev.to_json().as_bytes())),
-        Form::Json => Some(Bytes::from(ev.to_json())),
-        // A y-websocket queue never drops (`Outbox`: a document client that cannot keep up is
-        // closed and syncs again); Pusher has no such notice.
-        Form::Yjs | Form::Pusher => None,
     }
 }
 

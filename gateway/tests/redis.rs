@@ -714,7 +714,7 @@ fn bounded_a_stalled_shard_is_sent_at_most_its_bound_and_then_every_message_in_o
     // stream); once it drains again, the room reads what it missed, and every message comes,
     // once, in order, without a gap.
     use broker_bridge::redis::{start, RedisSettings};
-    use broker_bridge::{Broker, Completion};
+    use broker_bridge::{Broker, Completion, OrderedHistory};
     use broker_bridge::{BrokerEvent, HistoryPolicy, RoomName};
     use std::sync::Arc;
 

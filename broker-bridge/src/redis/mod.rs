@@ -23,8 +23,8 @@ use crossbeam_queue::SegQueue;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::{
-    Appended, Broker, BrokerError, BrokerEvent, Completion, Epoch, HistoryPolicy, LiveEvent,
-    Recovery, RoomName, Token,
+    Appended, Broker, BrokerError, BrokerEvent, Completion, DocumentStore, Epoch, HistoryPolicy,
+    LiveEvent, LiveRelay, OrderedHistory, PresenceStore, Recovery, RoomName, Token,
 };
 
 /// How the bridge reaches Redis and paces itself.
@@ -351,7 +351,7 @@ impl RedisBroker {
     }
 }
 
-impl Broker for RedisBroker {
+impl OrderedHistory for RedisBroker {
     fn publish(
         &mut self,
         room: &RoomName,
@@ -418,7 +418,86 @@ impl Broker for RedisBroker {
         })?;
         Ok(Completion::Pending)
     }
+}
 
+impl PresenceStore for RedisBroker {
+    fn presence_set(&mut self, room: &RoomName, client: &str, member: Option<Bytes>) {
+        let _ = self.send(Command::PresenceSet {
+            room: room.clone(),
+            client: client.to_string(),
+            member,
+        });
+    }
+
+    fn members(
+        &mut self,
+        room: &RoomName,
+        token: Token,
+    ) -> Result<Completion<Option<Vec<Bytes>>>, BrokerError> {
+        self.check_connected()?;
+        self.send(Command::Members {
+            shard: self.shard,
+            token,
+            room: room.clone(),
+        })?;
+        Ok(Completion::Pending)
+    }
+}
+
+impl LiveRelay for RedisBroker {
+    fn reaches_other_nodes(&self) -> bool {
+        true
+    }
+
+    fn publish_live(&mut self, room: &RoomName, event: LiveEvent) {
+        if !self.health.is_connected() {
+            return;
+        }
+        // Live events are never stored: while the bridge holds its bound they are dropped.
+        let Some(queued) = self.reserve(event.bytes().len()) else {
+            metrics::counter!("ringcast_bridge_dropped_total", "kind" => "live_out").increment(1);
+            return;
+        };
+        let _ = self.send(Command::Live {
+            room: room.clone(),
+            event,
+            queued,
+        });
+    }
+}
+
+impl DocumentStore for RedisBroker {
+    fn doc_load(
+        &mut self,
+        room: &RoomName,
+        token: Token,
+    ) -> Result<Completion<Option<crate::DocSnapshot>>, BrokerError> {
+        self.check_connected()?;
+        self.send(Command::DocLoad {
+            shard: self.shard,
+            token,
+            room: room.clone(),
+        })?;
+        Ok(Completion::Pending)
+    }
+
+    fn doc_store(&mut self, room: &RoomName, snapshot: crate::DocSnapshot) {
+        // Best effort: a snapshot that is not stored (Redis behind, or down) is replaced by
+        // the next one, and the stream holds every update meanwhile.
+        let snapshot = snapshot.encode();
+        let Some(queued) = self.reserve(snapshot.len()) else {
+            metrics::counter!("ringcast_bridge_dropped_total", "kind" => "snapshot").increment(1);
+            return;
+        };
+        let _ = self.send(Command::DocStore {
+            room: room.clone(),
+            snapshot,
+            queued,
+        });
+    }
+}
+
+impl Broker for RedisBroker {
     fn set_interest(&mut self, room: &RoomName, interested: bool) {
         if interested {
             self.interest += 1;
@@ -448,76 +527,5 @@ impl Broker for RedisBroker {
 
     fn room_count(&self) -> usize {
         self.interest
-    }
-
-    fn presence_set(&mut self, room: &RoomName, client: &str, member: Option<Bytes>) {
-        let _ = self.send(Command::PresenceSet {
-            room: room.clone(),
-            client: client.to_string(),
-            member,
-        });
-    }
-
-    fn members(
-        &mut self,
-        room: &RoomName,
-        token: Token,
-    ) -> Result<Completion<Option<Vec<Bytes>>>, BrokerError> {
-        self.check_connected()?;
-        self.send(Command::Members {
-            shard: self.shard,
-            token,
-            room: room.clone(),
-        })?;
-        Ok(Completion::Pending)
-    }
-
-    fn doc_load(
-        &mut self,
-        room: &RoomName,
-        token: Token,
-    ) -> Result<Completion<Option<crate::DocSnapshot>>, BrokerError> {
-        self.check_connected()?;
-        self.send(Command::DocLoad {
-            shard: self.shard,
-            token,
-            room: room.clone(),
-        })?;
-        Ok(Completion::Pending)
-    }
-
-    fn doc_store(&mut self, room: &RoomName, snapshot: crate::DocSnapshot) {
-        // Best effort: a snapshot that is not stored (Redis behind, or down) is replaced by
-        // the next one, and the stream holds every update meanwhile.
-        let snapshot = snapshot.encode();
-        let Some(queued) = self.reserve(snapshot.len()) else {
-            metrics::counter!("ringcast_bridge_dropped_total", "kind" => "snapshot").increment(1);
-            return;
-        };
-        let _ = self.send(Command::DocStore {
-            room: room.clone(),
-            snapshot,
-            queued,
-        });
-    }
-
-    fn reaches_other_nodes(&self) -> bool {
-        true
-    }
-
-    fn publish_live(&mut self, room: &RoomName, event: LiveEvent) {
-        if !self.health.is_connected() {
-            return;
-        }
-        // Live events are never stored: while the bridge holds its bound they are dropped.
-        let Some(queued) = self.reserve(event.bytes().len()) else {
-            metrics::counter!("ringcast_bridge_dropped_total", "kind" => "live_out").increment(1);
-            return;
-        };
-        let _ = self.send(Command::Live {
-            room: room.clone(),
-            event,
-            queued,
-        });
     }
 }

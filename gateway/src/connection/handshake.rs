@@ -19,9 +19,6 @@ use crate::errors::OpFailure;
 use crate::http::public::{self, HttpDecision, StreamRoom};
 use crate::namespaces::Namespaces;
 
-/// The subprotocol of this version of the app protocol.
-pub const SUBPROTOCOL: &str = "ringcast.v1";
-
 /// A completed upgrade.
 #[derive(Debug)]
 pub struct Upgraded {
@@ -251,7 +248,10 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
         Credential::TokenOrClose => match gate.auth.authenticate(&req) {
             Ok(p) => p,
             Err(e) => {
-                after = AfterUpgrade::Close(close_request(super::yjs::AUTH_FAILED, e.to_string()));
+                after = AfterUpgrade::Close(close_request(
+                    crate::endpoint::YJS_AUTH_FAILED,
+                    e.to_string(),
+                ));
                 Principal::anonymous()
             }
         },
@@ -268,9 +268,9 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
             .and_then(|ns| principal.authorize(Action::Subscribe, room, ns));
         if let Err(OpFailure { code, reason }) = verdict {
             let close = if code == proto_codec::protocol::ErrorCode::Unauthorized {
-                super::yjs::AUTH_FAILED
+                crate::endpoint::YJS_AUTH_FAILED
             } else {
-                super::yjs::FORBIDDEN
+                crate::endpoint::YJS_FORBIDDEN
             };
             after = AfterUpgrade::Close(close_request(close, reason));
         }

@@ -39,6 +39,7 @@ use self::shared::{CloseRequest, ConnShared};
 use self::state::ConnState;
 use crate::admission::AdmitTicket;
 use crate::endpoint::Endpoint;
+use crate::listener::Transport;
 use crate::shard::ShardCtx;
 
 /// Input bytes one connection may process per turn before yielding to the others.
@@ -68,15 +69,6 @@ struct ConnIo {
     state: ConnState,
     /// Window bits for echo compression (None: no permessage-deflate).
     deflate_bits: Option<u8>,
-}
-
-/// Which listener a connection came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// Plain TCP.
-    Plain,
-    /// TLS (the shard's TLS acceptor).
-    Tls,
 }
 
 /// Serves one accepted TCP connection until it ends.

@@ -21,14 +21,13 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use broker_bridge::{Epoch, RoomName};
 use bytes::Bytes;
 
 use crate::config::SlowConsumer;
-pub use crate::outgoing::RoomMsg;
-use crate::outgoing::{gap_notice, Form};
+use crate::form::{gap_notice, Form};
 
 /// The most frames handed to one `writev`.
 pub const MAX_IOVECS: usize = 64;
@@ -41,6 +40,29 @@ pub const CONFLATE_HARD_LIMIT: usize = 2;
 /// bytes). More than one, so that a client that pings several times before reading gets every
 /// answer (Autobahn 2.10 sends ten).
 pub const MAX_PENDING_PONGS: usize = 16;
+
+/// One room message as every subscriber on a shard shares it (one `Rc` per shard).
+#[derive(Debug)]
+pub struct RoomMsg {
+    /// The room.
+    pub room: RoomName,
+    /// Its epoch.
+    pub epoch: Epoch,
+    /// Its offset.
+    pub offset: u64,
+    /// The stored data (JSON, or binary behind its marker): the other forms are built from it.
+    pub data: Bytes,
+    /// When it was published (latency metric, `max_age`).
+    pub published_at: Instant,
+    /// The slow-consumer policy of its namespace.
+    pub policy: SlowConsumer,
+    /// Its conflation key (`None`: never conflated).
+    pub key: Option<u64>,
+    /// Dropped when older than this when its turn to be written comes.
+    pub max_age: Option<Duration>,
+    /// Its namespace's index (latency SLOs).
+    pub namespace: usize,
+}
 
 /// What an entry of the queue is.
 #[derive(Debug)]

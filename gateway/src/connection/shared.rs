@@ -15,9 +15,11 @@ use proto_codec::ws::CloseCode;
 
 use super::outbox::{Outbox, PolicyActions, Push};
 use crate::auth::Principal;
+use crate::connection::outbox::RoomMsg;
 use crate::endpoint::Endpoint;
-use crate::mailbox::ConnId;
-use crate::outgoing::{render_event, Form, Outgoing, Rendered, RoomMsg};
+use crate::form::Form;
+use crate::ids::ConnId;
+use crate::outgoing::{render_event, Outgoing, Rendered};
 use crate::ratelimit::ConnLimiter;
 
 /// A subscription as the connection sees it.

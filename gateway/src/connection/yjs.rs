@@ -17,18 +17,13 @@ use proto_codec::ws::CloseCode;
 
 use super::shared::{CloseRequest, ConnShared};
 use crate::auth::Action;
+use crate::endpoint::YJS_FORBIDDEN as FORBIDDEN;
 use crate::errors::OpFailure;
 use crate::mailbox::{home_shard, PublishOrigin, ShardMsg};
 use crate::outgoing::Source;
 use crate::ratelimit::{Bucket, Rate};
 use crate::rooms::crdt::{decode_client_message, ClientMessage};
 use crate::shard::ShardCtx;
-
-/// Close code on `/yjs` for a missing or invalid token: y-websocket stops reconnecting on codes
-/// 4400–4499 (and retries forever after a refused upgrade).
-pub const AUTH_FAILED: CloseCode = CloseCode(4401);
-/// Close code on `/yjs` for a token that may not open the room, or not edit it.
-pub const FORBIDDEN: CloseCode = CloseCode(4403);
 
 fn refuse(code: CloseCode, reason: impl Into<String>) -> CloseRequest {
     CloseRequest {
@@ -138,17 +133,4 @@ pub fn handle(
         ClientMessage::Other => {}
     }
     Ok(())
-}
-
-/// The close that answers an `error` event meant for a y-websocket client (a refused update).
-pub fn close_for_error(code: proto_codec::protocol::ErrorCode, reason: &str) -> CloseRequest {
-    use proto_codec::protocol::ErrorCode as E;
-    let close_code = match code {
-        E::TooLarge => CloseCode::MESSAGE_TOO_BIG,
-        E::RateLimited => close::RATE_LIMITED,
-        E::Forbidden | E::Unauthorized => FORBIDDEN,
-        E::Unavailable | E::Internal => CloseCode::TRY_AGAIN_LATER,
-        _ => close::BAD_REQUEST,
-    };
-    refuse(close_code, format!("{}: {reason}", code.as_str()))
 }

@@ -1,4 +1,5 @@
 use std::rc::Rc;
+use std::time::Instant;
 
 use proto_codec::protocol::{binary_payload, stored_binary, ErrorCode};
 
@@ -86,10 +87,7 @@ fn a_binary_message_is_a_document_update_for_y_websocket_and_base64_for_json() {
         room: "docs.a".into(),
     });
     let update = forms.for_conn(&yjs).cloned().unwrap();
-    assert_eq!(
-        update,
-        crate::rooms::crdt::update_frame(binary_payload(&data).unwrap())
-    );
+    assert_eq!(update, yjs_update_frame(binary_payload(&data).unwrap()));
     let json = forms.for_conn(&conn(Endpoint::Poll)).cloned().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(v["bin"], "AQID");

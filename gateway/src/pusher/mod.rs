@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use broker_bridge::RoomName;
 
 use crate::config::{Config, PusherApp};
-use crate::mailbox::{ConnId, ShardId};
+use crate::ids::{ConnId, ShardId};
 
 /// A Pusher connection's state.
 #[derive(Debug, Clone)]

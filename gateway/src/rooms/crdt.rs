@@ -21,7 +21,8 @@ use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 
 use crate::contain::{contain, Contained};
-use crate::mailbox::{ConnId, PublishOrigin, ShardId};
+use crate::ids::{ConnId, ShardId};
+use crate::mailbox::PublishOrigin;
 
 /// Why an update or message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,11 +96,6 @@ fn message(msg: &Message) -> Bytes {
 /// A y-protocols message as one binary WebSocket frame.
 fn frame(msg: &Message) -> Bytes {
     encode_frame(OpCode::Binary, false, &msg.encode_v1())
-}
-
-/// The frame that carries a room update to y-websocket clients (sync `update`).
-pub fn update_frame(update: &[u8]) -> Bytes {
-    frame(&Message::Sync(SyncMessage::Update(update.to_vec())))
 }
 
 /// Where a room's document is in its loading.

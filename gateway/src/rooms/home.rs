@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use broker_bridge::RoomName;
 
-use crate::mailbox::ShardId;
+use crate::ids::ShardId;
 
 /// Interest in one room.
 #[derive(Debug, Clone)]

@@ -7,9 +7,10 @@ use std::rc::Rc;
 use broker_bridge::RoomName;
 use bytes::Bytes;
 
+use crate::connection::outbox::RoomMsg;
 use crate::connection::shared::ConnShared;
-use crate::mailbox::ConnId;
-use crate::outgoing::{LiveForms, LiveMsg, Rendered, RoomForms, RoomMsg};
+use crate::ids::ConnId;
+use crate::outgoing::{LiveForms, LiveMsg, Rendered, RoomForms};
 
 /// Subscribers of one room on this shard.
 #[derive(Debug, Default)]

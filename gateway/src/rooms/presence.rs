@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use broker_bridge::RoomName;
 use proto_codec::protocol::Member;
 
-use crate::mailbox::{ConnId, ShardId};
+use crate::ids::{ConnId, ShardId};
 
 /// A connection anywhere on the node.
 type Who = (ShardId, ConnId);

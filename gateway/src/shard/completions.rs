@@ -130,7 +130,7 @@ impl ShardCtx {
     ) -> Option<LiveEvent> {
         match event {
             LiveEvent::Event { data, source } => {
-                let data = crate::pusher::wire::bridge_event(room, data, source)?;
+                let data = self.kind_of(room).event_from(room, data, source)?;
                 Some(LiveEvent::Event { data, source })
             }
             other => Some(other),

@@ -14,7 +14,8 @@ use proto_codec::ws::{encode_frame, OpCode};
 use std::borrow::Cow;
 
 use crate::errors::OpFailure;
-use crate::mailbox::{ConnId, DeliverMeta, PublishOrigin, ShardId, ShardMsg, SubscribeReq};
+use crate::ids::{ConnId, ShardId};
+use crate::mailbox::{DeliverMeta, PublishOrigin, ShardMsg, SubscribeReq};
 use crate::outgoing::{LiveEvent, LiveMsg, Outgoing, Replayed, Source};
 use crate::rooms::home::InterestChange;
 
@@ -51,8 +52,9 @@ impl ShardCtx {
         }
     }
 
-    /// Home: a publish from a path (`source`), stored by the rule of rooms two protocols reach
-    /// (`pusher::wire::bridge_message`), then [`ShardCtx::home_publish`].
+    /// Home: a publish from a path (`source`), stored as the room's kind lets that path speak
+    /// there ([`Kind::message_from`](super::kinds::Kind::message_from)), then
+    /// [`ShardCtx::home_publish`].
     pub(super) fn home_publish_from(
         &self,
         room: RoomName,
@@ -60,7 +62,7 @@ impl ShardCtx {
         origin: PublishOrigin,
         source: Source,
     ) {
-        let data = crate::pusher::wire::bridge_message(&room, data, source);
+        let data = self.kind_of(&room).message_from(&room, data, source);
         self.home_publish(room, data, origin);
     }
 
@@ -73,7 +75,7 @@ impl ShardCtx {
         from: (ShardId, ConnId),
         source: Source,
     ) {
-        if let Some(data) = crate::pusher::wire::bridge_event(&room, data, source) {
+        if let Some(data) = self.kind_of(&room).event_from(&room, data, source) {
             self.broadcast_live(&room, LiveEvent::Event { data, source }, Some(from));
         }
     }

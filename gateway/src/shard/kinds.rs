@@ -13,7 +13,9 @@ use proto_codec::protocol::room_message_frame;
 use proto_codec::ws::{encode_frame, OpCode};
 
 use super::{ShardCtx, RAW_ROOM_PREFIX};
-use crate::mailbox::{ConnId, PublishOrigin, ShardId};
+use crate::ids::{ConnId, ShardId};
+use crate::mailbox::PublishOrigin;
+use crate::outgoing::Source;
 
 /// A subscriber: its shard and connection.
 pub(super) type Who = (ShardId, ConnId);
@@ -57,6 +59,17 @@ pub(super) trait Kind: Sync {
     /// A member joined (`joined`) or left the room's presence (counted per user where
     /// [`Kind::presence_per_user`]).
     fn on_member(&self, _ctx: &ShardCtx, _room: &RoomName, _user: Option<&str>, _joined: bool) {}
+
+    /// The data a path (`source`) may put into a room of this kind as a message: what is
+    /// stored (a rule between two protocols: `PusherChannel`).
+    fn message_from(&self, _room: &RoomName, data: Bytes, _source: Source) -> Bytes {
+        data
+    }
+
+    /// The data a path may relay as a live event here (`None`: it has no form in the room).
+    fn event_from(&self, _room: &RoomName, data: Bytes, _source: Source) -> Option<Bytes> {
+        Some(data)
+    }
 
     /// A publish, before it is stored.
     fn on_publish(
@@ -155,6 +168,22 @@ impl Kind for PusherChannel {
 
     fn presence_per_user(&self) -> bool {
         true
+    }
+
+    // A Pusher room holds only what the Pusher paths made: a native message or event there is
+    // the Pusher event `ringcast:message` (docs/security.md, "Rooms two protocols reach").
+    fn message_from(&self, room: &RoomName, data: Bytes, source: Source) -> Bytes {
+        match source {
+            Source::Pusher => data,
+            _ => crate::pusher::wire::wrap_native_message(room, data),
+        }
+    }
+
+    fn event_from(&self, room: &RoomName, data: Bytes, source: Source) -> Option<Bytes> {
+        match source {
+            Source::Pusher => Some(data),
+            _ => crate::pusher::wire::wrap_native_event(room, &data),
+        }
     }
 
     fn on_member(&self, ctx: &ShardCtx, room: &RoomName, user: Option<&str>, joined: bool) {

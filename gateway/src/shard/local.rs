@@ -12,12 +12,12 @@ use proto_codec::protocol::{ErrorCode, Member, ServerEvent};
 use proto_codec::ws::CloseCode;
 
 use crate::auth::Principal;
+use crate::connection::outbox::RoomMsg;
 use crate::connection::shared::{CloseRequest, ConnShared, SubState};
 use crate::endpoint::Endpoint;
-use crate::mailbox::{
-    home_shard, ConnId, DeliverMeta, PublishOrigin, ShardId, ShardMsg, SubscribeReq,
-};
-use crate::outgoing::{error_event, Outgoing, RoomMsg, Source};
+use crate::ids::{ConnId, ShardId};
+use crate::mailbox::{home_shard, DeliverMeta, PublishOrigin, ShardMsg, SubscribeReq};
+use crate::outgoing::{error_event, Outgoing, Source};
 
 use super::home::shard_busy;
 use super::ShardCtx;
