@@ -7,6 +7,11 @@
 //! exponential backoff and full jitter; then every room subscribes again and reads its stream
 //! from its last offset. Publishes go out in per-room pipelines, one batch at a time, so a room's
 //! publishes from this node reach Redis in the order the node received them.
+//!
+//! This file holds the loop (commands from shards, push messages, task completions, the tick)
+//! and the reads; the rest is split by job: `link.rs` (where Redis is, connecting, a link coming
+//! up and going down), `publisher.rs` (the per-room publish pipelines), `canary.rs` (the probe
+//! that proves the subscription connection alive), `presence.rs` (members across nodes).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -14,131 +19,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::cluster_async::ClusterConnection;
-use redis::{
-    AsyncConnectionConfig, Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline,
-    ProtocolVersion, PushInfo, PushKind, RedisFuture, RedisResult, Value,
-};
+use redis::{PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::scripts::{self, Scripts};
 use super::sequencer::{self, Action, Live, Sequencer};
 use super::wire::{self, ChannelMsg, RoomKeys};
-use super::{BridgeError, BridgeHealth, Command, RedisSettings, ShardQueue};
-use crate::embedded::new_epoch;
+use super::{BridgeHealth, Command, RedisSettings, ShardQueue};
 use crate::{BrokerEvent, Epoch, HistoryPolicy, RoomName, Token};
 
 /// How often the loop checks the link, the canary and presence.
+mod canary;
+mod link;
+mod presence;
+mod publisher;
+
+use canary::{Canary, CanarySub};
+pub(super) use link::Target;
+use link::{backoff, connect, report_link_error, Conn, Link};
+use publisher::PublishReq;
+
 const TICK: Duration = Duration::from_millis(100);
-
-/// Where Redis is.
-#[derive(Clone)]
-pub(super) enum Target {
-    Single(Client),
-    Cluster(Vec<ConnectionInfo>),
-    /// Sentinels and the service name; the primary is looked up on every connect.
-    Sentinel(Vec<ConnectionInfo>, String),
-}
-
-impl Target {
-    pub(super) fn parse(settings: &RedisSettings) -> Result<Target, BridgeError> {
-        if settings.urls.is_empty() {
-            return Err(BridgeError::NoUrl);
-        }
-        let mut infos = Vec::with_capacity(settings.urls.len());
-        for url in &settings.urls {
-            let info = url
-                .as_str()
-                .into_connection_info()
-                .map_err(|e| BridgeError::Url {
-                    url: crate::redact_url(url),
-                    reason: e.to_string(),
-                })?;
-            // RESP3: push messages share the connection with commands.
-            let redis = info
-                .redis_settings()
-                .clone()
-                .set_protocol(ProtocolVersion::RESP3);
-            infos.push(info.set_redis_settings(redis));
-        }
-        if settings.cluster {
-            return Ok(Target::Cluster(infos));
-        }
-        if let Some(service) = &settings.sentinel_service {
-            return Ok(Target::Sentinel(infos, service.clone()));
-        }
-        let info = infos.swap_remove(0);
-        let client = Client::open(info).map_err(|e| BridgeError::Url {
-            url: settings.urls[0].clone(),
-            reason: e.to_string(),
-        })?;
-        Ok(Target::Single(client))
-    }
-}
-
-/// A connection of either kind.
-#[derive(Clone)]
-enum Conn {
-    Single(MultiplexedConnection),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-impl Conn {
-    /// Subscribes to channels: one batched SUBSCRIBE on a single Redis; SSUBSCRIBE per channel
-    /// on a cluster (a sharded subscribe takes channels of one slot only).
-    async fn subscribe(&mut self, channels: Vec<String>) -> RedisResult<()> {
-        match self {
-            Conn::Single(c) => c.subscribe(channels).await,
-            Conn::Cluster(c) => {
-                for ch in channels {
-                    c.ssubscribe(ch).await?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    async fn unsubscribe(&mut self, channels: Vec<String>) -> RedisResult<()> {
-        match self {
-            Conn::Single(c) => c.unsubscribe(channels).await,
-            Conn::Cluster(c) => {
-                for ch in channels {
-                    c.sunsubscribe(ch).await?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
 
 /// Hands events to shards.
 struct Outlet {
@@ -180,17 +81,6 @@ impl Outlet {
     }
 }
 
-/// A publish waiting for its batch.
-struct PublishReq {
-    shard: usize,
-    token: Token,
-    room: RoomName,
-    data: Bytes,
-    policy: HistoryPolicy,
-    /// Released when the request is dropped.
-    _queued: super::QueuedBytes,
-}
-
 /// What a spawned task reports back to the loop.
 enum Done {
     Connected {
@@ -213,30 +103,6 @@ enum Done {
         gen: u64,
         reason: String,
     },
-}
-
-/// The link while it is up.
-struct Link {
-    cmd: Conn,
-    sub: Conn,
-    publisher: UnboundedSender<PublishReq>,
-    canary: CanarySub,
-}
-
-/// The canary channel's subscription on the current link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CanarySub {
-    NotSent,
-    Sent,
-    InForce,
-}
-
-/// The last canary probe.
-#[derive(Debug, Default)]
-struct Canary {
-    seq: u64,
-    sent_at: Option<Instant>,
-    back: bool,
 }
 
 struct Bridge {
@@ -498,85 +364,6 @@ impl Bridge {
         self.act(out);
     }
 
-    fn presence_set(&mut self, room: RoomName, client: String, member: Option<Bytes>) {
-        let keys = self.keys(&room);
-        match &member {
-            Some(m) => {
-                self.members
-                    .entry(room)
-                    .or_default()
-                    .insert(client.clone(), m.clone());
-            }
-            None => {
-                if let Some(map) = self.members.get_mut(&room) {
-                    map.remove(&client);
-                    if map.is_empty() {
-                        self.members.remove(&room);
-                    }
-                }
-            }
-        }
-        let Some(link) = &self.link else {
-            // Joins are written by the refresh after the link is back; a leave lost now
-            // expires with its entry.
-            return;
-        };
-        let mut conn = link.cmd.clone();
-        let scripts = self.scripts.clone();
-        let ttl = self.settings.presence_ttl.as_millis() as u64;
-        tokio::spawn(async move {
-            let _: RedisResult<Value> = match member {
-                Some(m) => {
-                    scripts
-                        .presence_set
-                        .key(&keys.presence)
-                        .arg(ttl)
-                        .arg(&client)
-                        .arg(m.as_ref())
-                        .invoke_async(&mut conn)
-                        .await
-                }
-                None => {
-                    redis::cmd("HDEL")
-                        .arg(&keys.presence)
-                        .arg(&client)
-                        .query_async(&mut conn)
-                        .await
-                }
-            };
-        });
-    }
-
-    fn spawn_members(&mut self, shard: usize, token: Token, room: RoomName) {
-        let Some(link) = &self.link else {
-            self.outlet.emit(shard, failed(token, "redis disconnected"));
-            return;
-        };
-        let mut conn = link.cmd.clone();
-        let scripts = self.scripts.clone();
-        let outlet = self.outlet.clone();
-        let keys = self.keys(&room);
-        tokio::spawn(async move {
-            let r: RedisResult<Value> = scripts
-                .presence_get
-                .key(&keys.presence)
-                .invoke_async(&mut conn)
-                .await;
-            let event = match r
-                .map_err(|e| e.to_string())
-                .and_then(|v| scripts::parse_members(v).map_err(|e| e.to_string()))
-            {
-                Ok(members) => BrokerEvent::Members {
-                    token,
-                    room,
-                    members,
-                },
-                Err(reason) => failed(token, &reason),
-            };
-            outlet.emit(shard, event);
-        });
-    }
-
     fn spawn_doc_load(&mut self, shard: usize, token: Token, room: RoomName) {
         let Some(link) = &self.link else {
             self.outlet.emit(shard, failed(token, "redis disconnected"));
@@ -824,106 +611,6 @@ impl Bridge {
         }
     }
 
-    fn link_up(&mut self, cmd: Conn, sub: Conn) {
-        tracing::info!(gen = self.gen, "connected to redis");
-        self.attempt = 0;
-        let (publisher, publishes) = unbounded_channel();
-        tokio::spawn(publisher_task(
-            cmd.clone(),
-            publishes,
-            self.scripts.clone(),
-            self.outlet.clone(),
-            self.done_tx.clone(),
-            self.gen,
-            self.settings.clone(),
-        ));
-        self.link = Some(Link {
-            cmd,
-            sub,
-            publisher,
-            canary: CanarySub::NotSent,
-        });
-        self.health.connected.store(true, Ordering::SeqCst);
-        metrics::gauge!("ringcast_bridge_connected").set(1.0);
-        self.canary = Canary {
-            seq: 0,
-            sent_at: None,
-            back: true,
-        };
-        self.next_presence_refresh = Instant::now();
-        let mut out = Vec::new();
-        self.seq.up(&mut out);
-        self.act(out);
-    }
-
-    fn link_down(&mut self, reason: &str) {
-        if self.link.take().is_none() {
-            return;
-        }
-        tracing::warn!(%reason, "redis link lost; reconnecting");
-        self.gen += 1;
-        self.health.connected.store(false, Ordering::SeqCst);
-        // The next link is ready only once its own probe came back.
-        self.health.canary_ok.store(false, Ordering::SeqCst);
-        metrics::gauge!("ringcast_bridge_canary_ok").set(0.0);
-        self.health.reconnects.fetch_add(1, Ordering::SeqCst);
-        metrics::gauge!("ringcast_bridge_connected").set(0.0);
-        metrics::counter!("ringcast_bridge_reconnects_total").increment(1);
-        self.to_sub.clear();
-        self.to_unsub.clear();
-        let mut out = Vec::new();
-        self.seq.down(reason, &mut out);
-        self.act(out);
-        self.next_connect = Instant::now() + backoff(&self.settings, self.attempt);
-    }
-
-    fn flush_subscriptions(&mut self) {
-        let Some(link) = &mut self.link else {
-            return;
-        };
-        let canary = link.canary == CanarySub::NotSent;
-        if canary {
-            link.canary = CanarySub::Sent;
-        }
-        let sub = link.sub.clone();
-        if self.to_sub.is_empty() && self.to_unsub.is_empty() && !canary {
-            return;
-        }
-        let gen = self.gen;
-        let sub_rooms = std::mem::take(&mut self.to_sub);
-        let mut unsub: Vec<RoomName> = std::mem::take(&mut self.to_unsub);
-        // A room left and joined again in one batch only needs its subscribe.
-        unsub.retain(|r| !sub_rooms.contains(r));
-        if !unsub.is_empty() {
-            let channels = unsub.iter().map(|r| self.keys(r).channel).collect();
-            let mut conn = sub.clone();
-            let done = self.done_tx.clone();
-            tokio::spawn(async move {
-                if let Err(e) = conn.unsubscribe(channels).await {
-                    report_link_error(&done, gen, &e);
-                }
-            });
-        }
-        if sub_rooms.is_empty() && !canary {
-            return;
-        }
-        let mut channels: Vec<String> = sub_rooms.iter().map(|r| self.keys(r).channel).collect();
-        if canary {
-            channels.push(wire::canary_names(&self.settings.prefix, &self.instance).0);
-        }
-        let mut conn = sub;
-        let done = self.done_tx.clone();
-        tokio::spawn(async move {
-            let result = conn.subscribe(channels).await;
-            let _ = done.send(Done::Subscribed {
-                gen,
-                rooms: sub_rooms,
-                canary,
-                result,
-            });
-        });
-    }
-
     // ---- timer ---------------------------------------------------------------------------
 
     fn on_tick(&mut self) {
@@ -954,287 +641,6 @@ impl Bridge {
             self.next_presence_refresh = now + self.settings.presence_ttl / 3;
             self.refresh_presence();
         }
-    }
-
-    fn canary_tick(&mut self, now: Instant) {
-        let Some(link) = &self.link else {
-            return;
-        };
-        if link.canary != CanarySub::InForce {
-            return;
-        }
-        if let Some(sent) = self.canary.sent_at {
-            let waited = now.saturating_duration_since(sent);
-            if !self.canary.back {
-                if waited > self.settings.canary_timeout {
-                    self.health.canary_ok.store(false, Ordering::SeqCst);
-                    self.health.canary_failed.store(true, Ordering::SeqCst);
-                    metrics::gauge!("ringcast_bridge_canary_ok").set(0.0);
-                    self.link_down("the canary probe did not come back through the subscription");
-                }
-                return;
-            }
-            if waited < self.settings.canary_interval {
-                return;
-            }
-        }
-        self.canary.seq += 1;
-        self.canary.back = false;
-        self.canary.sent_at = Some(now);
-        let mut conn = link.cmd.clone();
-        let (channel, key) = wire::canary_names(&self.settings.prefix, &self.instance);
-        let probe = format!("c{}", self.canary.seq);
-        let cmd = self.publish_cmd();
-        let scripts = self.scripts.clone();
-        let done = self.done_tx.clone();
-        let gen = self.gen;
-        tokio::spawn(async move {
-            // A probe that fails to go out shows up as one that did not come back, except for a
-            // link error (a demoted primary answers READONLY), which moves the link at once.
-            let r: RedisResult<Value> = scripts
-                .canary
-                .key(key)
-                .arg(channel)
-                .arg(probe)
-                .arg(cmd)
-                .invoke_async(&mut conn)
-                .await;
-            if let Err(e) = r {
-                report_link_error(&done, gen, &e);
-            }
-        });
-    }
-
-    fn refresh_presence(&mut self) {
-        let Some(link) = &self.link else {
-            return;
-        };
-        let ttl = self.settings.presence_ttl.as_millis() as u64;
-        for (room, members) in &self.members {
-            let keys = self.keys(room);
-            let mut conn = link.cmd.clone();
-            let scripts = self.scripts.clone();
-            let members: Vec<(String, Bytes)> = members
-                .iter()
-                .map(|(c, m)| (c.clone(), m.clone()))
-                .collect();
-            tokio::spawn(async move {
-                let mut inv = scripts.presence_set.key(&keys.presence);
-                inv.arg(ttl);
-                for (client, member) in &members {
-                    inv.arg(client).arg(member.as_ref());
-                }
-                let _: RedisResult<Value> = inv.invoke_async(&mut conn).await;
-            });
-        }
-    }
-}
-
-/// Sends publishes in batches: every publish that arrived while the previous batch was in
-/// flight goes out together, one pipeline per room, and the next batch waits for this one, so
-/// a room's publishes reach Redis in the order this node got them.
-async fn publisher_task(
-    conn: Conn,
-    mut publishes: UnboundedReceiver<PublishReq>,
-    scripts: Arc<Scripts>,
-    outlet: Arc<Outlet>,
-    done: UnboundedSender<Done>,
-    gen: u64,
-    settings: Arc<RedisSettings>,
-) {
-    let publish_cmd = if settings.cluster {
-        "SPUBLISH"
-    } else {
-        "PUBLISH"
-    };
-    let hash = scripts.publish.get_hash().to_string();
-    let mut batch = Vec::new();
-    while let Some(first) = publishes.recv().await {
-        batch.push(first);
-        while let Ok(p) = publishes.try_recv() {
-            batch.push(p);
-        }
-        let mut by_room: HashMap<RoomName, Vec<PublishReq>> = HashMap::new();
-        for p in batch.drain(..) {
-            by_room.entry(p.room.clone()).or_default().push(p);
-        }
-        let mut tasks = tokio::task::JoinSet::new();
-        for (room, reqs) in by_room {
-            let keys = RoomKeys::new(&settings.prefix, &room);
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for p in &reqs {
-                let meta_ttl = p.policy.ttl.max(settings.room_retention).as_millis().max(1) as u64;
-                pipe.cmd("EVALSHA")
-                    .arg(&hash)
-                    .arg(2)
-                    .arg(&keys.meta)
-                    .arg(&keys.stream)
-                    .arg(&keys.channel)
-                    .arg(p.data.as_ref())
-                    .arg(p.policy.size)
-                    .arg(p.policy.ttl.as_millis() as u64)
-                    .arg(new_epoch().as_ref())
-                    .arg(meta_ttl)
-                    .arg(publish_cmd);
-            }
-            let mut conn = conn.clone();
-            tasks.spawn(async move {
-                let results: RedisResult<Vec<RedisResult<Value>>> =
-                    pipe.query_async(&mut conn).await;
-                (room, reqs, results)
-            });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((room, reqs, results)) = joined else {
-                continue;
-            };
-            match results {
-                Ok(results) => {
-                    if let Some(e) = results.iter().find_map(|r| r.as_ref().err()) {
-                        report_link_error(&done, gen, e);
-                    }
-                    for (p, r) in reqs.into_iter().zip(results) {
-                        let event = match r
-                            .map_err(|e| e.to_string())
-                            .and_then(|v| scripts::parse_published(v).map_err(|e| e.to_string()))
-                        {
-                            Ok((epoch, offset)) => BrokerEvent::Acked {
-                                token: p.token,
-                                room: room.clone(),
-                                epoch: epoch.into(),
-                                offset,
-                            },
-                            Err(reason) => failed(p.token, &reason),
-                        };
-                        outlet.emit(p.shard, event);
-                    }
-                }
-                Err(e) => {
-                    for p in reqs {
-                        outlet.emit(p.shard, failed(p.token, &e.to_string()));
-                    }
-                    report_link_error(&done, gen, &e);
-                }
-            }
-        }
-    }
-}
-
-async fn connect(
-    target: &Target,
-    settings: &RedisSettings,
-    gen: u64,
-    push: UnboundedSender<(u64, PushInfo)>,
-) -> RedisResult<(Conn, Conn)> {
-    let sender = move |info: PushInfo| push.send((gen, info));
-    let (mut cmd, sub) = match target {
-        Target::Single(client) => connect_single(client, settings, sender).await?,
-        Target::Sentinel(sentinels, service) => {
-            // The primary's connections use the sentinels' credentials and RESP3.
-            let node = sentinels.first().map(|s| {
-                redis::sentinel::SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(s.redis_settings().clone())
-            });
-            let mut sentinel = redis::sentinel::SentinelClient::build(
-                sentinels.clone(),
-                service.clone(),
-                node,
-                redis::sentinel::SentinelServerType::Master,
-            )?;
-            let client =
-                tokio::time::timeout(settings.connect_timeout, sentinel.async_get_client())
-                    .await
-                    .map_err(|_| {
-                        redis::RedisError::from(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "asking the sentinels for the primary timed out",
-                        ))
-                    })??;
-            connect_single(&client, settings, sender).await?
-        }
-        Target::Cluster(nodes) => {
-            let builder = || {
-                redis::cluster::ClusterClientBuilder::new(nodes.clone())
-                    .use_protocol(ProtocolVersion::RESP3)
-                    .connection_timeout(settings.connect_timeout)
-                    .response_timeout(settings.response_timeout)
-            };
-            let cmd = builder().build()?.get_async_connection().await?;
-            let sub = builder()
-                .push_sender(sender)
-                .build()?
-                .get_async_connection()
-                .await?;
-            (Conn::Cluster(cmd), Conn::Cluster(sub))
-        }
-    };
-    // Loaded up front so that no publish meets NOSCRIPT (a retry could reorder a room's
-    // publishes); a Redis restart drops the link, and the next link loads them again.
-    for src in [
-        scripts::PUBLISH,
-        scripts::READ,
-        scripts::PRESENCE_SET,
-        scripts::PRESENCE_GET,
-        scripts::CANARY,
-    ] {
-        let _: Value = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(src)
-            .query_async(&mut cmd)
-            .await?;
-    }
-    Ok((cmd, sub))
-}
-
-/// A command connection and a subscription connection to one Redis.
-async fn connect_single(
-    client: &Client,
-    settings: &RedisSettings,
-    sender: impl redis::aio::AsyncPushSender,
-) -> RedisResult<(Conn, Conn)> {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(settings.connect_timeout))
-        .set_response_timeout(Some(settings.response_timeout));
-    let cmd = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    // The same timeout on the subscription connection: (un)subscribe commands are answered at
-    // once, and one that is not (a hung Redis) must drop the link rather than leave the rooms
-    // it was for waiting forever. Push messages are not answers and are not timed.
-    let sub = client
-        .get_multiplexed_async_connection_with_config(&config.set_push_sender(sender))
-        .await?;
-    Ok((Conn::Single(cmd), Conn::Single(sub)))
-}
-
-/// Exponential backoff with full jitter: uniform in [min, min(max, min·2^attempt)].
-fn backoff(settings: &RedisSettings, attempt: u32) -> Duration {
-    let min = settings.reconnect_min.as_millis() as u64;
-    let max = settings.reconnect_max.as_millis() as u64;
-    let cap = min
-        .saturating_mul(1u64 << attempt.min(20))
-        .min(max)
-        .max(min);
-    Duration::from_millis(fastrand::u64(min..=cap))
-}
-
-/// Whether an error means the link must be rebuilt: the connection failed or timed out, or the
-/// server cannot take writes now (a demoted primary after a failover, a primary still loading).
-fn is_link_error(e: &redis::RedisError) -> bool {
-    e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_unrecoverable_error()
-        || matches!(e.code(), Some("READONLY" | "LOADING" | "MASTERDOWN"))
-}
-
-fn report_link_error(done: &UnboundedSender<Done>, gen: u64, e: &redis::RedisError) {
-    if is_link_error(e) {
-        let _ = done.send(Done::LinkError {
-            gen,
-            reason: e.to_string(),
-        });
     }
 }
 
