@@ -179,13 +179,13 @@ impl Outgoing {
                     .cloned()
                     .into()
             }
-            Outgoing::History(json) => match conn.form {
+            Outgoing::History(json) => match conn.profile.form {
                 Form::Ws => Rendered::Send(text_frame(json)),
                 Form::Sse => Rendered::Send(sse("history", None, json)),
                 Form::Json => Rendered::Send(json.clone()),
                 Form::Yjs | Form::Pusher => Rendered::Skip,
             },
-            Outgoing::Yjs(frame) => match conn.form {
+            Outgoing::Yjs(frame) => match conn.profile.form {
                 Form::Yjs => Rendered::Send(frame.clone()),
                 _ => Rendered::Skip,
             },
@@ -195,7 +195,7 @@ impl Outgoing {
 
 /// An app-protocol event's form for `conn`.
 pub fn render_event(conn: &ConnShared, ev: &ServerEvent<'_>) -> Rendered {
-    match conn.form {
+    match conn.profile.form {
         Form::Ws => Rendered::Send(ev.to_frame()),
         Form::Sse => Rendered::Send(sse(ev.name(), None, ev.to_json().as_bytes())),
         // A long poll answers the messages after a recovered `since`, not its `subscribed`
@@ -227,7 +227,9 @@ pub fn yjs_close_for_error(code: ErrorCode, reason: &str) -> CloseRequest {
     let close_code = match code {
         ErrorCode::TooLarge => CloseCode::MESSAGE_TOO_BIG,
         ErrorCode::RateLimited => close::RATE_LIMITED,
-        ErrorCode::Forbidden | ErrorCode::Unauthorized => crate::endpoint::YJS_FORBIDDEN,
+        ErrorCode::Forbidden | ErrorCode::Unauthorized => {
+            proto_codec::protocol::codes::yjs_close::FORBIDDEN
+        }
         ErrorCode::Unavailable | ErrorCode::Internal => CloseCode::TRY_AGAIN_LATER,
         _ => close::BAD_REQUEST,
     };
@@ -312,7 +314,7 @@ impl<'a> RoomForms<'a> {
     /// The form for this subscriber (`None`: the message has no form for it).
     pub fn for_conn(&mut self, conn: &ConnShared) -> Option<&Bytes> {
         let m = self.msg;
-        match conn.form {
+        match conn.profile.form {
             Form::Ws if conn.takes_shared_deflate && self.deflated.is_some() => self.deflated,
             Form::Ws => Some(
                 self.ws
@@ -542,7 +544,7 @@ impl<'a> LiveForms<'a> {
     pub fn for_conn(&mut self, conn: &ConnShared) -> Rendered {
         let live = self.live;
         let awareness = matches!(live.event, LiveEvent::Awareness(_));
-        match conn.form {
+        match conn.profile.form {
             Form::Yjs => match live.event {
                 LiveEvent::Awareness(_) => Rendered::Send(live.ws.clone()),
                 LiveEvent::Gap { .. } => Rendered::Close(updates_lost()),

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use gateway::admission::{Admission, Verdict};
 use gateway::auth::{Action, AuthError, Authenticator, Principal};
 use gateway::config::{Access, AuthConfig, Config, KeyAlg, KeyConfig, PusherApp};
-use gateway::connection::handshake::Gate;
+use gateway::connection::gate::Gate;
 use gateway::http::public::{stream_request, HttpDecision, StreamRoom};
 use gateway::namespaces::Namespaces;
 use gateway::pusher::api::{parse_batch_events, parse_events, EventItems, Route};

@@ -6,26 +6,20 @@ use std::time::Duration;
 use proto_codec::handshake::{select_protocol, validate_upgrade, write_upgrade_response};
 use proto_codec::http::{parse_request, write_error_response};
 use proto_codec::ws::deflate::{negotiate, DeflateParams, DeflatePolicy};
-use proto_codec::ws::CloseCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::route::{route, AfterUpgrade, HttpRoute, Route};
+use super::gate::Gate;
+use super::route::{route, HttpRoute, Route};
 use super::shared::CloseRequest;
 use crate::admission::{Admission, Verdict};
-use crate::auth::{Action, Authenticator, Principal};
-use crate::config::Config;
+use crate::auth::Principal;
+use crate::endpoint::sse::Sse;
 use crate::endpoint::{Credential, Endpoint};
-use crate::errors::OpFailure;
 use crate::http::public::{self, HttpDecision, StreamRoom};
-use crate::namespaces::Namespaces;
 
 /// A completed upgrade.
 #[derive(Debug)]
 pub struct Upgraded {
-    /// What the connection speaks.
-    pub endpoint: Endpoint,
-    /// What happens right after the upgrade.
-    pub after: AfterUpgrade,
     /// permessage-deflate, if negotiated.
     pub deflate: Option<DeflateParams>,
     /// Bytes the client sent after the request head (its first frames).
@@ -37,12 +31,18 @@ pub struct Upgraded {
 }
 
 /// What a connection became after its request head.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub enum Mode {
-    /// A WebSocket (app protocol, echo, or raw broadcast).
-    WebSocket,
-    /// An event stream (`GET /sse`) of these rooms.
-    Stream(Vec<StreamRoom>),
+    /// A connection of this endpoint (a WebSocket, or an event stream), served by the
+    /// connection's loop.
+    Connection {
+        /// What it speaks.
+        endpoint: Box<dyn Endpoint>,
+        /// The close that follows the upgrade, for a request that cannot be served and whose
+        /// client reads why only from a close (pusher-js; y-websocket, which retries a refused
+        /// upgrade forever).
+        close: Option<CloseRequest>,
+    },
     /// A long poll (`GET /poll`) of these rooms.
     Poll {
         /// The rooms and their resume positions.
@@ -66,21 +66,6 @@ pub enum Mode {
     },
     /// Already answered (a CORS preflight): nothing more to do.
     Answered,
-}
-
-/// What the handshake checks a request against.
-#[derive(Debug, Clone, Copy)]
-pub struct Gate<'a> {
-    /// The configuration.
-    pub config: &'a Config,
-    /// Token verification.
-    pub auth: &'a Authenticator,
-    /// Namespace policies.
-    pub namespaces: &'a Namespaces,
-    /// The node is draining for shutdown.
-    pub draining: bool,
-    /// The admission decision taken when the socket was accepted.
-    pub admission: &'a Verdict,
 }
 
 /// Why a connection did not upgrade (already answered, when it could be).
@@ -109,14 +94,14 @@ impl HandshakeFailure {
 }
 
 /// What the router decided for a parsed request.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub enum Decision {
     /// Upgrade: write these response bytes.
     Upgrade {
         /// What the connection speaks.
-        endpoint: Endpoint,
-        /// What happens right after the upgrade.
-        after: AfterUpgrade,
+        endpoint: Box<dyn Endpoint>,
+        /// The close that follows the upgrade (`Mode::Connection`).
+        close: Option<CloseRequest>,
         /// The 101 response.
         response: Vec<u8>,
         /// permessage-deflate, if negotiated.
@@ -191,8 +176,8 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
             return refuse(429, gate.admission.label(), reason, &[("Retry-After", "1")])
         }
     }
-    let (endpoint, mut after) = match route(&req, config, gate.namespaces) {
-        Ok(Route::Upgrade { endpoint, after }) => (endpoint, after),
+    let endpoint = match route(&req, config, gate.namespaces) {
+        Ok(Route::Upgrade(endpoint)) => endpoint,
         Ok(Route::Http(http)) => {
             let decision = match http {
                 HttpRoute::PusherApi => public::pusher_api_request(&req, gate),
@@ -233,6 +218,7 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
             return refuse(403, "origin", "origin not allowed", &[]);
         }
     }
+    let mut close = None;
     let principal = match endpoint.credential() {
         Credential::Token => match gate.auth.authenticate(&req) {
             Ok(p) => p,
@@ -245,13 +231,10 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
                 )
             }
         },
-        Credential::TokenOrClose => match gate.auth.authenticate(&req) {
+        Credential::TokenOrClose(code) => match gate.auth.authenticate(&req) {
             Ok(p) => p,
             Err(e) => {
-                after = AfterUpgrade::Close(close_request(
-                    crate::endpoint::YJS_AUTH_FAILED,
-                    e.to_string(),
-                ));
+                close = Some(crate::endpoint::close(code, e.to_string()));
                 Principal::anonymous()
             }
         },
@@ -259,21 +242,8 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
         // authorize per channel (signatures), not with a token.
         Credential::Anonymous => Principal::anonymous(),
     };
-    // A y-websocket connection is a subscription to its room: closed right after the upgrade
-    // when the token may not read it.
-    if let (Some(room), AfterUpgrade::Start) = (endpoint.yjs_room(), &after) {
-        let verdict = gate
-            .namespaces
-            .of(room)
-            .and_then(|ns| principal.authorize(Action::Subscribe, room, ns));
-        if let Err(OpFailure { code, reason }) = verdict {
-            let close = if code == proto_codec::protocol::ErrorCode::Unauthorized {
-                crate::endpoint::YJS_AUTH_FAILED
-            } else {
-                crate::endpoint::YJS_FORBIDDEN
-            };
-            after = AfterUpgrade::Close(close_request(close, reason));
-        }
+    if close.is_none() {
+        close = endpoint.admit(&principal, gate).err();
     }
     let negotiated = if config.websocket.compression {
         negotiate(
@@ -295,20 +265,12 @@ pub fn decide(head: &[u8], gate: &Gate<'_>) -> Option<Decision> {
     );
     Some(Decision::Upgrade {
         endpoint,
-        after,
+        close,
         response,
         deflate: negotiated.map(|n| n.params),
         head_len: req.head_len,
         principal,
     })
-}
-
-fn close_request(code: CloseCode, reason: String) -> CloseRequest {
-    CloseRequest {
-        code,
-        reason,
-        discard_queue: false,
-    }
 }
 
 /// Reads the request head and answers it. On success the stream speaks WebSocket.
@@ -376,7 +338,7 @@ where
             }
             Some(Decision::Upgrade {
                 endpoint,
-                after,
+                close,
                 response,
                 deflate,
                 head_len,
@@ -385,12 +347,10 @@ where
                 stream.write_all(&response).await?;
                 stream.flush().await?;
                 return Ok(Upgraded {
-                    endpoint,
-                    after,
                     deflate,
                     leftover: head.split_off(head_len),
                     principal,
-                    mode: Mode::WebSocket,
+                    mode: Mode::Connection { endpoint, close },
                 });
             }
             Some(Decision::Http { decision, head_len }) => {
@@ -477,11 +437,9 @@ where
         let _ = stream.shutdown().await;
         return Err(HandshakeFailure::Refused(429, "connections_per_user"));
     }
-    let upgraded = |endpoint, principal, mode, leftover| Upgraded {
-        endpoint,
-        after: AfterUpgrade::Start,
+    let upgraded = |principal, mode| Upgraded {
         deflate: None,
-        leftover,
+        leftover: Vec::new(),
         principal,
         mode,
     };
@@ -495,12 +453,7 @@ where
             stream.flush().await?;
             let _ = stream.shutdown().await;
             if status < 400 {
-                return Ok(upgraded(
-                    Endpoint::App,
-                    Principal::anonymous(),
-                    Mode::Answered,
-                    Vec::new(),
-                ));
+                return Ok(upgraded(Principal::anonymous(), Mode::Answered));
             }
             Err(HandshakeFailure::Refused(status, label))
         }
@@ -511,33 +464,28 @@ where
         } => {
             stream.write_all(&response).await?;
             stream.flush().await?;
+            let endpoint: Box<dyn Endpoint> = Box::new(Sse { rooms });
             Ok(upgraded(
-                Endpoint::Sse,
                 principal,
-                Mode::Stream(rooms),
-                Vec::new(),
+                Mode::Connection {
+                    endpoint,
+                    close: None,
+                },
             ))
         }
         HttpDecision::Poll {
             rooms,
             principal,
             cors,
-        } => Ok(upgraded(
-            Endpoint::Poll,
-            principal,
-            Mode::Poll { rooms, cors },
-            Vec::new(),
-        )),
+        } => Ok(upgraded(principal, Mode::Poll { rooms, cors })),
         HttpDecision::PusherApi {
             content_length,
             request,
         } => {
             let body = read_body(stream, &mut head, head_len, content_length).await?;
             Ok(upgraded(
-                Endpoint::App,
                 Principal::anonymous(),
                 Mode::PusherApi { request, body },
-                Vec::new(),
             ))
         }
         HttpDecision::Publish {
@@ -546,12 +494,7 @@ where
             cors,
         } => {
             let body = read_body(stream, &mut head, head_len, content_length).await?;
-            Ok(upgraded(
-                Endpoint::App,
-                principal,
-                Mode::Publish { body, cors },
-                Vec::new(),
-            ))
+            Ok(upgraded(principal, Mode::Publish { body, cors }))
         }
     }
 }
@@ -559,7 +502,10 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Authenticator;
     use crate::config::Access;
+    use crate::config::Config;
+    use crate::namespaces::Namespaces;
 
     const REQ: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ringcast.v1\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
 
@@ -620,7 +566,7 @@ mod tests {
         else {
             panic!("not an upgrade")
         };
-        assert_eq!(endpoint, Endpoint::App);
+        assert_eq!(format!("{endpoint:?}"), "App");
         assert_eq!(head_len, REQ.len());
         assert!(deflate.is_some());
         assert!(principal.is_anonymous());
@@ -666,7 +612,7 @@ mod tests {
             run(with_origin.as_bytes(), &c, false, admit).map(status),
             Some(101)
         );
-        assert_eq!(run(&REQ.as_bytes()[..20], &c, false, admit), None);
+        assert!(run(&REQ.as_bytes()[..20], &c, false, admit).is_none());
         assert_eq!(
             run(b"GET / HTTP/9.9\r\n\r\n", &c, false, admit).map(status),
             Some(400)

@@ -1,18 +1,13 @@
-//! `POST /publish` and `GET /poll` on the public listener, carried out on the shard that read
-//! them.
+//! `POST /publish` on the public listener, carried out on the shard that read it.
 
-use std::future::poll_fn;
-use std::rc::Rc;
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use proto_codec::protocol::{ErrorCode, ServerEvent};
 
 use crate::auth::Principal;
-use crate::endpoint::Endpoint;
 use crate::errors::OpFailure;
-use crate::http::public::{error_json, json_response, publish_body, StreamRoom};
+use crate::http::public::{error_json, json_response, publish_body};
 use crate::mailbox::PublishOrigin;
 use crate::outgoing::Source;
 use crate::shard::ShardCtx;
@@ -60,53 +55,4 @@ pub async fn publish(
             cors,
         ),
     }
-}
-
-/// `GET /poll`: subscribes to the rooms (with recovery), waits until something is queued or
-/// the hold ends, and answers everything queued as one JSON array (docs/protocol.md §20).
-pub async fn long_poll(
-    ctx: &Rc<ShardCtx>,
-    principal: Principal,
-    rooms: Vec<StreamRoom>,
-    cors: Option<String>,
-) -> Vec<u8> {
-    let conn = ctx.register_conn(Endpoint::Poll, false, principal);
-    for (room, since) in rooms {
-        ctx.subscribe(&conn, None, &room, since, None);
-    }
-    let ready = poll_fn(|cx| {
-        conn.set_waker(cx.waker());
-        if !conn.outbox().borrow().is_empty()
-            || conn.take_close_request().is_some()
-            || conn.force_end.get()
-        {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    });
-    let hold = Duration::from_millis(ctx.config.websocket.long_poll_hold_ms);
-    let _ = monoio::time::timeout(hold, ready).await;
-    // A long poll's queue holds its events' JSON (`outgoing::Form::Json`).
-    let events = conn.outbox().borrow_mut().take_all();
-    ctx.unregister_conn(&conn);
-    let mut body = Vec::with_capacity(2 + events.iter().map(|e| e.len() + 1).sum::<usize>());
-    body.push(b'[');
-    for json in &events {
-        if body.len() > 1 {
-            body.push(b',');
-        }
-        body.extend_from_slice(json);
-    }
-    body.push(b']');
-    let mut out = Vec::with_capacity(200 + body.len());
-    // One request per connection: say so, or a client that pools connections reuses a socket
-    // the gateway is closing.
-    let mut headers = vec![("Cache-Control", "no-store"), ("Connection", "close")];
-    if let Some(o) = cors.as_deref() {
-        headers.push(("Access-Control-Allow-Origin", o));
-        headers.push(("Vary", "Origin"));
-    }
-    proto_codec::http::write_response(&mut out, 200, "application/json", &headers, &body);
-    out
 }

@@ -9,6 +9,7 @@
 //! The connection is a state machine ([`state::ConnState`]): `Open` → `Closing` (we sent a close
 //! frame and wait for the peer's) or `CloseReceived` (the peer closed; we answer and end) → done.
 
+pub mod gate;
 pub mod handshake;
 pub mod http;
 pub mod ops;
@@ -16,7 +17,6 @@ pub mod outbox;
 pub mod route;
 pub mod shared;
 pub mod state;
-pub mod yjs;
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
@@ -28,17 +28,14 @@ use std::task::{Context, Poll};
 use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 use proto_codec::protocol::ServerEvent;
-use proto_codec::ws::{
-    encode_close, encode_frame, encode_message, DataKind, Decoder, DecoderConfig, Message, OpCode,
-};
+use proto_codec::ws::{encode_close, encode_frame, Decoder, DecoderConfig, Message, OpCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use self::outbox::MAX_IOVECS;
-use self::route::AfterUpgrade;
 use self::shared::{CloseRequest, ConnShared};
 use self::state::ConnState;
 use crate::admission::AdmitTicket;
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Data, Endpoint};
 use crate::listener::Transport;
 use crate::shard::ShardCtx;
 
@@ -58,6 +55,8 @@ const WRITE_BUDGET: usize = 64 * 1024;
 
 /// Per-connection I/O state owned by the connection's task.
 struct ConnIo {
+    /// What the connection speaks.
+    endpoint: Box<dyn Endpoint>,
     decoder: Decoder,
     /// Unconsumed bytes: a partial header or control frame, or (when `input_waits`) input the
     /// last turn's fan-out budget left undecoded.
@@ -69,6 +68,15 @@ struct ConnIo {
     state: ConnState,
     /// Window bits for echo compression (None: no permessage-deflate).
     deflate_bits: Option<u8>,
+}
+
+/// A connection's request, done: what it speaks and what came with it.
+struct Opened {
+    endpoint: Box<dyn Endpoint>,
+    close: Option<CloseRequest>,
+    deflate: Option<proto_codec::ws::deflate::DeflateParams>,
+    leftover: Vec<u8>,
+    principal: crate::auth::Principal,
 }
 
 /// Serves one accepted TCP connection until it ends.
@@ -121,7 +129,7 @@ where
     // temporary in the same statement as an `.await` would keep its full size in the task.
     let handshake = Box::pin(handshake::perform(
         &mut stream,
-        handshake::Gate {
+        gate::Gate {
             config: &ctx.config,
             auth: &ctx.auth,
             namespaces: &ctx.namespaces,
@@ -140,16 +148,25 @@ where
                 return;
             }
         };
-        if !matches!(
-            upgraded.mode,
-            handshake::Mode::WebSocket | handshake::Mode::Stream(_)
-        ) {
+        let handshake::Mode::Connection { endpoint, close } = upgraded.mode else {
             // Plain HTTP: answered in its own allocation.
-            let answer = Box::pin(answer_http(&ctx, &mut stream, upgraded));
+            let answer = Box::pin(answer_http(
+                &ctx,
+                &mut stream,
+                upgraded.principal,
+                upgraded.mode,
+            ));
             answer.await;
             return;
-        }
-        start(&ctx, upgraded)
+        };
+        let opened = Opened {
+            endpoint,
+            close,
+            deflate: upgraded.deflate,
+            leftover: upgraded.leftover,
+            principal: upgraded.principal,
+        };
+        start(&ctx, opened)
     };
     let result = poll_fn(|cx| drive(&ctx, &conn, &mut stream, &mut io, cx)).await;
     if let Err(e) = result {
@@ -159,97 +176,75 @@ where
     drop(ticket);
 }
 
-/// A plain HTTP request of the public listener that needs the shard: `POST /publish` and
-/// `GET /poll`.
-async fn answer_http<S>(ctx: &Rc<ShardCtx>, stream: &mut S, upgraded: handshake::Upgraded)
-where
+/// A plain HTTP request of the public listener that needs the shard: `POST /publish`,
+/// `GET /poll` and the Pusher HTTP API.
+async fn answer_http<S>(
+    ctx: &Rc<ShardCtx>,
+    stream: &mut S,
+    principal: crate::auth::Principal,
+    mode: handshake::Mode,
+) where
     S: AsyncWrite + Unpin,
 {
-    let response = match upgraded.mode {
+    let response = match mode {
         handshake::Mode::Publish { body, cors } => {
-            http::publish(ctx, &upgraded.principal, &body, cors).await
+            http::publish(ctx, &principal, &body, cors).await
         }
         handshake::Mode::Poll { rooms, cors } => {
-            http::long_poll(ctx, upgraded.principal, rooms, cors).await
+            crate::endpoint::poll::long_poll(ctx, principal, rooms, cors).await
         }
         handshake::Mode::PusherApi { request, body } => {
             crate::pusher::api::answer(ctx, &request, &body).await
         }
-        handshake::Mode::WebSocket | handshake::Mode::Stream(_) | handshake::Mode::Answered => {
-            return
-        }
+        handshake::Mode::Connection { .. } | handshake::Mode::Answered => return,
     };
     let _ = stream.write_all(&response).await;
     let _ = stream.flush().await;
     let _ = stream.shutdown().await;
 }
 
-/// Registers an upgraded WebSocket or event stream: `hello`, its first subscriptions, and the
-/// bytes that came with the request.
-fn start(ctx: &Rc<ShardCtx>, upgraded: handshake::Upgraded) -> (Rc<ConnShared>, ConnIo) {
+/// Registers an upgraded WebSocket or event stream: `hello`, the endpoint's start (its first
+/// subscriptions), and the bytes that came with the request.
+fn start(ctx: &Rc<ShardCtx>, opened: Opened) -> (Rc<ConnShared>, ConnIo) {
+    let Opened {
+        mut endpoint,
+        close,
+        deflate,
+        leftover,
+        principal,
+    } = opened;
     let ws = &ctx.config.websocket;
     let mut decoder_config = DecoderConfig::server(ws.max_message_bytes);
-    if let Some(p) = upgraded.deflate {
+    if let Some(p) = deflate {
         decoder_config = decoder_config.with_deflate(p.client_no_context_takeover);
     }
-    let endpoint = upgraded.endpoint;
-    let takes_shared_deflate = endpoint.takes_shared_frames()
-        && upgraded
-            .deflate
-            .is_some_and(|p| p.server_max_window_bits == 15);
-    let conn = ctx.register_conn(endpoint, takes_shared_deflate, upgraded.principal);
+    let profile = endpoint.profile();
+    let takes_shared_deflate =
+        profile.takes_shared_frames() && deflate.is_some_and(|p| p.server_max_window_bits == 15);
+    let conn = ctx.register_conn(profile, takes_shared_deflate, principal);
     // Refused at registration (the per-user limit, reached by a connection that raced this
     // one): closed without joining a room.
     let refused = conn.close_requested();
-    if conn.endpoint.says_hello() {
+    if endpoint.says_hello() {
         conn.send_control(&ServerEvent::Hello {
             client: ctx.client_id(conn.id).into(),
             node: ctx.node.as_ref().into(),
             heartbeat_ms: ws.heartbeat_interval_ms,
         });
     }
-    match upgraded.after {
-        AfterUpgrade::Close(close) => conn.request_close(close),
-        AfterUpgrade::PusherEstablished { app } => {
-            conn.push_bytes(crate::pusher::conn::established(ctx, &conn, app))
-        }
-        AfterUpgrade::Start if refused => {}
-        AfterUpgrade::Start => match &conn.endpoint {
-            Endpoint::Raw {
-                room,
-                publisher: false,
-            } => ctx.subscribe(&conn, None, room, None, None),
-            // A y-websocket connection is a subscription to its room (checked before the
-            // upgrade), and a presence member where the namespace has presence.
-            Endpoint::Yjs { room } => {
-                let presence = ctx
-                    .namespaces
-                    .of(room)
-                    .ok()
-                    .and_then(|ns| ns.policy.presence.then_some(ns.policy.join_leave));
-                ctx.subscribe(&conn, None, room, None, presence);
-            }
-            _ => {}
-        },
-    }
-    // An event stream subscribes to its rooms (checked before the stream started).
-    if let (handshake::Mode::Stream(rooms), false) = (upgraded.mode, refused) {
-        for (room, since) in rooms {
-            let presence = ctx
-                .namespaces
-                .of(&room)
-                .ok()
-                .and_then(|ns| ns.policy.presence.then_some(ns.policy.join_leave));
-            ctx.subscribe(&conn, None, &room, since, presence);
-        }
+    match close {
+        Some(close) => conn.request_close(close),
+        None if refused => {}
+        None => endpoint.start(ctx, &conn),
     }
     let mut io = ConnIo {
+        endpoint,
         decoder: Decoder::new(decoder_config),
-        remainder: upgraded.leftover,
+        remainder: leftover,
         input_waits: false,
         turn_fanout: ctx.fanout_work.get(),
         state: ConnState::Open,
-        deflate_bits: upgraded.deflate.map(|p| p.server_max_window_bits),
+        deflate_bits: deflate.map(|p| p.server_max_window_bits),
     };
     // Bytes that came with the upgrade request are decoded before the first read.
     io.input_waits = !io.remainder.is_empty();
@@ -305,7 +300,7 @@ where
             io.state = ConnState::Lingering;
         }
         // An event stream only writes: whatever the client sends is discarded.
-        let read = if io.state == ConnState::Lingering || conn.endpoint.is_stream() {
+        let read = if io.state == ConnState::Lingering || conn.profile.stream {
             discard_once(ctx, stream, cx)
         } else if io.input_waits {
             Poll::Ready(Ok(decode_waiting(ctx, conn, io)))
@@ -489,44 +484,17 @@ fn on_message(ctx: &ShardCtx, conn: &Rc<ConnShared>, io: &mut ConnIo, message: M
     }
     match message {
         Message::Data(kind, payload) => {
-            if let Err(close) = conn.endpoint.takes(kind) {
-                return begin_close(ctx, conn, io, close);
-            }
-            match &conn.endpoint {
-                Endpoint::App => {
-                    conn.last_op.set(ctx.now.get());
-                    if kind == DataKind::Text {
-                        ops::handle(ctx, conn, &payload);
-                    } else {
-                        ops::handle_binary(ctx, conn, &payload);
-                    }
-                }
-                Endpoint::Raw { room, .. } => ctx.publish(
-                    room,
-                    bytes::Bytes::copy_from_slice(&payload),
-                    crate::mailbox::PublishOrigin::Raw,
-                    crate::outgoing::Source::Raw,
-                ),
-                Endpoint::Yjs { room } => {
-                    conn.last_op.set(ctx.now.get());
-                    if let Err(req) = yjs::handle(ctx, conn, room, &payload) {
-                        begin_close(ctx, conn, io, req);
-                    }
-                }
-                Endpoint::Pusher => {
-                    conn.last_op.set(ctx.now.get());
-                    crate::pusher::conn::handle(ctx, conn, &payload);
-                }
-                Endpoint::Sse | Endpoint::Poll => {}
-                Endpoint::Echo => {
-                    let frame = match io.deflate_bits {
-                        Some(bits) => {
-                            ctx.with_deflater(bits, |d| encode_message(kind, &payload, Some(d)))
-                        }
-                        None => encode_message(kind, &payload, None),
-                    };
-                    conn.push_ws_control(frame);
-                }
+            let data = Data {
+                kind,
+                payload: &payload,
+                deflate_bits: io.deflate_bits,
+            };
+            let done = io
+                .endpoint
+                .takes(kind)
+                .and_then(|()| io.endpoint.on_data(ctx, conn, data));
+            if let Err(close) = done {
+                begin_close(ctx, conn, io, close);
             }
         }
         Message::Ping(payload) => conn.push_pong(encode_frame(OpCode::Pong, false, payload)),
@@ -561,7 +529,7 @@ fn begin_close(ctx: &ShardCtx, conn: &ConnShared, io: &mut ConnIo, req: CloseReq
     if req.discard_queue {
         conn.outbox().borrow_mut().discard_unstarted();
     }
-    if conn.endpoint.is_stream() {
+    if conn.profile.stream {
         // An event stream has no close frame: it ends once its queue is written.
         io.state = ConnState::CloseReceived;
         conn.closing_since.set(Some(ctx.now.get()));

@@ -16,7 +16,7 @@ use proto_codec::ws::CloseCode;
 use super::outbox::{Outbox, PolicyActions, Push};
 use crate::auth::Principal;
 use crate::connection::outbox::RoomMsg;
-use crate::endpoint::Endpoint;
+use crate::endpoint::profile::Profile;
 use crate::form::Form;
 use crate::ids::ConnId;
 use crate::outgoing::{render_event, Outgoing, Rendered};
@@ -50,10 +50,9 @@ pub struct CloseRequest {
 pub struct ConnShared {
     /// The connection's id on its shard.
     pub id: ConnId,
-    /// What it speaks (decided at its request).
-    pub endpoint: Endpoint,
-    /// The wire form it takes (`endpoint.form()`, kept at hand for delivery).
-    pub form: Form,
+    /// What the shard knows of its endpoint (decided at its request): its wire form,
+    /// heartbeat and close semantics.
+    pub profile: Profile,
     /// Whether shared compressed room frames may be sent to it (permessage-deflate negotiated
     /// with a 15-bit server window).
     pub takes_shared_deflate: bool,
@@ -84,7 +83,7 @@ pub struct ConnShared {
     pub limiter: RefCell<ConnLimiter>,
     /// Used up its turn: listed for the shard's next round and idle until then.
     pub deferred: Cell<bool>,
-    /// A Pusher protocol connection's state (`Endpoint::Pusher` only).
+    /// A Pusher protocol connection's state (`endpoint::pusher` only).
     pub pusher: RefCell<Option<Box<crate::pusher::PusherConn>>>,
 }
 
@@ -92,19 +91,17 @@ impl ConnShared {
     /// A new connection's shared state.
     pub fn new(
         id: ConnId,
-        endpoint: Endpoint,
+        profile: Profile,
         takes_shared_deflate: bool,
         high_water: usize,
         now: Instant,
         principal: Rc<Principal>,
     ) -> ConnShared {
-        let form = endpoint.form();
         ConnShared {
             id,
-            endpoint,
-            form,
+            profile,
             takes_shared_deflate,
-            outbox: RefCell::new(Outbox::new(high_water, form)),
+            outbox: RefCell::new(Outbox::new(high_water, profile.form)),
             waker: RefCell::new(None),
             rooms: RefCell::new(HashMap::new()),
             next_sub_seq: Cell::new(1),
@@ -227,7 +224,7 @@ impl ConnShared {
     /// an event stream or a long poll has none (it is not a WebSocket). Nothing is queued
     /// after a close frame.
     pub fn push_ws_control(&self, frame: Bytes) {
-        if matches!(self.form, Form::Sse | Form::Json) {
+        if matches!(self.profile.form, Form::Sse | Form::Json) {
             return;
         }
         self.push_bytes(frame);

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::auth::{Action, Principal};
-use crate::connection::handshake::Gate;
+use crate::connection::gate::Gate;
 use crate::errors::OpFailure;
 
 /// A room of an event stream, with the position to resume it from.

@@ -6,11 +6,12 @@ use proto_codec::protocol::{binary_payload, stored_binary, ErrorCode};
 use super::*;
 use crate::auth::Principal;
 use crate::endpoint::Endpoint;
+use crate::endpoint::{app::App, poll::Poll, pusher::Pusher, sse::Sse, yjs::Yjs};
 
-fn conn(endpoint: Endpoint) -> ConnShared {
+fn conn(endpoint: impl Endpoint) -> ConnShared {
     ConnShared::new(
         1,
-        endpoint,
+        endpoint.profile(),
         false,
         1 << 20,
         Instant::now(),
@@ -19,7 +20,7 @@ fn conn(endpoint: Endpoint) -> ConnShared {
 }
 
 fn pusher_conn(socket_id: &str) -> ConnShared {
-    let c = conn(Endpoint::Pusher);
+    let c = conn(Pusher::new(Ok(0)));
     *c.pusher.borrow_mut() = Some(Box::new(crate::pusher::PusherConn {
         app: 0,
         socket_id: socket_id.into(),
@@ -55,19 +56,19 @@ fn each_form_of_a_room_message_is_built_from_its_fields() {
     let shared = room_message_frame("prices.BTC", "e1", 7, &data);
     let mut forms = RoomForms::new(m, Some(shared.clone()), None);
 
-    assert_eq!(forms.for_conn(&conn(Endpoint::App)), Some(&shared));
-    let json = forms.for_conn(&conn(Endpoint::Poll)).cloned().unwrap();
+    assert_eq!(forms.for_conn(&conn(App)), Some(&shared));
+    let json = forms.for_conn(&conn(Poll)).cloned().unwrap();
     assert_eq!(
         text(&json),
         r#"{"ev":"msg","room":"prices.BTC","epoch":"e1","offset":7,"data":{"px":1}}"#
     );
-    let sse = forms.for_conn(&conn(Endpoint::Sse)).cloned().unwrap();
+    let sse = forms.for_conn(&conn(Sse::default())).cloned().unwrap();
     assert_eq!(
         text(&sse),
         format!("event: msg\nid: prices.BTC|e1:7\ndata: {}\n\n", text(&json))
     );
     // A JSON message has no y-protocols form, and outside a Pusher room no Pusher form.
-    let yjs = conn(Endpoint::Yjs {
+    let yjs = conn(Yjs {
         room: "prices.BTC".into(),
     });
     assert_eq!(forms.for_conn(&yjs), None);
@@ -75,7 +76,7 @@ fn each_form_of_a_room_message_is_built_from_its_fields() {
 
     // A replayed message (no shared frame) gets the same WebSocket frame, built on first use.
     let mut replay = RoomForms::new(m, None, None);
-    assert_eq!(replay.for_conn(&conn(Endpoint::App)), Some(&shared));
+    assert_eq!(replay.for_conn(&conn(App)), Some(&shared));
 }
 
 #[test]
@@ -83,16 +84,16 @@ fn a_binary_message_is_a_document_update_for_y_websocket_and_base64_for_json() {
     let data = stored_binary(b"\x01\x02\x03");
     let m = msg("docs.a", &data);
     let mut forms = RoomForms::new(m, None, None);
-    let yjs = conn(Endpoint::Yjs {
+    let yjs = conn(Yjs {
         room: "docs.a".into(),
     });
     let update = forms.for_conn(&yjs).cloned().unwrap();
     assert_eq!(update, yjs_update_frame(binary_payload(&data).unwrap()));
-    let json = forms.for_conn(&conn(Endpoint::Poll)).cloned().unwrap();
+    let json = forms.for_conn(&conn(Poll)).cloned().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(v["bin"], "AQID");
     assert_eq!(forms.for_conn(&pusher_conn("1.1")), None, "no Pusher form");
-    assert_eq!(forms.for_conn(&conn(Endpoint::App)).unwrap()[0], 0x82);
+    assert_eq!(forms.for_conn(&conn(App)).unwrap()[0], 0x82);
 }
 
 #[test]
@@ -125,7 +126,7 @@ fn live_events_reach_each_form_and_a_gap_closes_a_document_client() {
     };
     let join = LiveMsg::new(room.clone(), LiveEvent::Join(member));
     let mut forms = LiveForms::new(&join);
-    let Rendered::Send(ws) = forms.for_conn(&conn(Endpoint::App)) else {
+    let Rendered::Send(ws) = forms.for_conn(&conn(App)) else {
         panic!("app clients get joins")
     };
     let v: serde_json::Value =
@@ -134,7 +135,7 @@ fn live_events_reach_each_form_and_a_gap_closes_a_document_client() {
         (v["ev"].as_str(), v["member"]["user"].as_str()),
         (Some("join"), Some("u1"))
     );
-    let Rendered::Send(sse) = forms.for_conn(&conn(Endpoint::Sse)) else {
+    let Rendered::Send(sse) = forms.for_conn(&conn(Sse::default())) else {
         panic!("SSE clients get joins")
     };
     assert!(text(&sse).starts_with("event: join\ndata: {\"ev\":\"join\""));
@@ -142,7 +143,7 @@ fn live_events_reach_each_form_and_a_gap_closes_a_document_client() {
         panic!("Pusher clients get member_added")
     };
     assert_eq!(pusher_json(&p)["event"], "pusher_internal:member_added");
-    let yjs = conn(Endpoint::Yjs { room: room.clone() });
+    let yjs = conn(Yjs { room: room.clone() });
     assert_eq!(forms.for_conn(&yjs), Rendered::Skip);
 
     let gap = LiveMsg::new(
@@ -165,8 +166,8 @@ fn live_events_reach_each_form_and_a_gap_closes_a_document_client() {
         forms.for_conn(&yjs),
         Rendered::Send(encode_frame(OpCode::Binary, false, b"\x01\x00"))
     );
-    assert_eq!(forms.for_conn(&conn(Endpoint::App)), Rendered::Skip);
-    assert_eq!(forms.for_conn(&conn(Endpoint::Sse)), Rendered::Skip);
+    assert_eq!(forms.for_conn(&conn(App)), Rendered::Skip);
+    assert_eq!(forms.for_conn(&conn(Sse::default())), Rendered::Skip);
 }
 
 #[test]
@@ -186,11 +187,11 @@ fn an_ephemeral_events_frame_is_the_app_event_and_its_json_is_shared() {
     };
     let mut forms = LiveForms::new(&live);
     assert_eq!(
-        forms.for_conn(&conn(Endpoint::App)),
+        forms.for_conn(&conn(App)),
         Rendered::Send(expected.to_frame())
     );
     assert_eq!(
-        forms.for_conn(&conn(Endpoint::Poll)),
+        forms.for_conn(&conn(Poll)),
         Rendered::Send(Bytes::from(expected.to_json()))
     );
 }
@@ -276,10 +277,10 @@ fn answers_take_each_endpoints_form() {
         })
     };
     // A long poll answers the messages after a recovered `since`, not its `subscribed`.
-    let poll = conn(Endpoint::Poll);
+    let poll = conn(Poll);
     assert_eq!(subscribed(true).render(&poll), Rendered::Skip);
     assert!(matches!(subscribed(false).render(&poll), Rendered::Send(_)));
-    let Rendered::Send(sse) = subscribed(false).render(&conn(Endpoint::Sse)) else {
+    let Rendered::Send(sse) = subscribed(false).render(&conn(Sse::default())) else {
         panic!()
     };
     assert!(text(&sse).starts_with("event: subscribed\ndata: {\"ev\":\"subscribed\""));
@@ -292,7 +293,7 @@ fn answers_take_each_endpoints_form() {
     );
 
     // y-websocket has no error message: an error is the close that says why.
-    let yjs = conn(Endpoint::Yjs { room: "d.a".into() });
+    let yjs = conn(Yjs { room: "d.a".into() });
     let refused = Outgoing::error(None, ErrorCode::TooLarge, "update too big");
     let Rendered::Close(close) = refused.render(&yjs) else {
         panic!()
@@ -304,7 +305,7 @@ fn answers_take_each_endpoints_form() {
     // A y-protocols answer reaches only a y-websocket connection.
     let sync = Outgoing::Yjs(Bytes::from_static(b"\x82\x01\x00"));
     assert!(matches!(sync.render(&yjs), Rendered::Send(_)));
-    assert_eq!(sync.render(&conn(Endpoint::App)), Rendered::Skip);
+    assert_eq!(sync.render(&conn(App)), Rendered::Skip);
 
     // A replayed message is rendered like a live one: with its position as the SSE id.
     let replayed = Outgoing::Replayed(Replayed {
@@ -313,7 +314,7 @@ fn answers_take_each_endpoints_form() {
         offset: 12,
         data: Bytes::from_static(b"1"),
     });
-    let Rendered::Send(sse) = replayed.render(&conn(Endpoint::Sse)) else {
+    let Rendered::Send(sse) = replayed.render(&conn(Sse::default())) else {
         panic!()
     };
     assert!(

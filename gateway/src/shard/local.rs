@@ -14,7 +14,7 @@ use proto_codec::ws::CloseCode;
 use crate::auth::Principal;
 use crate::connection::outbox::RoomMsg;
 use crate::connection::shared::{CloseRequest, ConnShared, SubState};
-use crate::endpoint::Endpoint;
+use crate::endpoint::profile::Profile;
 use crate::ids::{ConnId, ShardId};
 use crate::mailbox::{home_shard, DeliverMeta, PublishOrigin, ShardMsg, SubscribeReq};
 use crate::outgoing::{error_event, Outgoing, Source};
@@ -26,7 +26,7 @@ impl ShardCtx {
     /// Registers an upgraded connection.
     pub fn register_conn(
         &self,
-        endpoint: Endpoint,
+        profile: Profile,
         takes_shared_deflate: bool,
         principal: Principal,
     ) -> Rc<ConnShared> {
@@ -43,7 +43,7 @@ impl ShardCtx {
             .is_some_and(|u| !self.admission.add_user(u));
         let conn = Rc::new(ConnShared::new(
             id,
-            endpoint,
+            profile,
             takes_shared_deflate,
             self.config.websocket.outbound_high_water_bytes,
             self.now.get(),
@@ -333,7 +333,7 @@ impl ShardCtx {
             c.rooms.borrow_mut().remove(&room);
             self.leave_home(room, &c);
         }
-        c.endpoint.subscribed(&c, ok, &answer);
+        c.profile.subscribed(&c, ok, &answer);
     }
 
     /// Queues a room message to this shard's subscribers under its namespace's policy.

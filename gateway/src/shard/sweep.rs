@@ -8,7 +8,7 @@ use proto_codec::protocol::ServerEvent;
 use proto_codec::ws::{encode_frame, CloseCode, OpCode};
 
 use crate::connection::shared::{CloseRequest, ConnShared};
-use crate::endpoint::Heartbeat;
+use crate::endpoint::profile::Heartbeat;
 
 use super::{ShardCtx, CLOSE_TIMEOUT};
 
@@ -45,7 +45,7 @@ impl ShardCtx {
             if let Some(at) = conn.shutdown_close_at.get() {
                 if now >= at {
                     let hint = fastrand::u64(0..=self.config.shutdown.reconnect_hint_max_ms);
-                    if conn.endpoint.is_stream() {
+                    if conn.profile.stream {
                         // EventSource reconnects after `retry:` (docs/protocol.md §18.3).
                         conn.push_bytes(Bytes::from(format!("retry: {hint}\n\n")));
                     }
@@ -57,7 +57,7 @@ impl ShardCtx {
                     continue;
                 }
             }
-            match conn.endpoint.heartbeat() {
+            match conn.profile.heartbeat {
                 // A long poll ends by itself within its hold.
                 Heartbeat::None => {
                     self.check_token_expiry(conn, unix_now);
@@ -91,7 +91,7 @@ impl ShardCtx {
             }
             self.check_token_expiry(conn, unix_now);
             if let Some(idle) = idle {
-                if conn.endpoint.idles_out()
+                if conn.profile.idles_out
                     && now.saturating_duration_since(conn.last_op.get()) > idle
                 {
                     conn.request_close(CloseRequest {

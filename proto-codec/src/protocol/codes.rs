@@ -101,6 +101,18 @@ pub mod close {
     pub const TOO_MANY_CONNECTIONS: CloseCode = CloseCode(4010);
 }
 
+/// The close codes of a y-websocket connection (`/yjs/<room>`, docs/collaboration.md):
+/// y-websocket stops reconnecting on codes 4400–4499 only (it retries a refused upgrade
+/// forever), so its refusals have codes of their own in that range.
+pub mod yjs_close {
+    use super::CloseCode;
+
+    /// A missing or invalid token.
+    pub const AUTH_FAILED: CloseCode = CloseCode(4401);
+    /// A token that may not open the room, or not edit it.
+    pub const FORBIDDEN: CloseCode = CloseCode(4403);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
