@@ -15,7 +15,7 @@
 #                                                     known finding not fixed yet
 #
 # Crates: proto-codec/fuzz (frame_header, decoder, inflate, handshake, protocol_op, server_event)
-# and gateway/fuzz (config, jwt, yrs_update, awareness, pusher_api, stream_query). Each target's
+# and gateway/fuzz (config, jwt, yrs_update, awareness, pusher_api, stream_query, node_live). Each target's
 # check is a function in the crate's src/lib.rs, which the crate's tests/fuzz_seeds.rs also
 # replays every committed input through on stable.
 # Inputs: <crate>/fuzz/corpus/<target>/ (working corpus, not committed; new inputs land here),

@@ -316,10 +316,9 @@ impl<'a> RoomForms<'a> {
         let m = self.msg;
         match conn.profile.form {
             Form::Ws if conn.takes_shared_deflate && self.deflated.is_some() => self.deflated,
-            Form::Ws => Some(
-                self.ws
-                    .get_or_insert_with(|| room_message_frame(m.room, m.epoch, m.offset, m.data)),
-            ),
+            Form::Ws => Some(self.ws.get_or_insert_with(|| {
+                room_message_frame(m.room, m.epoch, m.offset, m.data).into_frame()
+            })),
             Form::Json => Some(self.json()),
             Form::Sse => {
                 if self.sse.is_none() {

@@ -43,6 +43,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("awareness", awareness),
     ("pusher_api", pusher_api),
     ("stream_query", stream_query),
+    ("node_live", node_live),
 ];
 
 /// The configuration file: text up to the first NUL byte is the TOML file; each `NAME=value`
@@ -878,4 +879,92 @@ fn stream_setup() -> (&'static Config, &'static Authenticator, &'static Namespac
         (config, auth, namespaces)
     });
     (config, auth, namespaces)
+}
+
+/// What another node sends on a room's Redis channel (`broker_bridge::redis::wire::parse`), and
+/// a live app event's JSON in it (`LiveMsg::app_from_node`): input from the network that every
+/// subscriber of the room then gets in its own form. Parsing never panics; a parsed payload
+/// written again (`live_payload`) parses the same; an event read from a node is rendered in
+/// every wire form without a panic (the JSON form is valid JSON) and, sent on again
+/// (`LiveMsg::to_node`), reads back as the same event.
+pub fn node_live(data: &[u8]) {
+    use broker_bridge::redis::wire::{live_payload, parse, ChannelMsg};
+    use gateway::outgoing::{LiveEvent, LiveForms, LiveMsg, Rendered};
+
+    let raw = Bytes::copy_from_slice(data);
+    if let Ok(msg) = parse(raw.clone()) {
+        match &msg {
+            ChannelMsg::Message { data: body, .. } => assert!(raw.ends_with(body)),
+            ChannelMsg::Live { instance, event } => {
+                let again = parse(Bytes::from(live_payload(instance, event)));
+                assert_eq!(again.as_ref(), Ok(&msg));
+            }
+        }
+    }
+    // The JSON itself, whatever kind byte came before it.
+    let json = data.get(1..).unwrap_or_default();
+    for input in [data, json] {
+        let Some(event) = LiveMsg::app_from_node(input) else {
+            continue;
+        };
+        for room in ["chat.lobby", "pusher.1/presence-room"] {
+            let live = LiveMsg::new(room.into(), event.clone());
+            let mut forms = LiveForms::new(&live);
+            for conn in node_live_conns() {
+                match forms.for_conn(&conn) {
+                    Rendered::Send(bytes) if conn.profile.form == gateway::form::Form::Json => {
+                        let parsed = serde_json::from_slice::<Value>(&bytes);
+                        assert!(parsed.is_ok(), "{:?}", String::from_utf8_lossy(&bytes));
+                    }
+                    Rendered::Send(_) | Rendered::Skip | Rendered::Close(_) => {}
+                }
+            }
+            if let Some(broker_bridge::LiveEvent::App(sent)) = live.to_node() {
+                let back = LiveMsg::app_from_node(&sent).expect("our own node JSON parses");
+                assert_eq!(format!("{back:?}"), format!("{event:?}"));
+            } else {
+                assert!(!matches!(event, LiveEvent::Event { .. }));
+            }
+        }
+    }
+}
+
+/// A connection of each wire form (the Pusher one with its state set, as an established one).
+fn node_live_conns() -> Vec<gateway::connection::shared::ConnShared> {
+    use gateway::connection::shared::ConnShared;
+    use gateway::endpoint::Endpoint;
+    use gateway::endpoint::{app::App, poll::Poll, pusher::Pusher, sse::Sse, yjs::Yjs};
+    let profiles = [
+        App.profile(),
+        Sse::default().profile(),
+        Poll.profile(),
+        Yjs {
+            room: "doc.a".into(),
+        }
+        .profile(),
+        Pusher::new(Ok(0)).profile(),
+    ];
+    profiles
+        .into_iter()
+        .enumerate()
+        .map(|(id, profile)| {
+            let conn = ConnShared::new(
+                id as u64,
+                profile,
+                false,
+                1 << 20,
+                Instant::now(),
+                std::rc::Rc::new(Principal::anonymous()),
+            );
+            if profile.form == gateway::form::Form::Pusher {
+                *conn.pusher.borrow_mut() = Some(Box::new(gateway::pusher::PusherConn {
+                    app: 0,
+                    socket_id: "1.2".into(),
+                    user: None,
+                    presence_users: Default::default(),
+                }));
+            }
+            conn
+        })
+        .collect()
 }

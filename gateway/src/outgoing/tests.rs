@@ -53,7 +53,7 @@ fn msg<'a>(room: &'a str, data: &'a Bytes) -> MsgRef<'a> {
 fn each_form_of_a_room_message_is_built_from_its_fields() {
     let data = Bytes::from_static(br#"{"px":1}"#);
     let m = msg("prices.BTC", &data);
-    let shared = room_message_frame("prices.BTC", "e1", 7, &data);
+    let shared = room_message_frame("prices.BTC", "e1", 7, &data).into_frame();
     let mut forms = RoomForms::new(m, Some(shared.clone()), None);
 
     assert_eq!(forms.for_conn(&conn(App)), Some(&shared));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use broker_bridge::{Appended, Completion, HistoryPolicy, Recovery, RoomName};
 use bytes::Bytes;
 use proto_codec::protocol::{ErrorCode, HistoryItem, Member, ServerEvent};
-use proto_codec::ws::{encode_frame, OpCode};
+use proto_codec::ws::encode_frame;
 use std::borrow::Cow;
 
 use crate::errors::OpFailure;
@@ -308,17 +308,13 @@ impl ShardCtx {
                     namespace,
                 };
                 let deflated = (interest.deflate > 0).then(|| {
-                    let payload = &frame[frame_header_len(&frame)..];
+                    let payload = frame.payload();
                     let mut compressed = Vec::with_capacity(payload.len() / 2 + 16);
                     self.with_deflater(15, |d| d.compress(payload, &mut compressed));
                     // The compressed frame keeps the message's type (binary messages, §9.9).
-                    let opcode = if proto_codec::protocol::binary_payload(&m.data).is_some() {
-                        OpCode::Binary
-                    } else {
-                        OpCode::Text
-                    };
-                    encode_frame(opcode, true, &compressed)
+                    encode_frame(frame.opcode(), true, &compressed)
                 });
+                let frame = frame.frame();
                 for (shard, count) in interest.per_shard.iter().enumerate() {
                     if *count == 0 {
                         continue;
@@ -338,7 +334,7 @@ impl ShardCtx {
                     );
                 }
                 if deliver_here {
-                    self.deliver_here(m.room.clone(), &frame, deflated.as_ref(), meta);
+                    self.deliver_here(m.room.clone(), frame, deflated.as_ref(), meta);
                 }
             }
         }
@@ -626,13 +622,4 @@ pub fn conflation_key(policy: &crate::config::NamespacePolicy, data: &[u8]) -> O
     Some(value.get().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     }))
-}
-
-/// The header length of a server frame we encoded.
-fn frame_header_len(frame: &[u8]) -> usize {
-    match frame.get(1).map(|b| b & 0x7f) {
-        Some(126) => 4,
-        Some(127) => 10,
-        _ => 2,
-    }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use broker_bridge::{Appended, RoomName};
 use bytes::Bytes;
 use proto_codec::protocol::room_message_frame;
-use proto_codec::ws::{encode_frame, OpCode};
+use proto_codec::ws::{OpCode, ServerFrame};
 
 use super::{ShardCtx, RAW_ROOM_PREFIX};
 use crate::ids::{ConnId, ShardId};
@@ -91,7 +91,7 @@ pub(super) trait Kind: Sync {
     fn on_appended(&self, _ctx: &ShardCtx, _m: &Appended, _merged: bool) {}
 
     /// The shared WebSocket frame of a stored message.
-    fn frame(&self, m: &Appended) -> Bytes {
+    fn frame(&self, m: &Appended) -> ServerFrame {
         room_message_frame(&m.room, &m.epoch, m.offset, &m.data)
     }
 
@@ -201,8 +201,8 @@ impl Kind for PusherChannel {
 pub(super) struct Raw;
 
 impl Kind for Raw {
-    fn frame(&self, m: &Appended) -> Bytes {
-        encode_frame(OpCode::Text, false, &m.data)
+    fn frame(&self, m: &Appended) -> ServerFrame {
+        ServerFrame::encode(OpCode::Text, &m.data)
     }
 
     fn namespaced(&self) -> bool {

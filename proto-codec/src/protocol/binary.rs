@@ -36,7 +36,7 @@ use bytes::Bytes;
 use super::codes::ErrorCode;
 use super::ops::OpError;
 use super::room::{validate_room, MAX_ROOM_BYTES};
-use crate::ws::frame::{encode_header, OpCode, MAX_HEADER_BYTES};
+use crate::ws::frame::{frame_in_place, OpCode, ServerFrame, SERVER_HEADER_ROOM};
 
 /// The first byte of a stored binary payload (JSON never starts with it).
 pub const BINARY_MARK: u8 = 0x00;
@@ -214,23 +214,13 @@ pub fn binary_msg_payload(room: &str, epoch: &str, offset: u64, data: &[u8]) -> 
 
 /// Builds the WebSocket binary frame of a binary room message in one allocation, shared by
 /// every subscriber (as `room_message_frame` does for JSON).
-pub fn binary_message_frame(room: &str, epoch: &str, offset: u64, data: &[u8]) -> Bytes {
-    let mut buf = Vec::with_capacity(MAX_HEADER_BYTES + 12 + room.len() + epoch.len() + data.len());
-    buf.resize(MAX_HEADER_BYTES, 0);
+pub fn binary_message_frame(room: &str, epoch: &str, offset: u64, data: &[u8]) -> ServerFrame {
+    let mut buf =
+        Vec::with_capacity(SERVER_HEADER_ROOM + 12 + room.len() + epoch.len() + data.len());
+    buf.resize(SERVER_HEADER_ROOM, 0);
     write_msg_envelope(&mut buf, room, epoch, offset);
     buf.extend_from_slice(data);
-    let payload_len = buf.len() - MAX_HEADER_BYTES;
-    let mut header = [0u8; MAX_HEADER_BYTES];
-    let n = encode_header(
-        &mut header,
-        true,
-        false,
-        OpCode::Binary,
-        None,
-        payload_len as u64,
-    );
-    buf[MAX_HEADER_BYTES - n..MAX_HEADER_BYTES].copy_from_slice(&header[..n]);
-    Bytes::from(buf).slice(MAX_HEADER_BYTES - n..)
+    frame_in_place(buf, OpCode::Binary)
 }
 
 /// Standard base64 of a payload (the `bin` field of JSON forms).
@@ -305,7 +295,8 @@ mod tests {
     fn msg_frame_is_one_binary_frame_with_the_envelope() {
         for size in [0usize, 100, 70_000] {
             let data = vec![0xabu8; size];
-            let frame = binary_message_frame("game.42", "e1", 77, &data);
+            let framed = binary_message_frame("game.42", "e1", 77, &data);
+            let frame = framed.frame().clone();
             let HeaderParse::Complete { header, header_len } =
                 parse_header(&frame, &FrameLimits::client(1 << 30)).unwrap()
             else {
@@ -315,6 +306,7 @@ mod tests {
             assert!(header.fin);
             assert_eq!(header.payload_len as usize, frame.len() - header_len);
             let payload = &frame[header_len..];
+            assert_eq!(payload, framed.payload());
             assert_eq!(payload, binary_msg_payload("game.42", "e1", 77, &data));
             let m = decode_binary_msg(payload).unwrap();
             assert_eq!(

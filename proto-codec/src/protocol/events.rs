@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::codes::ErrorCode;
-use crate::ws::frame::{encode_header, OpCode, MAX_HEADER_BYTES};
+use crate::ws::frame::{frame_in_place, OpCode, ServerFrame, SERVER_HEADER_ROOM};
 
 /// One member of a room's presence set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -650,27 +650,17 @@ fn itoa_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
 ///
 /// Stored binary data (behind [`super::binary::BINARY_MARK`]) becomes a binary frame instead
 /// ([`super::binary::binary_message_frame`]).
-pub fn room_message_frame(room: &str, epoch: &str, offset: u64, data: &[u8]) -> Bytes {
+pub fn room_message_frame(room: &str, epoch: &str, offset: u64, data: &[u8]) -> ServerFrame {
     if let Some(payload) = super::binary::binary_payload(data) {
         return super::binary::binary_message_frame(room, epoch, offset, payload);
     }
-    // Leave room for the longest server header, write the JSON after it, then put the header
-    // right before the JSON and slice: the frame is contiguous without moving the payload.
-    let mut buf = Vec::with_capacity(MAX_HEADER_BYTES + 64 + room.len() + epoch.len() + data.len());
-    buf.resize(10, 0);
+    // The JSON is written after room for the header (`frame_in_place`): the frame is
+    // contiguous without moving the payload.
+    let mut buf =
+        Vec::with_capacity(SERVER_HEADER_ROOM + 64 + room.len() + epoch.len() + data.len());
+    buf.resize(SERVER_HEADER_ROOM, 0);
     write_room_message_json(&mut buf, room, epoch, offset, data);
-    let payload_len = buf.len() - 10;
-    let mut header = [0u8; MAX_HEADER_BYTES];
-    let n = encode_header(
-        &mut header,
-        true,
-        false,
-        OpCode::Text,
-        None,
-        payload_len as u64,
-    );
-    buf[10 - n..10].copy_from_slice(&header[..n]);
-    Bytes::from(buf).slice(10 - n..)
+    frame_in_place(buf, OpCode::Text)
 }
 
 #[cfg(test)]
@@ -707,8 +697,9 @@ mod tests {
                 offset: 1234567890123,
                 data: &data,
             };
-            let frame =
+            let framed =
                 room_message_frame("prices.BTC", "ab12", 1234567890123, data_json.as_bytes());
+            let frame = framed.frame().clone();
             let HeaderParse::Complete { header, header_len } =
                 parse_header(&frame, &FrameLimits::client(1 << 30)).unwrap()
             else {
@@ -716,6 +707,7 @@ mod tests {
             };
             assert_eq!(header.payload_len as usize, frame.len() - header_len);
             assert_eq!(&frame[header_len..], ev.to_json().as_bytes());
+            assert_eq!(framed.payload(), ev.to_json().as_bytes());
             assert_eq!(frame, ev.to_frame());
         }
     }

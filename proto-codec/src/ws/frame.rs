@@ -282,6 +282,73 @@ pub fn encode_frame(opcode: OpCode, rsv1: bool, payload: &[u8]) -> Bytes {
     dst.freeze()
 }
 
+/// A whole server frame we encoded, with its opcode and its payload's length: the payload is
+/// the frame's tail, so that it can be compressed or put in another form without parsing the
+/// header back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFrame {
+    frame: Bytes,
+    opcode: OpCode,
+    payload_len: usize,
+}
+
+impl ServerFrame {
+    /// A frame of this opcode whose last `payload_len` bytes are its payload (`payload_len` is
+    /// cut to the frame's length).
+    pub fn new(frame: Bytes, opcode: OpCode, payload_len: usize) -> ServerFrame {
+        let payload_len = payload_len.min(frame.len());
+        ServerFrame {
+            frame,
+            opcode,
+            payload_len,
+        }
+    }
+
+    /// Encodes one whole unmasked, uncompressed frame ([`encode_frame`]).
+    pub fn encode(opcode: OpCode, payload: &[u8]) -> ServerFrame {
+        ServerFrame::new(encode_frame(opcode, false, payload), opcode, payload.len())
+    }
+
+    /// Its opcode.
+    pub fn opcode(&self) -> OpCode {
+        self.opcode
+    }
+
+    /// The whole frame, shared.
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+
+    /// The whole frame.
+    pub fn into_frame(self) -> Bytes {
+        self.frame
+    }
+
+    /// Its payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.frame[self.frame.len() - self.payload_len..]
+    }
+}
+
+/// Room for the longest server header at the front of a buffer that
+/// [`frame_in_place`] frames.
+pub const SERVER_HEADER_ROOM: usize = 10;
+
+/// Frames a payload written after [`SERVER_HEADER_ROOM`] bytes reserved at the front of `buf`:
+/// the header goes right before the payload and the frame is a slice of the one allocation, so
+/// the payload never moves. A `buf` shorter than the room is an empty payload.
+pub fn frame_in_place(mut buf: Vec<u8>, opcode: OpCode) -> ServerFrame {
+    if buf.len() < SERVER_HEADER_ROOM {
+        buf.resize(SERVER_HEADER_ROOM, 0);
+    }
+    let payload_len = buf.len() - SERVER_HEADER_ROOM;
+    let mut header = [0u8; MAX_HEADER_BYTES];
+    let n = encode_header(&mut header, true, false, opcode, None, payload_len as u64);
+    let start = SERVER_HEADER_ROOM - n;
+    buf[start..SERVER_HEADER_ROOM].copy_from_slice(&header[..n]);
+    ServerFrame::new(Bytes::from(buf).slice(start..), opcode, payload_len)
+}
+
 /// Appends one masked (client) frame to `dst`, masking a copy of `payload` with `key`.
 pub fn write_masked_frame(
     dst: &mut BytesMut,
@@ -421,5 +488,36 @@ mod tests {
                 HeaderParse::Incomplete { .. } => panic!("incomplete"),
             }
         }
+    }
+
+    fn framed_opcode(opcode: OpCode) -> OpCode {
+        frame_in_place(vec![0; SERVER_HEADER_ROOM], opcode).opcode()
+    }
+
+    #[test]
+    fn a_frame_built_in_place_is_the_encoded_frame_and_knows_its_payload() {
+        for len in [0usize, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            for opcode in [OpCode::Text, OpCode::Binary] {
+                let mut buf = vec![0xee; SERVER_HEADER_ROOM];
+                buf.extend_from_slice(&payload);
+                let framed = frame_in_place(buf, opcode);
+                assert_eq!(
+                    framed.frame(),
+                    &encode_frame(opcode, false, &payload),
+                    "{len}"
+                );
+                assert_eq!(framed.payload(), &payload[..], "{len}");
+                let encoded = ServerFrame::encode(opcode, &payload);
+                assert_eq!(encoded, framed);
+                assert_eq!(encoded.payload(), &payload[..]);
+            }
+        }
+        // A buffer without its header room is an empty payload, not a panic.
+        let framed = frame_in_place(vec![1, 2, 3], OpCode::Text);
+        assert_eq!(framed.into_frame(), encode_frame(OpCode::Text, false, b""));
+        let short = ServerFrame::new(Bytes::from_static(b"ab"), OpCode::Text, 9);
+        assert_eq!(short.payload(), b"ab");
+        assert_eq!(framed_opcode(OpCode::Binary), OpCode::Binary);
     }
 }

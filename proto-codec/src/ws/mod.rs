@@ -14,7 +14,10 @@ pub use assemble::{DataKind, Decoded, Decoder, DecoderConfig, Message, Payload};
 pub use close::{close_payload, parse_close_payload, CloseCode};
 pub use deflate::{DeflateParams, DeflatePolicy, MessageDeflater, MessageInflater, Negotiated};
 pub use error::ProtocolError;
-pub use frame::{encode_frame, parse_header, FrameHeader, FrameLimits, HeaderParse, OpCode, Role};
+pub use frame::{
+    encode_frame, frame_in_place, parse_header, FrameHeader, FrameLimits, HeaderParse, OpCode,
+    Role, ServerFrame, SERVER_HEADER_ROOM,
+};
 pub use mask::{apply_mask, apply_mask_at};
 
 /// Encodes a whole server message as one frame, compressed when a deflater is given.
