@@ -860,3 +860,29 @@ fn binary_messages_fan_out_replay_and_have_a_json_form() {
         );
     });
 }
+
+/// `websocket.idle_timeout_ms`: an app connection that sends no data message is closed with
+/// 4006; one that keeps sending ops stays open (pings and pongs alone do not count).
+#[test]
+fn a_connection_that_sends_no_op_idles_out_and_one_that_does_stays() {
+    let server = Server::start(1, "[websocket]\nidle_timeout_ms = 600\n");
+    rt().block_on(async {
+        let mut quiet = connect(server.public).await;
+        let mut busy = connect(server.public).await;
+        for id in 1..=8 {
+            busy.send(json!({"op": "subscribe", "id": id, "room": format!("idle.r{id}")}))
+                .await;
+            let ev = busy.recv().await;
+            assert_eq!(ev["ev"], "subscribed", "{ev}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // 1.6 s have passed: the quiet one is gone, the busy one answers still.
+        let (code, reason) = tokio::time::timeout(Duration::from_secs(3), quiet.recv_close())
+            .await
+            .expect("the quiet connection is closed");
+        assert_eq!((code, reason.as_str()), (4006, "idle timeout"));
+        busy.send(json!({"op": "subscribe", "id": 9, "room": "idle.r9"}))
+            .await;
+        assert_eq!(busy.recv().await["ev"], "subscribed");
+    });
+}

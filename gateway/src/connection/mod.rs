@@ -489,10 +489,12 @@ fn on_message(ctx: &ShardCtx, conn: &Rc<ConnShared>, io: &mut ConnIo, message: M
                 payload: &payload,
                 deflate_bits: io.deflate_bits,
             };
-            let done = io
-                .endpoint
-                .takes(kind)
-                .and_then(|()| io.endpoint.on_data(ctx, conn, data));
+            let done = io.endpoint.takes(kind).and_then(|()| {
+                // A data message is what keeps a connection from idling out
+                // (`Profile::idles_out`).
+                conn.last_op.set(ctx.now.get());
+                io.endpoint.on_data(ctx, conn, data)
+            });
             if let Err(close) = done {
                 begin_close(ctx, conn, io, close);
             }

@@ -41,7 +41,6 @@ impl Endpoint for App {
         conn: &Rc<ConnShared>,
         data: Data<'_>,
     ) -> Result<(), CloseRequest> {
-        conn.last_op.set(ctx.now.get());
         match data.kind {
             DataKind::Text => ops::handle(ctx, conn, data.payload),
             DataKind::Binary => ops::handle_binary(ctx, conn, data.payload),

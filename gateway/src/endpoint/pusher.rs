@@ -95,7 +95,6 @@ impl Endpoint for Pusher {
         conn: &Rc<ConnShared>,
         data: Data<'_>,
     ) -> Result<(), CloseRequest> {
-        conn.last_op.set(ctx.now.get());
         crate::pusher::conn::handle(ctx, conn, data.payload);
         Ok(())
     }

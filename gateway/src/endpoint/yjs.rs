@@ -112,7 +112,6 @@ impl Endpoint for Yjs {
         conn: &Rc<ConnShared>,
         data: Data<'_>,
     ) -> Result<(), CloseRequest> {
-        conn.last_op.set(ctx.now.get());
         handle(ctx, conn, &self.room, data.payload)
     }
 }
