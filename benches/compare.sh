@@ -100,11 +100,26 @@ for t in "${targets[@]}"; do
         --subscribers "$subs" --rate "$rate" --duration-secs "$duration" --warmup-secs "$warmup" --json \
         | tee -a "$out" | grep -v '^{' >&2
     if [ "$short" = 0 ]; then
-        $load "$bin/ringcast-bench" fanout --label "$label" --mode "$mode" --spawn "$cmd" \
+        found=$($load "$bin/ringcast-bench" fanout --label "$label" --mode "$mode" --spawn "$cmd" \
             --subscribers "${FIND_SUBS:-100}" --rate "${FIND_START:-100}" --max-rate "${FIND_MAX_RATE:-20000}" --duration-secs 3 --warmup-secs 1 --json --find-max \
-            | grep '"find-max"' | tee -a "$out" >&2
+            | grep '"find-max"')
+        echo "$found" | tee -a "$out" >&2
+        # The tail a latency-sensitive client sees: the same subscribers at half that maximum.
+        half=$(echo "$found" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["max_rate"] / 2))')
+        if [ "$half" -gt 0 ]; then
+            $load "$bin/ringcast-bench" fanout --label "$label" --mode "$mode" --spawn "$cmd" --tag half-load \
+                --subscribers "${FIND_SUBS:-100}" --rate "$half" --duration-secs "${HALF_DURATION:-10}" --warmup-secs 1 --json \
+                | tee -a "$out" | grep -v '^{' >&2
+        fi
     fi
 done
+# The harness's own floor: the ceiling server (no work but the write), one subscriber, 1,000
+# msg/s. Every latency above includes this much of the load generator itself.
+echo "== harness floor (ceiling-write, 1 subscriber)" >&2
+$load "$bin/ringcast-bench" fanout --label ceiling-write --mode raw --tag floor \
+    --spawn "$server $bin/ringcast-bench ceiling-server --variant write" \
+    --subscribers 1 --rate 1000 --duration-secs "$duration" --warmup-secs "$warmup" --json \
+    | tee -a "$out" | grep -v '^{' >&2
 if [ "$short" = 1 ]; then
     python3 scripts/compare-report.py --check "$out"
 else

@@ -10,22 +10,27 @@ import sys
 from report_common import machine, parse, write_section
 
 mode, doc, command, rows = parse(sys.argv[1:])
-fan = [r for r in rows if r["scenario"] == "fanout"]
+every = [r for r in rows if r["scenario"] == "fanout"]
+fan = [r for r in every if not r.get("tag")]
+half = [r for r in every if r.get("tag") == "half-load"]
+floor = [r for r in every if r.get("tag") == "floor"]
 fmax = {(r["label"], r["mode"]): r for r in rows if r["scenario"] == "find-max"}
 
 if mode == "--check":
-    bad = [r for r in fan if r["lost"] or r["duplicated"] or r["received"] == 0]
-    for r in fan:
+    bad = [r for r in every if r["lost"] or r["duplicated"] or r["received"] == 0]
+    for r in every:
         print(f"{r['label']:>20} {r['mode']:>4}: delivered {r['received']}/{r['expected']}, lost {r['lost']}, duplicated {r['duplicated']}")
     if bad:
         print("FAILED: loss, duplicates or nothing delivered: " + ", ".join(f"{r['label']}/{r['mode']}" for r in bad))
         sys.exit(1)
-    print(f"compare smoke: {len(fan)} passed, 0 failed")
+    print(f"compare smoke: {len(every)} passed, 0 failed")
     sys.exit(0)
 
 PEERS = ("node-ws", "socket.io", "rust-baseline")
 def ms(us):
     return "n/a" if us is None else f"{us / 1000:.2f}"
+def ms3(us):
+    return "n/a" if us is None else f"{us / 1000:.3f}"
 ceiling_cpu = min(r["server_cpu_percent"] for r in fan if r["label"].startswith("ceiling"))
 peer_cpu = min(r["server_cpu_percent"] for r in fan if r["label"] in PEERS)
 ceil_max = max((fmax[k]["max_deliveries_per_sec"] for k in fmax if k[0].startswith("ceiling")), default=0)
@@ -42,22 +47,35 @@ r0 = fan[0]
 lines.append(f"Load: {r0['subscribers']} subscribers in {r0['rooms']} room, {r0['publishers']} publisher, "
              f"{r0['payload']} B of padding per message, {r0['duration_secs']} s measured.")
 lines.append("")
+lines.append("Latency is measured from the message's scheduled send time (a late send keeps its slot, so the "
+             "load generator's own lateness is in the figure, never hidden); \"from send\" is the same "
+             "deliveries from the publisher's actual write, and \"late\" how far behind its schedule the "
+             "publisher sent (it sleeps to 2 ms before each slot, then yields until it).")
+for f in floor:
+    lines.append("")
+    lines.append(f"**Harness floor** ({f['label']}, {f['subscribers']} subscriber, {f['rate']:.0f} msg/s: a server that does "
+                 f"nothing but write): p50 **{f['p50_us']} µs**, p99 {f['p99_us']} µs, p99.9 {f['p999_us']} µs from the schedule; "
+                 f"from the actual send p50 {f.get('send_p50_us', 'n/a')} µs, p99 {f.get('send_p99_us', 'n/a')} µs; "
+                 f"publisher lateness p50 {f.get('late_p50_us', 'n/a')} µs, p99 {f.get('late_p99_us', 'n/a')} µs, "
+                 f"max {f.get('late_max_us', 'n/a')} µs. Every latency in this section includes that floor.")
+lines.append("")
 lines.append(f"### Fixed offered rate ({r0['rate']:.0f} msg/s)")
 lines.append("")
 lines.append("Server CPU ratios: this target's CPU per delivered message divided by the best peer's and by "
              "the ceiling's (lower is better; 1.00 = the same cost).")
 lines.append("")
-lines.append("| target | mode | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | lost | dup | server CPU | RSS MiB | CPU vs best peer | CPU vs ceiling |")
-lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+lines.append("| target | mode | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | p99 from send ms | late p99 ms | lost | dup | server CPU | RSS MiB | CPU vs best peer | CPU vs ceiling |")
+lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for r in fan:
     c = r["server_cpu_percent"]
     lines.append(f"| {r['label']} | {r['mode']} | {r['deliveries_per_sec']:.0f} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | "
-                 f"{ms(r['p999_us'])} | {ms(r['max_us'])} | {r['lost']} | {r['duplicated']} | {c:.0f}% | "
+                 f"{ms(r['p999_us'])} | {ms(r['max_us'])} | {ms(r.get('send_p99_us'))} | {ms3(r.get('late_p99_us'))} | "
+                 f"{r['lost']} | {r['duplicated']} | {c:.0f}% | "
                  f"{r['server_rss_bytes'] / 2**20:.1f} | {c / peer_cpu:.2f} | {c / ceiling_cpu:.2f} |")
 if fmax:
     lines.append("")
     fm0 = next(iter(fmax.values()))
-    lines.append("### Highest rate with p99 ≤ 10 ms and no loss (`--find-max`, ×1.5 steps)")
+    lines.append("### Highest rate with p99 ≤ 10 ms and no loss (`--find-max`, ×1.5 steps, then ×1.2 below the first failing one)")
     lines.append("")
     lines.append(f"{fm0['subscribers']} subscribers (a short burst per message, so the ramp finds the throughput "
                  "limit rather than the load generator's latency floor), 3 s per step. Ratios: deliveries/s at the "
@@ -74,6 +92,20 @@ if fmax:
         vc = f"{d / ceil_max:.2f}" if ceil_max else "n/a"
         ge = "≥ " if r.get("limited_by_load") or r.get("capped") else ""
         lines.append(f"| {label} | {m} | {ge}{r['max_rate']:.0f} | {ge}{d:.0f} | {ms(r['p99_us'])} | {vp} | {vc} |")
+if half:
+    lines.append("")
+    lines.append("### At half of each target's maximum rate (the tail a latency-sensitive client sees)")
+    lines.append("")
+    h0 = half[0]
+    lines.append(f"{h0['subscribers']} subscribers, each target at 50 % of its own highest passing rate above, "
+                 f"{h0['duration_secs']} s measured. Goal for ringcast on this machine: p99 ≤ 1 ms, p99.9 ≤ 3 ms.")
+    lines.append("")
+    lines.append("| target | mode | msg/s | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | p99 from send ms | late p99 ms | lost | dup | server CPU |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in half:
+        lines.append(f"| {r['label']} | {r['mode']} | {r['rate']:.0f} | {r['deliveries_per_sec']:.0f} | {ms3(r['p50_us'])} | "
+                     f"{ms3(r['p99_us'])} | {ms3(r['p999_us'])} | {ms3(r['max_us'])} | {ms3(r.get('send_p99_us'))} | "
+                     f"{ms3(r.get('late_p99_us'))} | {r['lost']} | {r['duplicated']} | {r['server_cpu_percent']:.0f}% |")
 befores = [r for r in fan if r["label"].startswith("ringcast-before-")]
 if befores:
     lines.append("")

@@ -4,7 +4,7 @@ use hdrhistogram::Histogram;
 
 /// `p50 … p90 … p99 … p99.9 … max …` of a histogram recorded in µs, in milliseconds.
 pub fn percentiles_ms(h: &Histogram<u64>) -> String {
-    let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
+    let ms = |us: u64| format!("{:.3} ms", us as f64 / 1000.0);
     format!(
         "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
         ms(h.value_at_quantile(0.50)),

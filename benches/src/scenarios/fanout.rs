@@ -40,6 +40,10 @@ pub struct Args {
     /// A label for the server in the report.
     #[arg(long, default_value = "server")]
     pub label: String,
+    /// A tag for the run in the JSON line (`tag`), to group runs in a report (e.g. `floor`,
+    /// `half-load`).
+    #[arg(long, default_value = "")]
+    pub tag: String,
     /// `app`: the ringcast protocol on /ws. `raw`: raw broadcast on /raw/<room>. `socketio`,
     /// `pusher`: those protocols.
     #[arg(long, value_enum, default_value_t = Mode::App)]
@@ -84,8 +88,9 @@ pub struct Args {
     /// with --spawn, the server's `tls=` address is loaded instead of `public=`.
     #[arg(long, value_name = "PEM")]
     pub tls_ca: Option<std::path::PathBuf>,
-    /// Ramp the offered rate (×1.5 per step from --rate) and report the highest whose p99 stays
-    /// at or under --p99-target-ms with nothing lost or duplicated.
+    /// Ramp the offered rate (×1.5 per step from --rate, then ×1.2 between the last passing and
+    /// the first failing step) and report the highest whose p99 stays at or under
+    /// --p99-target-ms with nothing lost or duplicated.
     #[arg(long)]
     pub find_max: bool,
     /// The p99 target of --find-max.
@@ -246,8 +251,11 @@ pub struct SubResult {
     pub received: u64,
     /// Messages that came again or out of their publisher's order.
     pub duplicated: u64,
-    /// Latency of messages scheduled after the warm-up, in µs.
+    /// Latency of messages scheduled after the warm-up, in µs, from their scheduled time.
     pub hist: Option<Histogram<u64>>,
+    /// The same messages' latency from the moment the publisher actually sent them (their `s`
+    /// field; messages without one are not in it), in µs.
+    pub from_send: Option<Histogram<u64>>,
 }
 
 /// Reads messages until `stop` fires, checking order and recording latency.
@@ -261,6 +269,7 @@ where
 {
     let mut r = SubResult {
         hist: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok(),
+        from_send: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok(),
         ..SubResult::default()
     };
     let mut last_k: HashMap<u64, u64> = HashMap::new();
@@ -305,10 +314,18 @@ where
             if let Some(h) = r.hist.as_mut() {
                 let _ = h.record(now.saturating_sub(t).max(1000) / 1000);
             }
+            if let (Some(h), Some(sent)) = (r.from_send.as_mut(), field(b"\"s\":", b"\\\"s\\\":")) {
+                let _ = h.record(now.saturating_sub(sent).max(1000) / 1000);
+            }
         }
     }
     r
 }
+
+/// The ramp's step factor until its first failing step.
+const COARSE_STEP: f64 = 1.5;
+/// The ramp's step factor between the last passing and the first failing coarse step.
+const FINE_STEP: f64 = 1.2;
 
 /// Runs the scenario (or the --find-max ramp) and prints the report.
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -323,18 +340,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut step = args.clone();
     let mut best: Option<(f64, f64, u64)> = None;
     let mut limited_by_load = false;
-    let steps = (args.max_rate / args.rate).log(1.5).ceil().max(0.0) as usize + 1;
-    for i in 0..steps {
-        step.rate = args.rate * 1.5f64.powi(i as i32);
-        if step.rate > args.max_rate {
+    // ×1.5 per step until a step fails, then ×1.2 from the last passing rate up to the failed
+    // one: the limit is known to within 20 %, in two more steps at most.
+    let mut factor = COARSE_STEP;
+    let mut failed_at: Option<f64> = None;
+    let mut next_rate = args.rate;
+    for i in 1.. {
+        step.rate = next_rate;
+        if step.rate > args.max_rate || failed_at.is_some_and(|f| step.rate >= f * 0.999) {
             break;
         }
         eprintln!(
-            "find-max [{}]: step {}/{} at {:.0} msg/s",
-            args.label,
-            i + 1,
-            steps,
-            step.rate
+            "find-max [{}]: step {i} at {:.0} msg/s (x{factor} steps)",
+            args.label, step.rate
         );
         let mut report = measure(&step)?;
         print_report(&step, &report);
@@ -352,7 +370,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             report = measure(&step)?;
             print_report(&step, &report);
         }
-        let p99_ms = report.hist.value_at_quantile(0.99) as f64 / 1000.0;
         if report.load_fell_behind {
             println!(
                 "find-max [{}]: the load generator could not offer {:.0} msg/s; stopping the ramp there (a limit of the load, not of the server)",
@@ -361,15 +378,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             limited_by_load = true;
             break;
         }
-        let clean = report.expected == report.received && report.duplicated == 0;
-        if !clean || p99_ms > args.p99_target_ms {
-            break;
+        if !passes(&report) {
+            match best {
+                Some((rate, ..)) if factor == COARSE_STEP => {
+                    failed_at = Some(step.rate);
+                    factor = FINE_STEP;
+                    next_rate = rate * FINE_STEP;
+                    continue;
+                }
+                _ => break,
+            }
         }
         best = Some((
             step.rate,
             report.hist.len() as f64 / report.measured_secs,
             report.hist.value_at_quantile(0.99),
         ));
+        next_rate = step.rate * factor;
     }
     match best {
         Some((rate, deliveries, p99)) => {
@@ -384,7 +409,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         "subscribers": args.subscribers, "rooms": args.rooms, "max_rate": rate,
                         "max_deliveries_per_sec": deliveries, "p99_us": p99, "p99_target_ms": args.p99_target_ms,
                         "limited_by_load": limited_by_load,
-                        "capped": rate * 1.5 > args.max_rate && !limited_by_load})
+                        "capped": rate * factor > args.max_rate && !limited_by_load && failed_at.is_none()})
                 );
             }
         }
@@ -446,8 +471,13 @@ pub struct Report {
     pub received: u64,
     /// Deliveries out of order or repeated.
     pub duplicated: u64,
-    /// Latency (µs) of messages scheduled in the measured window.
+    /// Latency (µs) of messages scheduled in the measured window, from their scheduled time
+    /// (a late send counts its lateness: no coordinated omission).
     pub hist: Histogram<u64>,
+    /// The same deliveries' latency (µs) from the publisher's actual send.
+    pub from_send: Histogram<u64>,
+    /// How late (µs) the publishers sent, against their schedule: the harness's own share.
+    pub lateness: Histogram<u64>,
     /// The measured window.
     pub measured_secs: f64,
     /// Server CPU, percent of one core.
@@ -461,6 +491,25 @@ pub struct Report {
     pub load_fell_behind: bool,
     /// With `--flood-subscribers`: what the flood room delivered per second meanwhile.
     pub flood_deliveries_per_sec: Option<f64>,
+}
+
+/// How long before a send slot a publisher stops sleeping on tokio's timer (1 ms granularity,
+/// rounded up) and yields to the runtime instead until the slot.
+const SPIN_BEFORE: Duration = Duration::from_millis(2);
+
+/// Waits until `at`: on the timer until [`SPIN_BEFORE`] ahead of it, then by yielding (so the
+/// subscribers on the same runtime keep being served, and the I/O driver is polled between
+/// yields) until the slot. Costs the load core up to `SPIN_BEFORE` of busy time per send, and
+/// keeps the send within a few µs of its slot instead of up to a timer tick behind it.
+async fn wait_until(at: Instant) {
+    if let Some(early) = at.checked_sub(SPIN_BEFORE) {
+        if early > Instant::now() {
+            tokio::time::sleep_until(early.into()).await;
+        }
+    }
+    while Instant::now() < at {
+        tokio::task::yield_now().await;
+    }
 }
 
 async fn drive(
@@ -551,7 +600,8 @@ async fn drive(
         }));
     }
 
-    // Publishers: each sends on its own schedule; a late send keeps its scheduled time.
+    // Publishers: each sends on its own schedule (`wait_until`: precise to a few µs); a late
+    // send keeps its scheduled time `t` and carries its actual send time `s` beside it.
     let interval = Duration::from_secs_f64(args.publishers as f64 / args.rate);
     let pad = "x".repeat(args.payload);
     let behind = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -566,19 +616,26 @@ async fn drive(
         let behind = behind.clone();
         pub_tasks.push(tokio::spawn(async move {
             let offset = interval.mul_f64(p as f64 / publishers as f64);
+            let mut lateness = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
             let mut k: u64 = 0;
             loop {
                 let scheduled = start + interval.mul_f64(k as f64) + offset;
                 if scheduled >= end {
                     break;
                 }
-                tokio::time::sleep_until(scheduled.into()).await;
-                if Instant::now().saturating_duration_since(scheduled) > Duration::from_secs(1) {
+                wait_until(scheduled).await;
+                let sent_at = Instant::now();
+                if sent_at.saturating_duration_since(scheduled) > Duration::from_secs(1) {
                     behind.store(true, Ordering::Relaxed);
                     break;
                 }
-                let t = ns_since_base(scheduled);
-                let data = format!(r#"{{"t":{t},"p":{p},"k":{k},"pad":"{pad}"}}"#);
+                let (t, s) = (ns_since_base(scheduled), ns_since_base(sent_at));
+                if scheduled >= measure_from {
+                    if let Some(h) = lateness.as_mut() {
+                        let _ = h.record(s.saturating_sub(t) / 1000);
+                    }
+                }
+                let data = format!(r#"{{"t":{t},"s":{s},"p":{p},"k":{k},"pad":"{pad}"}}"#);
                 let (r, frame) = match mode {
                     Mode::App => {
                         let r = (k as usize * publishers + p) % rooms.len();
@@ -604,7 +661,7 @@ async fn drive(
                 k += 1;
             }
             // Keep the connection until the end so nothing is cut short.
-            ws
+            (ws, lateness)
         }));
     }
     let progress = tokio::spawn(crate::report::progress(
@@ -617,8 +674,13 @@ async fn drive(
     let client_cpu_start = procstat::cpu_seconds(std::process::id());
     let wall_start = Instant::now();
     let mut pub_conns = Vec::new();
+    let mut lateness = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for t in pub_tasks {
-        pub_conns.push(t.await?);
+        let (ws, late) = t.await?;
+        pub_conns.push(ws);
+        if let Some(h) = late {
+            lateness.add(h)?;
+        }
     }
     progress.abort();
     crate::report::progress_done();
@@ -634,6 +696,7 @@ async fn drive(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let _ = stop_tx.send(true);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut from_send = hist.clone();
     let (mut received, mut duplicated) = (0, 0);
     for t in sub_tasks {
         let r = t.await?;
@@ -641,6 +704,9 @@ async fn drive(
         duplicated += r.duplicated;
         if let Some(h) = r.hist {
             hist.add(h)?;
+        }
+        if let Some(h) = r.from_send {
+            from_send.add(h)?;
         }
     }
     drop(pub_conns);
@@ -664,6 +730,8 @@ async fn drive(
         received,
         duplicated,
         hist,
+        from_send,
+        lateness,
         measured_secs: args.duration_secs as f64,
         cpu_percent: cpu_start.zip(cpu_end).map(|(a, b)| (b - a) / wall * 100.0),
         client_cpu_percent: client_cpu_start
@@ -787,6 +855,16 @@ pub fn print_report(args: &Args, r: &Report) {
         "latency, scheduled send -> receive: {}",
         crate::report::percentiles_ms(h)
     );
+    if !r.from_send.is_empty() {
+        println!(
+            "latency, actual send -> receive:    {}",
+            crate::report::percentiles_ms(&r.from_send)
+        );
+    }
+    println!(
+        "publisher lateness (actual - scheduled send): {}",
+        crate::report::percentiles_ms(&r.lateness)
+    );
     if let Some(f) = r.flood_deliveries_per_sec {
         println!(
             "meanwhile the flood room (flood.room, {} subscribers, {} publishers writing as fast as they can) delivered {f:.0} frames/s",
@@ -807,13 +885,17 @@ pub fn print_report(args: &Args, r: &Report) {
     }
     if args.json {
         let j = serde_json::json!({
-            "scenario": "fanout", "label": args.label, "mode": format!("{:?}", args.mode).to_lowercase(),
+            "scenario": "fanout", "tag": args.tag, "label": args.label, "mode": format!("{:?}", args.mode).to_lowercase(),
             "subscribers": args.subscribers, "rooms": args.rooms, "publishers": args.publishers,
             "rate": args.rate, "payload": args.payload, "duration_secs": args.duration_secs,
             "published": r.published, "expected": r.expected, "received": r.received, "lost": lost,
             "duplicated": r.duplicated, "deliveries_per_sec": measured as f64 / r.measured_secs,
             "p50_us": h.value_at_quantile(0.5), "p90_us": h.value_at_quantile(0.9),
             "p99_us": h.value_at_quantile(0.99), "p999_us": h.value_at_quantile(0.999), "max_us": h.max(),
+            "send_p50_us": r.from_send.value_at_quantile(0.5), "send_p99_us": r.from_send.value_at_quantile(0.99),
+            "send_p999_us": r.from_send.value_at_quantile(0.999),
+            "late_p50_us": r.lateness.value_at_quantile(0.5), "late_p99_us": r.lateness.value_at_quantile(0.99),
+            "late_p999_us": r.lateness.value_at_quantile(0.999), "late_max_us": r.lateness.max(),
             "server_cpu_percent": r.cpu_percent, "server_rss_bytes": r.rss_bytes,
             "client_cpu_percent": r.client_cpu_percent, "client_threads": args.client_threads,
             "load_fell_behind": r.load_fell_behind,
