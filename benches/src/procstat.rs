@@ -19,3 +19,35 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// Bytes held by each kernel slab cache (`/proc/slabinfo`: active objects × object size; needs
+/// root), by cache name. Empty when the file cannot be read.
+pub fn slab_bytes() -> std::collections::BTreeMap<String, u64> {
+    let Ok(text) = std::fs::read_to_string("/proc/slabinfo") else {
+        return Default::default();
+    };
+    text.lines()
+        .skip(2)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let name = f.next()?.to_string();
+            let active: u64 = f.next()?.parse().ok()?;
+            let _total = f.next()?;
+            let size: u64 = f.next()?.parse().ok()?;
+            Some((name, active * size))
+        })
+        .collect()
+}
+
+/// Pages the kernel charges to TCP socket buffers (`/proc/net/sockstat`, `TCP: ... mem N`).
+pub fn tcp_mem_pages() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "mem" {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}

@@ -15,8 +15,17 @@ use gateway::shard::{self, Global, Policy, ShardSetup};
 use gateway::tls::Tls;
 use gateway::{http, listener, runtime};
 
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// With `--features dhat-heap` (a measurement build, never shipped): every allocation is
+/// recorded with its call stack, and a graceful exit writes `dhat-heap.json` (or the file named
+/// by `DHAT_OUT_FILE`) with the live bytes of each call site at the heap's peak
+/// (`scripts/memory-breakdown.sh` turns that into the per-connection breakdown).
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static GLOBAL: dhat::Alloc = dhat::Alloc;
 
 /// ringcast: a thread-per-core WebSocket gateway with rooms, recovery and encode-once fan-out.
 ///
@@ -142,6 +151,10 @@ fn load_config(args: &RunArgs, file: Option<&std::path::Path>) -> anyhow::Result
 }
 
 fn main() -> anyhow::Result<()> {
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::builder()
+        .file_name(std::env::var_os("DHAT_OUT_FILE").unwrap_or_else(|| "dhat-heap.json".into()))
+        .build();
     gateway::contain::install_hook();
     let cli = Cli::parse();
     match &cli.command {

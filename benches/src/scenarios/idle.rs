@@ -36,6 +36,10 @@ pub struct Args {
     /// Also print the result as one JSON line.
     #[arg(long)]
     json: bool,
+    /// At the end, stop the server with SIGTERM and wait for it to exit (a heap-profiling build
+    /// writes its profile on a graceful exit), instead of killing it.
+    #[arg(long)]
+    stop_gracefully: bool,
 }
 
 /// Arguments of one idle client process (started by `idle`).
@@ -98,6 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let pid = server.child.id();
     std::thread::sleep(Duration::from_millis(500));
     let base = procstat::rss_bytes(pid).context("server RSS")?;
+    let (slab_base, tcp_base) = (procstat::slab_bytes(), procstat::tcp_mem_pages());
     let exe = std::env::current_exe()?;
     let per = args.connections.div_ceil(args.processes.max(1));
     let mut children = Vec::new();
@@ -142,6 +147,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     std::thread::sleep(Duration::from_secs(args.settle_secs));
     let loaded = procstat::rss_bytes(pid).context("server RSS")?;
+    let (slab_loaded, tcp_loaded) = (procstat::slab_bytes(), procstat::tcp_mem_pages());
+    // The kernel's share: slab caches that grew (socket, inode, file, epoll, … objects) and the
+    // pages charged to TCP buffers. Both ends of each connection are on this machine, so these
+    // count two sockets per connection.
+    let mut slabs: Vec<(String, u64)> = slab_loaded
+        .iter()
+        .filter_map(|(name, &b)| {
+            let grew = b.saturating_sub(slab_base.get(name).copied().unwrap_or(0));
+            (grew > 0).then(|| (name.clone(), grew))
+        })
+        .collect();
+    slabs.sort_by_key(|s| std::cmp::Reverse(s.1));
+    let slab_total: u64 = slabs.iter().map(|s| s.1).sum();
+    let tcp_pages = tcp_loaded.zip(tcp_base).map(|(a, b)| a.saturating_sub(b));
     for c in &mut children {
         drop(c.stdin.take());
     }
@@ -159,11 +178,50 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         loaded as f64 / 1048576.0,
         per_conn
     );
+    let n = opened.max(1) as f64;
+    if slab_loaded.is_empty() {
+        println!(
+            "idle [{}]: kernel share not read (/proc/slabinfo needs root)",
+            args.label
+        );
+    } else {
+        let top: Vec<String> = slabs
+            .iter()
+            .take(6)
+            .map(|(name, b)| format!("{name} {:.0}", *b as f64 / n))
+            .collect();
+        println!(
+            "idle [{}]: kernel, both ends of each connection (loopback): slab caches +{:.0} bytes per connection ({}), TCP buffer pages +{}",
+            args.label,
+            slab_total as f64 / n,
+            top.join(", "),
+            tcp_pages.map_or("n/a".to_string(), |p| p.to_string()),
+        );
+    }
+    if args.stop_gracefully {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let mut server = server;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if server.child.try_wait()?.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     if args.json {
+        let slab_json: serde_json::Map<String, serde_json::Value> = slabs
+            .iter()
+            .map(|(name, b)| (name.clone(), serde_json::json!(b)))
+            .collect();
         println!(
             "{}",
-            serde_json::json!({"scenario": "idle", "label": args.label, "connections": opened, "failed": failed,
-                "rss_base_bytes": base, "rss_loaded_bytes": loaded, "bytes_per_connection": per_conn})
+            serde_json::json!({"scenario": "idle", "label": args.label, "path": args.path, "connections": opened, "failed": failed,
+                "rss_base_bytes": base, "rss_loaded_bytes": loaded, "bytes_per_connection": per_conn,
+                "kernel_slab_bytes": slab_total, "kernel_slab_by_cache": slab_json,
+                "kernel_tcp_mem_pages": tcp_pages})
         );
     }
     Ok(())
