@@ -32,9 +32,13 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
     -subj /CN=ringcast.test -keyout "$tmp/tls.key" -out "$tmp/tls.crt" 2>/dev/null
 cat "$tmp/tls.crt" "$tmp/tls.key" >"$tmp/tls.pem"
 
-# The example configuration, as shipped and with its [broker] and [tls] blocks enabled.
-sed "s|/etc/ringcast/jwt/2026-11.pub|$tmp/jwt.pub|" deploy/systemd/ringcast.toml >"$tmp/ringcast.toml"
-check "ringcast check-config deploy/systemd/ringcast.toml" "$bin" check-config "$tmp/ringcast.toml"
+# The example configuration, as shipped (no key: the package installs it as the default), and
+# with its [[auth.keys]] block uncommented and pointed at a throwaway key.
+check "ringcast check-config deploy/systemd/ringcast.toml" "$bin" check-config deploy/systemd/ringcast.toml
+sed -E -e 's/^#(\[\[auth\.keys\]\]|kid = |alg = |public_key_file = )/\1/' \
+    -e "s|/etc/ringcast/jwt/2026-11.pub|$tmp/jwt.pub|" deploy/systemd/ringcast.toml >"$tmp/ringcast.toml"
+check "ringcast check-config deploy/systemd/ringcast.toml with [[auth.keys]]" \
+    bash -c '"$1" check-config "$2" | grep -q "^kid = \"2026-11\""' _ "$bin" "$tmp/ringcast.toml"
 
 # The unit, with the binary and config where this checkout has them.
 mkdir -p "$tmp/unit"

@@ -53,6 +53,12 @@ RINGCAST_IO_DRIVER=io-uring cargo test --workspace 2>&1 | tee -a "$log"
 step "deploy files, each checked by its own tool"
 scripts/check-deploy.sh target/debug/ringcast 2>&1 | tee -a "$log"
 
+step "Debian package: cargo deb, dpkg -i, files/user/--version/check-config, dpkg -r, dpkg -P leaves nothing"
+scripts/check-package.sh 2>&1 | tee -a "$log"
+
+step "container build file, linted by hadolint (no builder works here: docs/decisions.md)"
+scripts/check-container.sh 2>&1 | tee -a "$log"
+
 step "gateway integration tests on epoll"
 RINGCAST_IO_DRIVER=epoll cargo test -p gateway --test gateway --test interop --test security --test tls --test delivery --test sse --test api --test opfuzz 2>&1 | tee -a "$log"
 
@@ -98,6 +104,8 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += 
      /^soak smoke: [0-9]+ passed/ { p += $3; f += $5 }
      /^pusher smoke: [0-9]+ passed/ { p += $3; f += $5 }
      /^deploy checks: [0-9]+ passed/ { p += $3; f += $5 }
+     /^package checks: [0-9]+ passed/ { p += $3; f += $5 }
+     /^container checks: [0-9]+ passed/ { p += $3; f += $5 }
      /^# pass [0-9]+$/ { p += $3 }
      /^# fail [0-9]+$/ { f += $3 }
      /^ℹ pass [0-9]+$/ { p += $3 }

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use gateway::admission::Admission;
 use gateway::auth::Authenticator;
-use gateway::config::{BrokerKind, Config, IoDriver};
+use gateway::config::{BrokerKind, Config, IoDriver, LogFormat};
 use gateway::listener::Transport;
 use gateway::mailbox::{Mailboxes, ShardMsg};
 use gateway::namespaces::Namespaces;
@@ -22,10 +22,21 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// With `--features dhat-heap` (a measurement build, never shipped): every allocation is
 /// recorded with its call stack, and a graceful exit writes `dhat-heap.json` (or the file named
 /// by `DHAT_OUT_FILE`) with the live bytes of each call site at the heap's peak
-/// (`scripts/memory-breakdown.sh` turns that into the per-connection breakdown).
+/// (`benches/memory.sh` turns that into the per-connection breakdown).
 #[cfg(feature = "dhat-heap")]
 #[global_allocator]
 static GLOBAL: dhat::Alloc = dhat::Alloc;
+
+/// What `ringcast --version` prints after the name: the version, the git commit it was built
+/// from (gateway/build.rs; `unknown` outside a git checkout) and the I/O drivers compiled in.
+const VERSION_STRING: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("GATEWAY_GIT_COMMIT"),
+    ", drivers: ",
+    gateway::compiled_drivers!(),
+    ")"
+);
 
 /// ringcast: a thread-per-core WebSocket gateway with rooms, recovery and encode-once fan-out.
 ///
@@ -34,7 +45,7 @@ static GLOBAL: dhat::Alloc = dhat::Alloc;
 /// `RINGCAST_WEBSOCKET__MAX_MESSAGE_BYTES=131072`). Precedence: flags, then environment, then
 /// the file, then defaults. README.md lists every key.
 #[derive(Debug, Parser)]
-#[command(name = "ringcast", version, about, long_about)]
+#[command(name = "ringcast", version = VERSION_STRING, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -103,6 +114,9 @@ struct RunArgs {
     /// Log filter: error, warn, info, debug, trace, or a tracing directive.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Log line format: text (coloured only on a terminal) or json (one object per line).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
     /// Serve the WebSocket echo endpoint GET /echo (conformance testing only).
     #[arg(long)]
     echo_endpoint: bool,
@@ -133,6 +147,9 @@ fn load_config(args: &RunArgs, file: Option<&std::path::Path>) -> anyhow::Result
     }
     if let Some(v) = &args.log_level {
         config.log_level = v.clone();
+    }
+    if let Some(v) = args.log_format {
+        config.log_format = v;
     }
     if args.echo_endpoint {
         config.websocket.echo_endpoint = true;
@@ -322,13 +339,24 @@ fn start_brokers(
     Ok((brokers, Some(health)))
 }
 
+/// Installs the log subscriber: stderr, filtered by `log_level`, as text (ANSI colour only when
+/// stderr is a terminal: a file, a pipe or journald gets plain lines) or as one JSON object per
+/// line.
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level).context("log_level")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+    Ok(())
+}
+
 fn serve(config: Config) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&config.log_level).context("log_level")?,
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&config)?;
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;

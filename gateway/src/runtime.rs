@@ -24,6 +24,18 @@ impl ResolvedDriver {
     }
 }
 
+/// The I/O drivers compiled into this binary, space-separated, as `ringcast --version` names
+/// them. Always both: [`block_on`] builds runtimes on monoio's `IoUringDriver` and
+/// `LegacyDriver`, which exist only with monoio's `iouring` and `legacy` features (listed in
+/// gateway/Cargo.toml), so a build without either does not compile. A macro, not a `const`, so
+/// that `concat!` can put it into the version string at compile time.
+#[macro_export]
+macro_rules! compiled_drivers {
+    () => {
+        "io_uring epoll"
+    };
+}
+
 /// Why the requested driver cannot run here.
 #[derive(Debug, thiserror::Error)]
 #[error("io_uring was requested but is not available here (kernel support, io_uring_disabled, seccomp, or MONOIO_FORCE_LEGACY_DRIVER)")]

@@ -52,6 +52,17 @@ pub enum IoDriver {
     Epoll,
 }
 
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// One human-readable line per event; coloured only when stderr is a terminal.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields`, `target`, ...), for log
+    /// shippers.
+    Json,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -72,6 +83,8 @@ pub struct Config {
     pub cpu_profile: String,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
     pub log_level: String,
+    /// Log line format: `text` or `json`.
+    pub log_format: LogFormat,
     /// This node's name in `hello` events and metrics; defaults to the host name.
     pub node_name: String,
     /// WebSocket connection settings.
@@ -113,6 +126,7 @@ impl Default for Config {
             pin_cores: true,
             cpu_profile: String::new(),
             log_level: "info".into(),
+            log_format: LogFormat::Text,
             node_name: String::new(),
             websocket: WebSocketConfig::default(),
             rooms: NamespacePolicy::default(),

@@ -63,6 +63,17 @@ impl Server {
         Server::launch_with(shards, extra_toml, env, Stdio::from(file))
     }
 
+    /// [`Server::launch`] with the server's log (stderr) on a pipe, read from the returned end.
+    pub fn launch_piped_stderr(
+        shards: usize,
+        extra_toml: &str,
+        env: &[(&str, &str)],
+    ) -> (Server, std::process::ChildStderr) {
+        let mut server = Server::launch_with(shards, extra_toml, env, Stdio::piped());
+        let stderr = server.child.stderr.take().expect("piped stderr");
+        (server, stderr)
+    }
+
     fn launch_with(shards: usize, extra_toml: &str, env: &[(&str, &str)], stderr: Stdio) -> Server {
         let dir = std::env::temp_dir().join(format!(
             "ringcast-test-{}-{}",
