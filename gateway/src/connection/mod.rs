@@ -26,6 +26,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use monoio::io::IntoPollIo;
+use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use monoio::net::TcpStream;
 use proto_codec::protocol::ServerEvent;
 use proto_codec::ws::{encode_close, encode_frame, Decoder, DecoderConfig, Message, OpCode};
@@ -79,8 +80,18 @@ struct Opened {
     principal: crate::auth::Principal,
 }
 
-/// Serves one accepted TCP connection until it ends.
-pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, transport: Transport) {
+/// Sets up one accepted TCP connection and spawns the task that serves it until it ends;
+/// returns the size of that task's future (the `connection_task_bytes` gauge).
+///
+/// The set-up runs here, before the spawn, so the long-lived task is the plain connection's
+/// future alone: an `async fn` that did it first would keep its own copies of the stream and
+/// the ticket beside the ones moved into that future, for the connection's whole life.
+pub fn spawn(
+    ctx: Rc<ShardCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    transport: Transport,
+) -> usize {
     // Counted from accept on, so a client that dawdles over its handshake counts against its
     // address; the verdict is answered once the request head is read.
     let ticket = ctx.admission.admit(peer.ip(), ctx.now.get());
@@ -89,34 +100,50 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, trans
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(error = %e, "poll-io conversion failed");
+            return 0;
+        }
+    };
+    match transport {
+        Transport::Plain => {
+            let task = serve_stream(ctx, stream, ticket);
+            let bytes = std::mem::size_of_val(&task);
+            monoio::spawn(task);
+            bytes
+        }
+        Transport::Tls if ctx.tls.is_some() => {
+            let task = serve_tls(ctx, stream, ticket);
+            let bytes = std::mem::size_of_val(&task);
+            monoio::spawn(task);
+            bytes
+        }
+        Transport::Tls => 0,
+    }
+}
+
+/// Serves a TLS connection: the TLS handshake, then the connection over the TLS stream.
+async fn serve_tls(ctx: Rc<ShardCtx>, stream: TcpStreamPoll, ticket: AdmitTicket) {
+    let Some(tls) = &ctx.tls else {
+        return;
+    };
+    // Boxed: a TLS session is large, and plain connections should not carry its size.
+    let accept = Box::pin(monoio::time::timeout(
+        std::time::Duration::from_millis(ctx.config.websocket.handshake_timeout_ms),
+        tls.acceptor.accept(stream),
+    ));
+    let stream = match accept.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            crate::metrics::handshake_failure("tls");
+            return;
+        }
+        Err(_) => {
+            crate::metrics::handshake_failure("tls_timeout");
             return;
         }
     };
-    match (transport, &ctx.tls) {
-        (Transport::Plain, _) => serve_stream(ctx.clone(), stream, ticket).await,
-        (Transport::Tls, Some(tls)) => {
-            // Boxed: a TLS session is large, and plain connections should not carry its size.
-            let accept = Box::pin(monoio::time::timeout(
-                std::time::Duration::from_millis(ctx.config.websocket.handshake_timeout_ms),
-                tls.acceptor.accept(stream),
-            ));
-            let stream = match accept.await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "TLS handshake failed");
-                    crate::metrics::handshake_failure("tls");
-                    return;
-                }
-                Err(_) => {
-                    crate::metrics::handshake_failure("tls_timeout");
-                    return;
-                }
-            };
-            let task = Box::pin(serve_stream(ctx.clone(), stream, ticket));
-            task.await
-        }
-        (Transport::Tls, None) => {}
-    }
+    let task = Box::pin(serve_stream(ctx.clone(), stream, ticket));
+    task.await
 }
 
 /// Serves a connection over any stream (plain or TLS) from its first byte.

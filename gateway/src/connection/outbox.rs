@@ -487,6 +487,15 @@ impl Outbox {
         self.entries.drain(..).map(|e| e.frame).collect()
     }
 
+    /// Frees the queue's allocation when nothing is queued (the shard's sweep calls it once a
+    /// second), so an idle connection's outbox owns no memory; a busy one keeps its capacity
+    /// between sweeps and reallocates at most once a second.
+    pub fn release_if_empty(&mut self) {
+        if self.entries.is_empty() && self.entries.capacity() > 0 {
+            self.entries = VecDeque::new();
+        }
+    }
+
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

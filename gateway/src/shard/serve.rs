@@ -1,6 +1,6 @@
 //! The shard's thread: its runtime and its loops (accept, mailbox, deferred turns, sweep), and
 //! the drain of graceful shutdown. The top of the shard: it starts connections
-//! (`connection::serve`), which call into the families of `ShardCtx`.
+//! (`connection::spawn`), which call into the families of `ShardCtx`.
 
 use std::future::{poll_fn, Future};
 use std::rc::Rc;
@@ -96,11 +96,10 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: monoio::net::TcpListener, tran
             None => return,
             Some(Ok((stream, peer))) => {
                 backoff_logged = false;
-                let task = crate::connection::serve(ctx.clone(), stream, peer, transport);
-                ctx.metrics
-                    .connection_task_bytes
-                    .set(std::mem::size_of_val(&task) as f64);
-                monoio::spawn(task);
+                let bytes = crate::connection::spawn(ctx.clone(), stream, peer, transport);
+                if bytes > 0 {
+                    ctx.metrics.connection_task_bytes.set(bytes as f64);
+                }
             }
             Some(Err(e)) => {
                 // Out of file descriptors (or similar): wait a little instead of spinning.

@@ -33,8 +33,14 @@ impl ShardCtx {
         let timeout = Duration::from_millis(ws.heartbeat_timeout_ms);
         let idle = (ws.idle_timeout_ms > 0).then(|| Duration::from_millis(ws.idle_timeout_ms));
         let mut queued = 0usize;
+        let release = sweeps.is_multiple_of(10);
         for conn in self.conns.borrow().values() {
             queued += conn.queued_bytes();
+            if release {
+                if let Ok(mut outbox) = conn.outbox().try_borrow_mut() {
+                    outbox.release_if_empty();
+                }
+            }
             if let Some(since) = conn.closing_since.get() {
                 if now.saturating_duration_since(since) > CLOSE_TIMEOUT {
                     conn.force_end.set(true);

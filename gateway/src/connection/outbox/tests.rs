@@ -412,3 +412,29 @@ fn a_document_clients_queue_never_drops_or_expires_an_update() {
     o.advance(10);
     assert!(o.is_empty());
 }
+
+#[test]
+fn an_empty_outbox_gives_its_allocation_back_and_a_queued_one_keeps_its_frames() {
+    let mut o = Outbox::new(1 << 20, Form::Ws);
+    assert!(matches!(o.push(frame("a", 10)), Push::QueuedFirst));
+    o.release_if_empty();
+    assert_eq!(
+        drain(&mut o),
+        vec!["a"],
+        "a queued frame survives the release"
+    );
+    assert_eq!(o.advance(10), 1);
+    assert!(o.is_empty());
+    assert!(
+        o.entries.capacity() > 0,
+        "drained, the queue still holds its allocation"
+    );
+    o.release_if_empty();
+    assert_eq!(
+        o.entries.capacity(),
+        0,
+        "released: an idle connection's outbox owns nothing"
+    );
+    assert!(matches!(o.push(frame("b", 10)), Push::QueuedFirst));
+    assert_eq!(drain(&mut o), vec!["b"]);
+}
