@@ -24,11 +24,11 @@ mkdir -p "$out"
 git rev-parse --short HEAD > "$out/rev"
 echo "== shipped build (mimalloc)" >&2
 taskset -c 1 target/release/ringcast-bench idle --label ringcast --spawn "taskset -c 0 target/release/ringcast $flags" \
-    --connections "$conns" --processes 2 --path "$path" --json | tee "$out/idle.jsonl" | grep -v '^{' >&2
+    --connections "$conns" --processes 2 --wave 20 --path "$path" --json | tee "$out/idle.jsonl" | grep -v '^{' >&2
 echo "== heap-profiling build (dhat)" >&2
 DHAT_OUT_FILE="$out/dhat-heap.json" taskset -c 1 target/release/ringcast-bench idle --label ringcast-dhat \
     --spawn "taskset -c 0 target/release/ringcast-dhat $flags" \
-    --connections "$conns" --processes 2 --path "$path" --stop-gracefully --json | tee "$out/idle-dhat.jsonl" | grep -v '^{' >&2
+    --connections "$conns" --processes 2 --wave 20 --path "$path" --stop-gracefully --json | tee "$out/idle-dhat.jsonl" | grep -v '^{' >&2
 python3 scripts/memory-report.py --write docs/benchmarks.md ${BEFORE:+--before "$BEFORE"} \
     --command "${BEFORE:+BEFORE=<the run at $(cat "$BEFORE/rev" 2>/dev/null)> }benches/memory.sh  (CONNS=$conns WS_PATH=$path)" "$out/idle.jsonl" "$out/idle-dhat.jsonl" "$out/dhat-heap.json"
 echo "docs/benchmarks.md updated" >&2

@@ -66,9 +66,15 @@ pub enum Bucket {
 }
 
 /// One connection's rate limits: its op bucket, a bucket per namespace and kind it sends into,
-/// and its recent `rate_limited` strikes.
+/// and its recent `rate_limited` strikes. One pointer wide until the connection first meets a
+/// limit: an idle connection, or one on a node without limits, holds no bucket at all (a
+/// bucket created on first use starts full, so creating it late changes nothing).
 #[derive(Debug, Default)]
-pub struct ConnLimiter {
+pub struct ConnLimiter(Option<Box<Limits>>);
+
+/// The buckets and strikes of a connection that met a limit.
+#[derive(Debug, Default)]
+struct Limits {
     ops: Option<TokenBucket>,
     buckets: Vec<(Bucket, TokenBucket)>,
     strikes: u32,
@@ -76,12 +82,17 @@ pub struct ConnLimiter {
 }
 
 impl ConnLimiter {
+    fn limits(&mut self) -> &mut Limits {
+        self.0.get_or_insert_with(Box::default)
+    }
+
     /// Takes a token for one op (`None` rate: always allowed).
     pub fn allow_op(&mut self, rate: Option<Rate>, now: Instant) -> bool {
         let Some(rate) = rate else {
             return true;
         };
-        self.ops
+        self.limits()
+            .ops
             .get_or_insert_with(|| TokenBucket::full(rate, now))
             .try_take(rate, now)
     }
@@ -91,28 +102,30 @@ impl ConnLimiter {
         let Some(rate) = rate else {
             return true;
         };
-        let i = match self.buckets.iter().position(|(b, _)| *b == bucket) {
+        let limits = self.limits();
+        let i = match limits.buckets.iter().position(|(b, _)| *b == bucket) {
             Some(i) => i,
             None => {
-                self.buckets.push((bucket, TokenBucket::full(rate, now)));
-                self.buckets.len() - 1
+                limits.buckets.push((bucket, TokenBucket::full(rate, now)));
+                limits.buckets.len() - 1
             }
         };
-        self.buckets[i].1.try_take(rate, now)
+        limits.buckets[i].1.try_take(rate, now)
     }
 
     /// Records a refused op; true when the strikes within one second reached `limit` (close
     /// with 4009). A limit of 0 never closes.
     pub fn strike(&mut self, now: Instant, limit: u32) -> bool {
-        if self
+        let limits = self.limits();
+        if limits
             .last_strike
             .is_none_or(|t| now.saturating_duration_since(t) > std::time::Duration::from_secs(1))
         {
-            self.strikes = 0;
+            limits.strikes = 0;
         }
-        self.strikes += 1;
-        self.last_strike = Some(now);
-        limit > 0 && self.strikes >= limit
+        limits.strikes += 1;
+        limits.last_strike = Some(now);
+        limit > 0 && limits.strikes >= limit
     }
 }
 
@@ -162,5 +175,17 @@ mod tests {
         assert!(!l.strike(t1, 3));
         assert!(l.strike(t1, 3));
         assert!(!ConnLimiter::default().strike(t0, 0));
+    }
+
+    #[test]
+    fn a_connection_without_limits_holds_no_buckets() {
+        let t0 = Instant::now();
+        let mut l = ConnLimiter::default();
+        assert!(l.allow_op(None, t0));
+        assert!(l.allow(Bucket::Publish(0), None, t0));
+        assert!(l.0.is_none(), "no limit met: nothing allocated");
+        assert_eq!(std::mem::size_of::<ConnLimiter>(), 8);
+        assert!(l.allow_op(Rate::new(1, 1), t0));
+        assert!(l.0.is_some());
     }
 }

@@ -30,6 +30,10 @@ pub struct Args {
     /// Path to upgrade on.
     #[arg(long, default_value = "/ws")]
     path: String,
+    /// Connections each client process opens at once (a wave); a small wave keeps few
+    /// handshakes in flight, so the server's heap peaks with the idle connections alone.
+    #[arg(long, default_value_t = 500)]
+    wave: usize,
     /// Seconds to wait with every connection open before reading the server's RSS.
     #[arg(long, default_value_t = 2)]
     settle_secs: u64,
@@ -57,6 +61,9 @@ pub struct ClientArgs {
     /// Path to upgrade on.
     #[arg(long, default_value = "/ws")]
     path: String,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 500)]
+    wave: usize,
 }
 
 /// Opens the connections, prints `ready N`, and holds them until stdin closes.
@@ -67,7 +74,10 @@ pub fn run_client(args: ClientArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         let mut open = Vec::with_capacity(args.connections);
         let mut failed = 0usize;
-        for chunk in (0..args.connections).collect::<Vec<_>>().chunks(500) {
+        for chunk in (0..args.connections)
+            .collect::<Vec<_>>()
+            .chunks(args.wave.max(1))
+        {
             let mut joins = Vec::new();
             for &i in chunk {
                 let source = source_ip(args.first + i);
@@ -118,6 +128,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 &server.addr.to_string(),
                 "--path",
                 &args.path,
+                "--wave",
+                &args.wave.to_string(),
             ])
             .args([
                 "--connections",

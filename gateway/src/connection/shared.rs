@@ -68,7 +68,8 @@ pub struct ConnShared {
     pub ping_sent: Cell<Option<Instant>>,
     /// Last time the client sent an op (idle timeout).
     pub last_op: Cell<Instant>,
-    close_request: RefCell<Option<CloseRequest>>,
+    /// Boxed: most connections never have one, and an idle one should not carry its size.
+    close_request: RefCell<Option<Box<CloseRequest>>>,
     /// The connection is closing (close sent or received); the shard sweeps it after a deadline.
     pub closing_since: Cell<Option<Instant>>,
     /// The connection must end now (closing deadline passed).
@@ -264,7 +265,7 @@ impl ConnShared {
     pub fn request_close(&self, req: CloseRequest) {
         let mut slot = self.close_request.borrow_mut();
         if slot.is_none() && self.closing_since.get().is_none() {
-            *slot = Some(req);
+            *slot = Some(Box::new(req));
             drop(slot);
             self.wake();
         }
@@ -277,7 +278,7 @@ impl ConnShared {
 
     /// Takes a pending close request.
     pub fn take_close_request(&self) -> Option<CloseRequest> {
-        self.close_request.borrow_mut().take()
+        self.close_request.borrow_mut().take().map(|b| *b)
     }
 
     /// Remembers the task's waker (only when it changed).
