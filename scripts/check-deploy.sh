@@ -10,20 +10,8 @@ cd "$(dirname "$0")/.."
 bin=$(realpath "${1:-target/debug/ringcast}")
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
-check() {
-    local name=$1
-    shift
-    if out=$("$@" 2>&1); then
-        echo "ok    $name"
-        pass=$((pass + 1))
-    else
-        echo "FAIL  $name"
-        echo "$out" | sed 's/^/      /' | tail -20
-        fail=$((fail + 1))
-    fi
-}
+# shellcheck source=scripts/check-lib.sh
+. scripts/check-lib.sh
 
 # Throwaway key material for the paths the files name.
 openssl ecparam -name prime256v1 -genkey -noout -out "$tmp/jwt.key" 2>/dev/null

@@ -26,20 +26,8 @@ if getent passwd ringcast >/dev/null || getent group ringcast >/dev/null || [ -e
     exit 2
 fi
 
-pass=0
-fail=0
-check() {
-    local name=$1
-    shift
-    if out=$("$@" 2>&1); then
-        echo "ok    $name"
-        pass=$((pass + 1))
-    else
-        echo "FAIL  $name"
-        echo "$out" | sed 's/^/      /' | tail -20
-        fail=$((fail + 1))
-    fi
-}
+# shellcheck source=scripts/check-lib.sh
+. scripts/check-lib.sh
 # owner:group and octal mode of a path, as `stat` prints them.
 has_mode() { [ "$(stat -c '%U:%G %a' "$1")" = "$2" ] || { echo "$1: $(stat -c '%U:%G %a' "$1"), want $2"; return 1; }; }
 # No running process is the packaged binary (other ringcast processes may run on this machine).
