@@ -342,10 +342,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut limited_by_load = false;
     // ×1.5 per step until a step fails, then ×1.2 from the last passing rate up to the failed
     // one: the limit is known to within 20 %, in two more steps at most.
-    let mut factor = COARSE_STEP;
     let mut failed_at: Option<f64> = None;
     let mut next_rate = args.rate;
     for i in 1.. {
+        let factor = if failed_at.is_some() {
+            FINE_STEP
+        } else {
+            COARSE_STEP
+        };
         step.rate = next_rate;
         if step.rate > args.max_rate || failed_at.is_some_and(|f| step.rate >= f * 0.999) {
             break;
@@ -380,9 +384,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         if !passes(&report) {
             match best {
-                Some((rate, ..)) if factor == COARSE_STEP => {
+                Some((rate, ..)) if failed_at.is_none() => {
                     failed_at = Some(step.rate);
-                    factor = FINE_STEP;
                     next_rate = rate * FINE_STEP;
                     continue;
                 }
@@ -409,7 +412,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         "subscribers": args.subscribers, "rooms": args.rooms, "max_rate": rate,
                         "max_deliveries_per_sec": deliveries, "p99_us": p99, "p99_target_ms": args.p99_target_ms,
                         "limited_by_load": limited_by_load,
-                        "capped": rate * factor > args.max_rate && !limited_by_load && failed_at.is_none()})
+                        "capped": rate * COARSE_STEP > args.max_rate && !limited_by_load && failed_at.is_none()})
                 );
             }
         }

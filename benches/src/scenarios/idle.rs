@@ -108,7 +108,7 @@ pub fn run_client(args: ClientArgs) -> anyhow::Result<()> {
 
 /// Runs the scenario and prints the report.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let server = spawn_server(&args.spawn)?;
+    let mut server = spawn_server(&args.spawn)?;
     let pid = server.child.id();
     std::thread::sleep(Duration::from_millis(500));
     let base = procstat::rss_bytes(pid).context("server RSS")?;
@@ -214,7 +214,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status();
-        let mut server = server;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::time::Instant::now() < deadline {
             if server.child.try_wait()?.is_some() {
