@@ -104,7 +104,8 @@ pub fn describe() {
         "ringcast_publish_to_write_seconds",
         Unit::Seconds,
         "From publish (offset assigned) to the write of the frame to a subscriber's socket, by \
-         namespace; sampled per write batch (its oldest message). Every write is in GET /api/slo."
+         namespace; sampled once per connection flush or shard write pass (the oldest message of its \
+         last write). Every write is in GET /api/slo."
     );
 }
 

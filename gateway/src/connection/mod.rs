@@ -17,9 +17,11 @@ pub mod outbox;
 pub mod route;
 pub mod shared;
 pub mod state;
+pub mod write;
+pub mod write_list;
 
 use std::future::poll_fn;
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -32,9 +34,9 @@ use proto_codec::protocol::ServerEvent;
 use proto_codec::ws::{encode_close, encode_frame, Decoder, DecoderConfig, Message, OpCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use self::outbox::MAX_IOVECS;
 use self::shared::{CloseRequest, ConnShared};
 use self::state::ConnState;
+use self::write::{Flushed, WRITE_BUDGET};
 use crate::admission::AdmitTicket;
 use crate::endpoint::{Data, Endpoint};
 use crate::listener::Transport;
@@ -50,9 +52,6 @@ const READ_CHUNK: usize = 8 * 1024;
 /// turn (and one turn per round), then the others (a calm room's publisher and subscribers) go
 /// first (fair egress). Input decoded past it waits, undecoded, for the connection's next turn.
 const FANOUT_BUDGET: usize = 4096;
-/// Output bytes one connection may write per turn before yielding: a subscriber with a deep
-/// queue cannot hold the shard while others wait (fair egress).
-const WRITE_BUDGET: usize = 64 * 1024;
 
 /// Per-connection I/O state owned by the connection's task.
 struct ConnIo {
@@ -105,7 +104,8 @@ pub fn spawn(
     };
     match transport {
         Transport::Plain => {
-            let task = serve_stream(ctx, stream, ticket);
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+            let task = serve_stream(ctx, stream, ticket, Some(fd));
             let bytes = std::mem::size_of_val(&task);
             monoio::spawn(task);
             bytes
@@ -142,13 +142,20 @@ async fn serve_tls(ctx: Rc<ShardCtx>, stream: TcpStreamPoll, ticket: AdmitTicket
             return;
         }
     };
-    let task = Box::pin(serve_stream(ctx.clone(), stream, ticket));
+    // Its bytes go through the TLS session: never written by the shard's write pass.
+    let task = Box::pin(serve_stream(ctx.clone(), stream, ticket, None));
     task.await
 }
 
-/// Serves a connection over any stream (plain or TLS) from its first byte.
-async fn serve_stream<S>(ctx: Rc<ShardCtx>, mut stream: S, ticket: AdmitTicket)
-where
+/// Serves a connection over any stream (plain or TLS) from its first byte. `direct` is the
+/// socket of a plain TCP stream, which the shard's write pass may write to while this task
+/// owns the stream ([`write`]).
+async fn serve_stream<S>(
+    ctx: Rc<ShardCtx>,
+    mut stream: S,
+    ticket: AdmitTicket,
+    direct: Option<std::os::fd::RawFd>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // Boxed: the handshake's buffers live in their own allocation, freed once it is done, so the
@@ -195,7 +202,10 @@ where
         };
         start(&ctx, opened)
     };
+    conn.set_direct_fd(direct);
     let result = poll_fn(|cx| drive(&ctx, &conn, &mut stream, &mut io, cx)).await;
+    // Before the stream (and its fd) is dropped: the write pass never writes to it again.
+    conn.set_direct_fd(None);
     if let Err(e) = result {
         tracing::trace!(conn = conn.id, error = %e, "connection ended with an error");
     }
@@ -381,45 +391,17 @@ fn flush<S>(
 where
     S: AsyncWrite + Unpin,
 {
-    loop {
-        let mut outbox = conn.outbox().borrow_mut();
-        // `max_age`: stale room messages leave (with a gap notice) before their turn.
-        outbox.drop_stale(ctx.now.get());
-        let actions = outbox.take_actions();
-        if actions != outbox::PolicyActions::default() {
-            crate::metrics::slow_consumer_actions(actions);
-        }
-        if outbox.is_empty() {
-            // A no-op on plain TCP; TLS writes out the records it still holds.
-            return Pin::new(&mut *stream).poll_flush(cx).map_ok(|()| true);
-        }
-        if *budget == 0 {
-            return Poll::Ready(Ok(false));
-        }
-        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-        let (n, oldest) = outbox.slices(&mut slices);
-        let written = match Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..n]) {
-            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            Poll::Ready(Ok(w)) => w,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return Poll::Pending,
-        };
-        let frames = match oldest {
-            Some((at, ns)) => {
-                // One clock read per write batch (not the coarse shard clock: this is a
-                // latency). Every room frame written goes into its namespace's SLO window.
-                let now = std::time::Instant::now();
-                if let Some(h) = ctx.metrics.publish_to_write.get(ns) {
-                    h.record(now.saturating_duration_since(at).as_secs_f64());
-                }
-                let mut slo = ctx.slo.borrow_mut();
-                outbox.advance_with(written, |m| slo.record(m.namespace, m.published_at, now))
-            }
-            None => outbox.advance(written),
-        };
-        *budget = budget.saturating_sub(written);
-        ctx.metrics.bytes_out.increment(written as u64);
-        ctx.metrics.frames_out.increment(frames as u64);
+    let mut stats = write::WriteStats::default();
+    let written = write::write_queue(ctx, conn, budget, &mut stats, |slices| {
+        Pin::new(&mut *stream).poll_write_vectored(cx, slices)
+    });
+    stats.publish(ctx);
+    match written {
+        // A no-op on plain TCP; TLS writes out the records it still holds.
+        Poll::Ready(Ok(Flushed::Empty)) => Pin::new(&mut *stream).poll_flush(cx).map_ok(|()| true),
+        Poll::Ready(Ok(Flushed::BudgetSpent)) => Poll::Ready(Ok(false)),
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
     }
 }
 

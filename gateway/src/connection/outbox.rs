@@ -511,15 +511,19 @@ impl Outbox {
         std::mem::take(&mut self.actions)
     }
 
-    /// Fills `slices` with the next frames to write; returns how many, and the oldest room
-    /// message among them (its publish time and namespace).
-    pub fn slices<'a>(
-        &'a self,
-        slices: &mut [IoSlice<'a>; MAX_IOVECS],
-    ) -> (usize, Option<(Instant, usize)>) {
+    /// Frames queued (a partly written one included).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Fills `slices` with the next frames to write (as many as fit, at most
+    /// [`MAX_IOVECS`]); returns how many, and the oldest room message among them (its publish
+    /// time and namespace).
+    pub fn slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> (usize, Option<(Instant, usize)>) {
         let mut n = 0;
         let mut oldest = None;
-        for (i, e) in self.entries.iter().take(MAX_IOVECS).enumerate() {
+        let max = slices.len().min(MAX_IOVECS);
+        for (i, e) in self.entries.iter().take(max).enumerate() {
             let bytes = if i == 0 {
                 &e.frame[self.front_written..]
             } else {

@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::task::Waker;
 use std::time::Instant;
@@ -86,6 +87,20 @@ pub struct ConnShared {
     pub deferred: Cell<bool>,
     /// A Pusher protocol connection's state (`endpoint::pusher` only).
     pub pusher: RefCell<Option<Box<crate::pusher::PusherConn>>>,
+    /// The socket the shard's write pass may write to (-1: none; `super::write`).
+    direct_fd: Cell<RawFd>,
+}
+
+/// What a delivery did to a connection's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Not queued (dropped by policy, or the connection is closing).
+    Refused,
+    /// Queued behind frames already waiting (a writer is on them).
+    Queued,
+    /// Queued into an empty queue, and nobody was woken: the deliverer hands the connection
+    /// to the shard's write list ([`super::write::WriteList::started`]).
+    Started,
 }
 
 impl ConnShared {
@@ -118,7 +133,19 @@ impl ConnShared {
             limiter: RefCell::new(ConnLimiter::default()),
             deferred: Cell::new(false),
             pusher: RefCell::new(None),
+            direct_fd: Cell::new(-1),
         }
+    }
+
+    /// Sets (or, with `None`, clears) the socket the shard's write pass may write to.
+    pub fn set_direct_fd(&self, fd: Option<RawFd>) {
+        self.direct_fd.set(fd.unwrap_or(-1));
+    }
+
+    /// The socket the shard's write pass may write to, while the connection's task owns it.
+    pub fn direct_fd(&self) -> Option<RawFd> {
+        let fd = self.direct_fd.get();
+        (fd >= 0).then_some(fd)
     }
 
     /// Queues an app-protocol event (an op answer) in this connection's form, held to the
@@ -170,10 +197,10 @@ impl ConnShared {
 
     /// Queues a room message, already in this connection's wire form (the delivering shard
     /// encodes each form once per message: plain, compressed, SSE), under its namespace's
-    /// slow-consumer policy. Returns whether it was queued.
-    pub fn push_room(&self, frame: Bytes, msg: &Rc<RoomMsg>) -> bool {
+    /// slow-consumer policy.
+    pub fn push_room(&self, frame: Bytes, msg: &Rc<RoomMsg>) -> Delivery {
         if self.closing_since.get().is_some() {
-            return false;
+            return Delivery::Refused;
         }
         let (push, actions) = {
             let mut outbox = self.outbox.borrow_mut();
@@ -183,14 +210,14 @@ impl ConnShared {
         if actions != PolicyActions::default() {
             crate::metrics::slow_consumer_actions(actions);
         }
-        self.after_push(push)
+        self.delivered(push)
     }
 
     /// Queues a live frame (ephemeral event, join, leave), already in this connection's wire
-    /// form, dropped rather than queued past the high-water mark. Returns whether it was queued.
-    pub fn push_live(&self, frame: Bytes) -> bool {
+    /// form, dropped rather than queued past the high-water mark.
+    pub fn push_live(&self, frame: Bytes) -> Delivery {
         if self.closing_since.get().is_some() {
-            return false;
+            return Delivery::Refused;
         }
         let push = self.outbox.borrow_mut().push_live(frame);
         if push == Push::Dropped {
@@ -199,7 +226,21 @@ impl ConnShared {
                 ..PolicyActions::default()
             });
         }
-        self.after_push(push)
+        self.delivered(push)
+    }
+
+    /// A delivery's outcome; an overflow asks for the close. A started queue is not woken
+    /// here: the deliverer lists it for the write pass.
+    fn delivered(&self, push: Push) -> Delivery {
+        match push {
+            Push::QueuedFirst => Delivery::Started,
+            Push::Queued => Delivery::Queued,
+            Push::Dropped => Delivery::Refused,
+            Push::Overflow => {
+                self.after_push(push);
+                Delivery::Refused
+            }
+        }
     }
 
     fn after_push(&self, push: Push) -> bool {

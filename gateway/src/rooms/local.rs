@@ -8,7 +8,8 @@ use broker_bridge::RoomName;
 use bytes::Bytes;
 
 use crate::connection::outbox::RoomMsg;
-use crate::connection::shared::ConnShared;
+use crate::connection::shared::{ConnShared, Delivery};
+use crate::connection::write_list::WriteList;
 use crate::ids::ConnId;
 use crate::outgoing::{LiveForms, LiveMsg, Rendered, RoomForms};
 
@@ -16,6 +17,18 @@ use crate::outgoing::{LiveForms, LiveMsg, Rendered, RoomForms};
 #[derive(Debug, Default)]
 struct LocalRoom {
     subscribers: Vec<Rc<ConnShared>>,
+}
+
+/// Counts a delivery (1 if queued) and lists a queue it started for the write pass.
+fn queued(delivery: Delivery, conn: &Rc<ConnShared>, writes: &WriteList) -> usize {
+    match delivery {
+        Delivery::Refused => 0,
+        Delivery::Queued => 1,
+        Delivery::Started => {
+            writes.started(conn);
+            1
+        }
+    }
 }
 
 /// Every room with subscribers on this shard.
@@ -50,9 +63,15 @@ impl LocalRooms {
     }
 
     /// Queues a room message to every local subscriber, each in its form (the shared frame
-    /// `frame`, its compressed twin `deflated`, or a form built once here); returns how many got
-    /// it.
-    pub fn deliver(&self, frame: &Bytes, deflated: Option<&Bytes>, msg: &Rc<RoomMsg>) -> usize {
+    /// `frame`, its compressed twin `deflated`, or a form built once here); the queues it starts
+    /// go on `writes`. Returns how many got it.
+    pub fn deliver(
+        &self,
+        frame: &Bytes,
+        deflated: Option<&Bytes>,
+        msg: &Rc<RoomMsg>,
+        writes: &WriteList,
+    ) -> usize {
         let Some(r) = self.rooms.get(msg.room.as_ref()) else {
             return 0;
         };
@@ -62,16 +81,19 @@ impl LocalRooms {
             let Some(f) = forms.for_conn(conn) else {
                 continue;
             };
-            if conn.push_room(f.clone(), msg) {
-                delivered += 1;
-            }
+            delivered += queued(conn.push_room(f.clone(), msg), conn, writes);
         }
         delivered
     }
 
     /// Queues a live event to every local subscriber of its room but `except`, each in its form
-    /// ([`LiveForms::for_conn`]); returns how many got it.
-    pub fn deliver_live(&self, live: &LiveMsg, except: Option<ConnId>) -> usize {
+    /// ([`LiveForms::for_conn`]); the queues it starts go on `writes`. Returns how many got it.
+    pub fn deliver_live(
+        &self,
+        live: &LiveMsg,
+        except: Option<ConnId>,
+        writes: &WriteList,
+    ) -> usize {
         let Some(r) = self.rooms.get(live.room.as_ref()) else {
             return 0;
         };
@@ -82,11 +104,7 @@ impl LocalRooms {
                 continue;
             }
             match forms.for_conn(conn) {
-                Rendered::Send(f) => {
-                    if conn.push_live(f) {
-                        delivered += 1;
-                    }
-                }
+                Rendered::Send(f) => delivered += queued(conn.push_live(f), conn, writes),
                 Rendered::Skip => {}
                 Rendered::Close(close) => conn.request_close(close),
             }

@@ -384,7 +384,10 @@ impl ShardCtx {
             }
             if shard == self.id {
                 let except = except.filter(|(s, _)| *s == self.id).map(|(_, c)| c);
-                let n = self.local.borrow().deliver_live(&live, except);
+                let n = self
+                    .local
+                    .borrow()
+                    .deliver_live(&live, except, &self.writes);
                 self.count_fanout(n);
             } else {
                 self.mailboxes.send(

@@ -356,7 +356,10 @@ impl ShardCtx {
             max_age: (policy.max_age_ms > 0).then(|| Duration::from_millis(policy.max_age_ms)),
             namespace: meta.namespace,
         });
-        let n = self.local.borrow().deliver(frame, deflated, &msg);
+        let n = self
+            .local
+            .borrow()
+            .deliver(frame, deflated, &msg, &self.writes);
         self.count_fanout(n);
         self.metrics.deliveries.increment(n as u64);
     }
@@ -368,7 +371,7 @@ impl ShardCtx {
         except: Option<(ShardId, ConnId)>,
     ) {
         let except = except.filter(|(s, _)| *s == self.id).map(|(_, c)| c);
-        let n = self.local.borrow().deliver_live(live, except);
+        let n = self.local.borrow().deliver_live(live, except, &self.writes);
         self.count_fanout(n);
     }
 

@@ -53,6 +53,7 @@ use crate::admission::Admission;
 use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
 use crate::connection::shared::ConnShared;
+use crate::connection::write_list::WriteList;
 use crate::ids::{ConnId, ShardId};
 use crate::listener::Transport;
 use crate::mailbox::{Mailboxes, ShardMsg};
@@ -194,6 +195,8 @@ pub struct ShardCtx {
     /// input caused `FANOUT_BUDGET` of them.
     pub fanout_work: Cell<usize>,
     deferred_loop_waker: RefCell<Option<Waker>>,
+    /// Connections whose queue a delivery started, for the write loop's next pass.
+    pub writes: WriteList,
 }
 
 impl ShardCtx {
@@ -240,6 +243,7 @@ impl ShardCtx {
             deferred: RefCell::new(Vec::new()),
             fanout_work: Cell::new(0),
             deferred_loop_waker: RefCell::new(None),
+            writes: WriteList::default(),
             config,
         }
     }

@@ -1,5 +1,5 @@
-//! The shard's thread: its runtime and its loops (accept, mailbox, deferred turns, sweep), and
-//! the drain of graceful shutdown. The top of the shard: it starts connections
+//! The shard's thread: its runtime and its loops (accept, mailbox, deferred turns, writes,
+//! sweep), and the drain of graceful shutdown. The top of the shard: it starts connections
 //! (`connection::spawn`), which call into the families of `ShardCtx`.
 
 use std::future::{poll_fn, Future};
@@ -9,6 +9,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::connection::shared::ConnShared;
+use crate::connection::write::write_pass;
 use crate::listener::Transport;
 use crate::runtime::{self};
 
@@ -46,6 +47,7 @@ pub fn run(setup: ShardSetup) -> std::io::Result<()> {
         monoio::spawn(mailbox_loop(ctx.clone()));
         monoio::spawn(sweep_loop(ctx.clone()));
         monoio::spawn(deferred_loop(ctx.clone()));
+        monoio::spawn(write_loop(ctx.clone()));
         let _ = setup.started.send(Ok(ctx.id));
         let loops: Vec<_> = listeners
             .into_iter()
@@ -150,6 +152,17 @@ async fn deferred_loop(ctx: Rc<ShardCtx>) {
             conn.deferred.set(false);
             conn.wake();
         }
+    }
+}
+
+/// Writes the queues deliveries started, one pass over every listed connection
+/// (`connection::write`): one task woken per burst instead of one per subscriber.
+async fn write_loop(ctx: Rc<ShardCtx>) {
+    let mut batch = Vec::new();
+    loop {
+        poll_fn(|cx| ctx.writes.poll_listed(cx)).await;
+        ctx.writes.take(&mut batch);
+        write_pass(&ctx, &mut batch);
     }
 }
 
