@@ -40,6 +40,19 @@ pub struct Admin {
     pub bridge: Option<Arc<broker_bridge::redis::BridgeHealth>>,
 }
 
+/// Whether the node is ready, and why (the body of `/readyz`).
+pub fn readiness(admin: &Admin) -> (bool, &'static str) {
+    if admin.global.shutting_down.load(Ordering::SeqCst) {
+        (false, "shutting down")
+    } else if let Some(problem) = admin.bridge.as_ref().and_then(|b| b.problem()) {
+        (false, problem)
+    } else if admin.global.ready.load(Ordering::SeqCst) {
+        (true, "ready")
+    } else {
+        (false, "starting")
+    }
+}
+
 /// Serves the admin listener forever (on the calling thread).
 pub fn run(admin: Admin, listener: std::net::TcpListener) -> std::io::Result<()> {
     let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
@@ -153,21 +166,15 @@ async fn handle(admin: &Admin, req: &Request<'_>, body: &[u8]) -> Vec<u8> {
     match (req.method, req.path) {
         ("GET", "/healthz") => write_response(&mut out, 200, "text/plain", &[], b"ok\n"),
         ("GET", "/readyz") => {
-            if admin.global.shutting_down.load(Ordering::SeqCst) {
-                write_response(&mut out, 503, "text/plain", &[], b"shutting down\n")
-            } else if let Some(problem) = admin.bridge.as_ref().and_then(|b| b.problem()) {
-                write_response(
-                    &mut out,
-                    503,
-                    "text/plain",
-                    &[],
-                    format!("{problem}\n").as_bytes(),
-                )
-            } else if admin.global.ready.load(Ordering::SeqCst) {
-                write_response(&mut out, 200, "text/plain", &[], b"ready\n")
-            } else {
-                write_response(&mut out, 503, "text/plain", &[], b"starting\n")
-            }
+            let (ready, why) = readiness(admin);
+            let status = if ready { 200 } else { 503 };
+            write_response(
+                &mut out,
+                status,
+                "text/plain",
+                &[],
+                format!("{why}\n").as_bytes(),
+            )
         }
         ("GET", "/metrics") => {
             let text = admin.prometheus.render();

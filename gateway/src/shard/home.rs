@@ -292,6 +292,8 @@ impl ShardCtx {
         kind.on_appended(self, &m, merged);
         let frame = kind.frame(&m);
         let mut deliver_here = false;
+        // One count per message, not per subscriber (the admin page's publish rate).
+        self.home.borrow_mut().count_message(&m.room);
         {
             let home = self.home.borrow();
             if let Some(interest) = home.get(&m.room) {
