@@ -1,12 +1,14 @@
-//! The admin page's snapshot, `GET /api/overview`, behind the API key; its figures under load
-//! (connections per shard and transport, the busiest rooms with their publish rate, the SLO)
-//! and, with Redis, the node list and the broker link.
+//! The admin page: `GET /admin` (the static page) and `GET /api/overview` (its snapshot) behind
+//! the API key; the snapshot's figures under load (connections per shard and transport, the
+//! busiest rooms with their publish rate, the SLO); and the page itself in headless Chromium
+//! against two nodes on Redis under load, turning red when Redis goes away (screenshots in
+//! `reports/admin-page/`).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{http, Redis, Server};
+use common::{http, node_script, Redis, Server};
 use serde_json::{json, Value};
 
 const KEY: &str = "admin-page-test-key";
@@ -61,8 +63,12 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 #[test]
-fn the_snapshot_needs_the_key() {
+fn the_page_and_its_snapshot_need_the_key() {
     let server = Server::start(2, &config(""));
+    let (status, body) = http(server.admin, "GET", "/admin", &[], "");
+    assert_eq!(status, 200);
+    assert!(body.contains("<title>ringcast admin</title>"), "{body}");
+    // The page is static (no figures in it); its data needs the key.
     let (status, v) = overview(&server, None);
     assert_eq!((status, &v["code"]), (401, &json!("unauthorized")), "{v}");
     let (status, _) = overview(&server, Some("wrong-key"));
@@ -86,8 +92,9 @@ fn the_snapshot_needs_the_key() {
     );
     assert_eq!(status, 405);
 
-    // Without an API key the endpoint is off.
+    // Without an API key there is no page either.
     let off = Server::start(1, "");
+    assert_eq!(http(off.admin, "GET", "/admin", &[], "").0, 404);
     assert_eq!(overview(&off, Some(KEY)).0, 404);
 }
 
@@ -227,4 +234,45 @@ fn with_redis_the_snapshot_lists_the_nodes_and_the_link() {
     overview_until(&a, "node-b to expire", |v| {
         v["cluster"]["nodes"].as_array().map(Vec::len) == Some(1)
     });
+}
+
+#[test]
+fn the_page_in_chromium_shows_load_and_a_red_readiness() {
+    let redis = Redis::start();
+    let prefix = format!("adminbrowser{}", std::process::id());
+    let a = redis_node(&redis, "node-a", &prefix);
+    let _b = redis_node(&redis, "node-b", &prefix);
+    let artifacts = concat!(env!("CARGO_MANIFEST_DIR"), "/../reports/admin-page");
+    std::fs::create_dir_all(artifacts).expect("artifacts directory");
+    let admin = format!("http://{}", a.admin);
+    let public = a.public.to_string();
+    let stop_redis = format!("redis-cli -h 127.0.0.1 -p {} shutdown nosave", redis.port);
+    let (result, ok) = node_script(
+        "admin-browser.mjs",
+        &[
+            "--admin",
+            &admin,
+            "--public",
+            &public,
+            "--key",
+            KEY,
+            "--expect-nodes",
+            "2",
+            "--unready-cmd",
+            &stop_redis,
+            "--screenshot-dir",
+            artifacts,
+        ],
+        120,
+    );
+    assert!(ok, "{result}");
+    assert_eq!(result["wrong_key_refused"], true, "{result}");
+    assert_eq!(result["red"]["ready"], "false", "{result}");
+    assert_eq!(result["red"]["colour"], "rgb(207, 34, 46)", "{result}");
+    for shot in ["admin-page.png", "admin-page-not-ready.png"] {
+        let len = std::fs::metadata(format!("{artifacts}/{shot}"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(len > 10_000, "{shot}: {len} bytes");
+    }
 }

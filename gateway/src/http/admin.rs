@@ -1,6 +1,7 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics` and the server API (`/api/*`, in
-//! [`super::api`]). It runs on its own thread with its own small runtime, off the shards' hot
-//! path; API requests reach the shards through their mailboxes.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, the server API (`/api/*`, in
+//! [`super::api`]) and the admin page (`/admin`, whose figures come from `GET /api/overview`,
+//! in [`super::overview`]). It runs on its own thread with its own small runtime, off the
+//! shards' hot path; API requests reach the shards through their mailboxes.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,6 +14,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::config::Config;
 use crate::mailbox::Mailboxes;
 use crate::shard::Global;
+
+/// The admin page: one static file, its script and style inline (docs/operations.md, "Admin
+/// page").
+const ADMIN_PAGE: &str = include_str!("admin_page.html");
+
+/// What the page may do: its own inline script and style, requests to this listener only, no
+/// framing, no referrer.
+const ADMIN_PAGE_HEADERS: &[(&str, &str)] = &[
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+         connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'",
+    ),
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
+];
 
 /// The largest request body the API accepts.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -176,6 +196,19 @@ async fn handle(admin: &Admin, req: &Request<'_>, body: &[u8]) -> Vec<u8> {
                 format!("{why}\n").as_bytes(),
             )
         }
+        ("GET", "/admin") => {
+            if admin.config.api.key.is_empty() {
+                write_error_response(&mut out, 404, "the admin page needs api.key", &[])
+            } else {
+                write_response(
+                    &mut out,
+                    200,
+                    "text/html; charset=utf-8",
+                    ADMIN_PAGE_HEADERS,
+                    ADMIN_PAGE.as_bytes(),
+                )
+            }
+        }
         ("GET", "/metrics") => {
             let text = admin.prometheus.render();
             write_response(
@@ -189,7 +222,7 @@ async fn handle(admin: &Admin, req: &Request<'_>, body: &[u8]) -> Vec<u8> {
         (_, path) if path.starts_with("/api/") => {
             return super::api::handle(admin, req, body).await
         }
-        (_, "/healthz" | "/readyz" | "/metrics") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/admin") => {
             write_error_response(&mut out, 405, "use GET", &[("Allow", "GET")])
         }
         _ => write_error_response(&mut out, 404, "no such endpoint", &[]),
