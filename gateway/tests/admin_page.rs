@@ -39,7 +39,7 @@ fn overview(server: &Server, key: Option<&str>) -> (u16, Value) {
 
 /// Polls the snapshot until `ok` holds (or fails with the last one).
 fn overview_until(server: &Server, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, v) = overview(server, Some(KEY));
         assert_eq!(status, 200, "{v}");
