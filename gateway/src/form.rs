@@ -22,6 +22,32 @@ pub enum Form {
 }
 
 impl Form {
+    /// Every form, in the order of [`Form::index`].
+    pub const ALL: [Form; 5] = [Form::Ws, Form::Sse, Form::Json, Form::Yjs, Form::Pusher];
+
+    /// Its position in [`Form::ALL`] (for per-form counts).
+    pub fn index(self) -> usize {
+        match self {
+            Form::Ws => 0,
+            Form::Sse => 1,
+            Form::Json => 2,
+            Form::Yjs => 3,
+            Form::Pusher => 4,
+        }
+    }
+
+    /// The transport it names on the admin page and in `GET /api/overview`: `websocket` (the
+    /// app protocol on `/ws`, also `/echo` and `/raw`), `sse`, `long_poll`, `yjs`, `pusher`.
+    pub fn transport(self) -> &'static str {
+        match self {
+            Form::Ws => "websocket",
+            Form::Sse => "sse",
+            Form::Json => "long_poll",
+            Form::Yjs => "yjs",
+            Form::Pusher => "pusher",
+        }
+    }
+
     /// Whether a connection of this form is told of messages dropped from its queue
     /// ([`gap_notice`]).
     pub fn has_gap_notice(self) -> bool {
@@ -58,5 +84,17 @@ pub fn gap_notice(form: Form, room: &str, epoch: &str, from: u64, to: u64) -> Op
         // A y-websocket queue never drops (`Outbox`: a document client that cannot keep up is
         // closed and syncs again); Pusher has no such notice.
         Form::Yjs | Form::Pusher => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_form_has_its_own_index() {
+        for (i, form) in Form::ALL.iter().enumerate() {
+            assert_eq!(form.index(), i, "{}", form.transport());
+        }
     }
 }

@@ -225,6 +225,13 @@ pub enum AdminQuery {
         /// The rooms.
         reply: tokio::sync::oneshot::Sender<Vec<(RoomName, u64)>>,
     },
+    /// To every shard: what the admin page shows of it (`GET /api/overview`).
+    Overview {
+        /// How many of its busiest rooms to list.
+        top: usize,
+        /// Its connections, rooms and latency histograms.
+        reply: tokio::sync::oneshot::Sender<ShardOverview>,
+    },
     /// To every shard: close the connections of a user (4003); answers how many.
     Disconnect {
         /// The token `sub`.
@@ -232,6 +239,32 @@ pub enum AdminQuery {
         /// How many were closed.
         reply: tokio::sync::oneshot::Sender<usize>,
     },
+}
+
+/// One shard's part of the admin page's snapshot ([`AdminQuery::Overview`]).
+#[derive(Debug, Default)]
+pub struct ShardOverview {
+    /// Its open connections per transport, indexed by [`crate::form::Form::index`].
+    pub connections: [u64; crate::form::Form::ALL.len()],
+    /// Rooms it is home to (with a subscriber on the node).
+    pub rooms: usize,
+    /// Its busiest rooms: the highest message rate first, then the most subscribers.
+    pub busiest: Vec<RoomActivity>,
+    /// Its publish→write latency histograms over the window, per namespace index.
+    pub slo: Vec<crate::slo::LatencyHist>,
+}
+
+/// A room's activity as its home shard counts it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomActivity {
+    /// The room.
+    pub room: RoomName,
+    /// Its subscribers on the node.
+    pub subscribers: u64,
+    /// Messages fanned out since its first subscriber on the node arrived.
+    pub messages: u64,
+    /// Messages per second over the last rate interval (`rooms::home::RATE_INTERVAL` or more).
+    pub rate_per_s: f64,
 }
 
 /// A subscribe request, as the room's home shard gets it.

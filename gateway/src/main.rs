@@ -292,6 +292,7 @@ fn start_brokers(
     shards: usize,
     mailboxes: &Mailboxes,
     bridge_cores: Vec<usize>,
+    announce: broker_bridge::redis::NodeAnnouncement,
 ) -> anyhow::Result<(
     Vec<Box<dyn broker_bridge::Broker + Send>>,
     Option<Arc<broker_bridge::redis::BridgeHealth>>,
@@ -325,6 +326,7 @@ fn start_brokers(
     let (handles, health) = broker_bridge::redis::start(
         broker_bridge::redis::RedisSettings {
             max_queued_bytes: config.limits.shard_inbox_bytes,
+            announce: Some(announce),
             ..config.broker.redis_settings()
         },
         shards,
@@ -337,6 +339,32 @@ fn start_brokers(
         .map(|h| Box::new(h) as Box<dyn broker_bridge::Broker + Send>)
         .collect();
     Ok((brokers, Some(health)))
+}
+
+/// What this node tells the other nodes of a Redis deployment about itself (the admin page's
+/// node list): its name, version, shards, driver, admin listener and start time.
+fn node_announcement(
+    node: &str,
+    shards: usize,
+    driver: &str,
+    admin_addr: std::net::SocketAddr,
+) -> broker_bridge::redis::NodeAnnouncement {
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let info = serde_json::json!({
+        "name": node,
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": env!("GATEWAY_GIT_COMMIT"),
+        "shards": shards,
+        "driver": driver,
+        "admin": admin_addr.to_string(),
+        "started_unix_ms": started_unix_ms,
+    });
+    broker_bridge::redis::NodeAnnouncement {
+        name: node.to_string(),
+        info: info.to_string(),
+    }
 }
 
 /// Installs the log subscriber: stderr, filtered by `log_level`, as text (ANSI colour only when
@@ -397,7 +425,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let node: Arc<str> = config.node_name().into();
     let config = Arc::new(config);
     let mailboxes = Mailboxes::new(shards, config.limits.shard_inbox_bytes);
-    let (brokers, bridge) = start_brokers(&config, shards, &mailboxes, bridge_cores)?;
+    let announce = node_announcement(&node, shards, driver.name(), admin_addr);
+    let (brokers, bridge) = start_brokers(&config, shards, &mailboxes, bridge_cores, announce)?;
     let global = Arc::new(Global::new(&config));
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let mut threads = Vec::with_capacity(shards);

@@ -11,7 +11,8 @@
 //! This file holds the loop (commands from shards, push messages, task completions, the tick)
 //! and the reads; the rest is split by job: `link.rs` (where Redis is, connecting, a link coming
 //! up and going down), `publisher.rs` (the per-room publish pipelines), `canary.rs` (the probe
-//! that proves the subscription connection alive), `presence.rs` (members across nodes).
+//! that proves the subscription connection alive), `presence.rs` (members across nodes),
+//! `announce.rs` (this node in the deployment's node list).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -29,6 +30,7 @@ use super::{BridgeHealth, Command, RedisSettings, ShardQueue};
 use crate::{BrokerEvent, Epoch, HistoryPolicy, RoomName, Token};
 
 /// How often the loop checks the link, the canary and presence.
+mod announce;
 mod canary;
 mod link;
 mod presence;
@@ -640,6 +642,7 @@ impl Bridge {
         if now >= self.next_presence_refresh {
             self.next_presence_refresh = now + self.settings.presence_ttl / 3;
             self.refresh_presence();
+            self.announce();
         }
     }
 }

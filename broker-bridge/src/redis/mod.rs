@@ -15,7 +15,7 @@ pub mod sequencer;
 pub mod wire;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -59,6 +59,28 @@ pub struct RedisSettings {
     /// Bytes of publishes the bridge may hold, from a shard's send until Redis answered (or the
     /// link that carried them is gone); past it a publish is refused at once (`BrokerError::Behind`).
     pub max_queued_bytes: usize,
+    /// What this node tells the others about itself (`None`: it does not announce itself).
+    pub announce: Option<NodeAnnouncement>,
+}
+
+/// A node's entry in the deployment's node list ([`wire::nodes_key`]): written on every
+/// presence refresh with the presence TTL, so a node that stops refreshing drops out of the
+/// list within that TTL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAnnouncement {
+    /// The node's name (unique per deployment: the list's key).
+    pub name: String,
+    /// What the others read about it: a JSON object, stored as given.
+    pub info: String,
+}
+
+/// The node list as the bridge last read it from Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNodes {
+    /// When it was read (it is read again at every presence refresh while the link is up).
+    pub read_at: Instant,
+    /// Every node whose entry had not expired: its [`NodeAnnouncement::info`].
+    pub nodes: Vec<Bytes>,
 }
 
 impl Default for RedisSettings {
@@ -77,6 +99,7 @@ impl Default for RedisSettings {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
             max_queued_bytes: 64 << 20,
+            announce: None,
         }
     }
 }
@@ -111,6 +134,8 @@ pub struct BridgeHealth {
     reconnects: AtomicU64,
     /// Bytes of publishes held by the bridge ([`QueuedBytes`]).
     queued_bytes: AtomicUsize,
+    /// The node list, once read (only when the node announces itself).
+    nodes: Mutex<Option<ClusterNodes>>,
 }
 
 impl BridgeHealth {
@@ -132,6 +157,23 @@ impl BridgeHealth {
     /// Times the link was lost and rebuilt.
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::SeqCst)
+    }
+
+    /// The deployment's nodes as last read from Redis (`None` until the first read, or when
+    /// the node does not announce itself).
+    pub fn cluster_nodes(&self) -> Option<ClusterNodes> {
+        // A poisoned lock still holds the last complete list (it is replaced whole).
+        self.nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_cluster_nodes(&self, nodes: ClusterNodes) {
+        *self
+            .nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(nodes);
     }
 
     /// Why `/readyz` is red, if it is.

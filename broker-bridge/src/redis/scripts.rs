@@ -86,7 +86,8 @@ return {e, s, ms, entries}
 /// Presence set: members of this node, each with an expiry that Redis' clock sets; the hash
 /// itself expires when no node refreshes it.
 ///
-/// KEYS: presence. ARGV: TTL ms, then client id and member JSON pairs.
+/// KEYS: presence. ARGV: TTL ms, then client id and member JSON pairs. (The node list,
+/// `wire::nodes_key`, is written with it too: node name and info JSON.)
 pub const PRESENCE_SET: &str = r"
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -101,7 +102,7 @@ return 1
 /// Presence get: the members whose entry has not expired; expired entries (a dead node's
 /// members) are removed.
 ///
-/// KEYS: presence. Returns the members' JSON.
+/// KEYS: presence (or the node list). Returns the members' JSON.
 pub const PRESENCE_GET: &str = r"
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

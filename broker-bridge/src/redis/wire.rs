@@ -63,6 +63,13 @@ pub fn canary_names(prefix: &str, instance: &str) -> (String, String) {
     (channel, key)
 }
 
+/// The hash where every node announces itself (field: node name, value: `<expiry ms>|<info
+/// JSON>`, as presence entries), under one hash tag so it lives on one Redis Cluster shard. `~`
+/// never appears in a room name, so it cannot meet a room's keys.
+pub fn nodes_key(prefix: &str) -> String {
+    format!("{prefix}:{{~nodes}}")
+}
+
 /// What arrived on a room channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChannelMsg {
@@ -176,6 +183,7 @@ mod tests {
             (channel.as_str(), key.as_str()),
             ("rc:{~canary/abc}", "rc:{~canary/abc}:c")
         );
+        assert_eq!(nodes_key("rc"), "rc:{~nodes}");
         assert_eq!(room_of_channel("other", &k.channel), None);
         // Braces inside a room name still give one tag for all of the room's names.
         let odd = RoomKeys::new("rc", "a}b{c");

@@ -99,6 +99,8 @@ impl BrokerConfig {
             response_timeout: ms(self.response_timeout_ms),
             // The gateway's `limits.shard_inbox_bytes` applies (set where the bridge starts).
             max_queued_bytes: broker_bridge::redis::RedisSettings::default().max_queued_bytes,
+            // The node's own facts (set where the bridge starts).
+            announce: None,
         }
     }
 }

@@ -1,6 +1,7 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics` and the server API (`/api/*`, in
-//! [`super::api`]). It runs on its own thread with its own small runtime, off the shards' hot
-//! path; API requests reach the shards through their mailboxes.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, the server API (`/api/*`, in
+//! [`super::api`]) and the admin page (`/admin`, whose figures come from `GET /api/overview`,
+//! in [`super::overview`]). It runs on its own thread with its own small runtime, off the
+//! shards' hot path; API requests reach the shards through their mailboxes.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,6 +14,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::config::Config;
 use crate::mailbox::Mailboxes;
 use crate::shard::Global;
+
+/// The admin page: one static file, its script and style inline (docs/operations.md, "Admin
+/// page").
+const ADMIN_PAGE: &str = include_str!("admin_page.html");
+
+/// What the page may do: its own inline script and style, requests to this listener only, no
+/// framing, no referrer.
+const ADMIN_PAGE_HEADERS: &[(&str, &str)] = &[
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+         connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'",
+    ),
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
+];
 
 /// The largest request body the API accepts.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -38,6 +58,19 @@ pub struct Admin {
     pub started: std::time::Instant,
     /// The Redis bridge's health (`None` with the embedded broker).
     pub bridge: Option<Arc<broker_bridge::redis::BridgeHealth>>,
+}
+
+/// Whether the node is ready, and why (the body of `/readyz`).
+pub fn readiness(admin: &Admin) -> (bool, &'static str) {
+    if admin.global.shutting_down.load(Ordering::SeqCst) {
+        (false, "shutting down")
+    } else if let Some(problem) = admin.bridge.as_ref().and_then(|b| b.problem()) {
+        (false, problem)
+    } else if admin.global.ready.load(Ordering::SeqCst) {
+        (true, "ready")
+    } else {
+        (false, "starting")
+    }
 }
 
 /// Serves the admin listener forever (on the calling thread).
@@ -153,20 +186,27 @@ async fn handle(admin: &Admin, req: &Request<'_>, body: &[u8]) -> Vec<u8> {
     match (req.method, req.path) {
         ("GET", "/healthz") => write_response(&mut out, 200, "text/plain", &[], b"ok\n"),
         ("GET", "/readyz") => {
-            if admin.global.shutting_down.load(Ordering::SeqCst) {
-                write_response(&mut out, 503, "text/plain", &[], b"shutting down\n")
-            } else if let Some(problem) = admin.bridge.as_ref().and_then(|b| b.problem()) {
+            let (ready, why) = readiness(admin);
+            let status = if ready { 200 } else { 503 };
+            write_response(
+                &mut out,
+                status,
+                "text/plain",
+                &[],
+                format!("{why}\n").as_bytes(),
+            )
+        }
+        ("GET", "/admin") => {
+            if admin.config.api.key.is_empty() {
+                write_error_response(&mut out, 404, "the admin page needs api.key", &[])
+            } else {
                 write_response(
                     &mut out,
-                    503,
-                    "text/plain",
-                    &[],
-                    format!("{problem}\n").as_bytes(),
+                    200,
+                    "text/html; charset=utf-8",
+                    ADMIN_PAGE_HEADERS,
+                    ADMIN_PAGE.as_bytes(),
                 )
-            } else if admin.global.ready.load(Ordering::SeqCst) {
-                write_response(&mut out, 200, "text/plain", &[], b"ready\n")
-            } else {
-                write_response(&mut out, 503, "text/plain", &[], b"starting\n")
             }
         }
         ("GET", "/metrics") => {
@@ -182,7 +222,7 @@ async fn handle(admin: &Admin, req: &Request<'_>, body: &[u8]) -> Vec<u8> {
         (_, path) if path.starts_with("/api/") => {
             return super::api::handle(admin, req, body).await
         }
-        (_, "/healthz" | "/readyz" | "/metrics") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/admin") => {
             write_error_response(&mut out, 405, "use GET", &[("Allow", "GET")])
         }
         _ => write_error_response(&mut out, 404, "no such endpoint", &[]),

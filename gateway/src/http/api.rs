@@ -1,6 +1,7 @@
 //! The server API on the admin listener (docs/api.md): publish (one or a batch), a room's
 //! presence and history, the room list with subscriber counts, disconnecting a user, and node
-//! information. Every endpoint needs the API key; answers are JSON, errors are `error` events
+//! information, and the admin page's snapshot (`/api/overview`, in [`super::overview`]). Every
+//! endpoint needs the API key; answers are JSON, errors are `error` events
 //! with the code's HTTP status.
 
 use std::sync::atomic::Ordering;
@@ -25,7 +26,7 @@ const SHARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most messages one batch may carry.
 pub const MAX_BATCH: usize = 1000;
 
-fn json_response(status: u16, body: &Value) -> Vec<u8> {
+pub(super) fn json_response(status: u16, body: &Value) -> Vec<u8> {
     let mut out = Vec::new();
     write_response(
         &mut out,
@@ -38,7 +39,7 @@ fn json_response(status: u16, body: &Value) -> Vec<u8> {
 }
 
 /// An `error` event with the code's status.
-fn error(code: ErrorCode, reason: &str) -> Vec<u8> {
+pub(super) fn error(code: ErrorCode, reason: &str) -> Vec<u8> {
     let event = ServerEvent::Error {
         id: None,
         code,
@@ -100,12 +101,15 @@ pub async fn handle(admin: &Admin, req: &Request<'_>, body: &[u8]) -> Vec<u8> {
         ("POST", "/api/disconnect") => disconnect(admin, body).await,
         ("GET", "/api/node") => node(admin),
         ("GET", "/api/slo") => slo(admin).await,
+        ("GET", "/api/overview") => super::overview::overview(admin).await,
         (_, "/api/publish" | "/api/publish/batch" | "/api/disconnect") => {
             method_not_allowed("POST")
         }
-        (_, "/api/presence" | "/api/history" | "/api/rooms" | "/api/node" | "/api/slo") => {
-            method_not_allowed("GET")
-        }
+        (
+            _,
+            "/api/presence" | "/api/history" | "/api/rooms" | "/api/node" | "/api/slo"
+            | "/api/overview",
+        ) => method_not_allowed("GET"),
         _ => error(ErrorCode::NotFound, "no such API endpoint"),
     }
 }
@@ -267,7 +271,8 @@ fn room_param(
     Ok((room.into_owned(), ns))
 }
 
-async fn ask<T>(
+/// Sends a query to a shard and waits for its answer (`None`: no answer in time).
+pub(super) async fn ask<T>(
     admin: &Admin,
     shard: usize,
     query: impl FnOnce(oneshot::Sender<T>) -> AdminQuery,
@@ -396,6 +401,12 @@ async fn slo(admin: &Admin) -> Vec<u8> {
             }
         }
     }
+    json_response(200, &slo_report(admin, &merged))
+}
+
+/// The SLO report of histograms merged over the shards (one per namespace index): what
+/// `GET /api/slo` answers and the admin page's SLO panel shows.
+pub(super) fn slo_report(admin: &Admin, merged: &[crate::slo::LatencyHist]) -> Value {
     let ms = |us: Option<u64>| us.map(|u| u as f64 / 1000.0);
     let namespaces: Vec<Value> = merged
         .iter()
@@ -415,13 +426,10 @@ async fn slo(admin: &Admin) -> Vec<u8> {
             })
         })
         .collect();
-    json_response(
-        200,
-        &json!({
-            "window_s": (crate::slo::SLOT * crate::slo::SLOTS as u32).as_secs(),
-            "namespaces": namespaces,
-        }),
-    )
+    json!({
+        "window_s": (crate::slo::SLOT * crate::slo::SLOTS as u32).as_secs(),
+        "namespaces": namespaces,
+    })
 }
 
 fn node(admin: &Admin) -> Vec<u8> {

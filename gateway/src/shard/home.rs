@@ -293,8 +293,8 @@ impl ShardCtx {
         let frame = kind.frame(&m);
         let mut deliver_here = false;
         {
-            let home = self.home.borrow();
-            if let Some(interest) = home.get(&m.room) {
+            let mut home = self.home.borrow_mut();
+            if let Some(interest) = home.count_message(&m.room) {
                 let (namespace, key) = match self.namespaces.of(&m.room) {
                     Ok(ns) if kind.namespaced() => (ns.index, conflation_key(&ns.policy, &m.data)),
                     _ => (0, None),
