@@ -3,7 +3,8 @@
 # the ceiling, in one run, with the server pinned to core 0 and the load generator to core 1, and
 # rewrites the "comparison" section of docs/benchmarks.md (absolute figures and ratios).
 #
-#   benches/compare.sh            full run (release build, fixed rate + --find-max), ~10 minutes
+#   benches/compare.sh            full run (release build; fixed rate in ROUNDS=3 alternating
+#                                 rounds, --find-max, half load, scaling rows), ~25 minutes
 #   BEFORE=old/ringcast benches/compare.sh   also an older build, beside this one, in the same run
 #   BEFORE=old/ringcast benches/compare.sh --before-after   only the two builds, alternating, 3 rounds
 #   benches/compare.sh --short    CI smoke test (debug build, small load): asserts no loss, no
@@ -93,13 +94,23 @@ if [ -n "${BEFORE:-}" ]; then
     )
 fi
 out=$(mktemp)
-for t in "${targets[@]}"; do
-    IFS='|' read -r label mode cmd <<<"$t"
-    echo "== $label ($mode)" >&2
-    $load "$bin/ringcast-bench" fanout --label "$label" --mode "$mode" --spawn "$cmd" \
-        --subscribers "$subs" --rate "$rate" --duration-secs "$duration" --warmup-secs "$warmup" --json \
-        | tee -a "$out" | grep -v '^{' >&2
-    if [ "$short" = 0 ]; then
+# Fixed rate: every target once per round, ROUNDS rounds (default 3) alternating, so a slow
+# moment of the machine touches every target alike; the report takes each target's medians.
+rounds=${ROUNDS:-3}
+[ "$short" = 1 ] && rounds=1
+for round in $(seq "$rounds"); do
+    for t in "${targets[@]}"; do
+        IFS='|' read -r label mode cmd <<<"$t"
+        echo "== round $round/$rounds: $label ($mode)" >&2
+        $load "$bin/ringcast-bench" fanout --label "$label" --mode "$mode" --spawn "$cmd" \
+            --subscribers "$subs" --rate "$rate" --duration-secs "$duration" --warmup-secs "$warmup" --json \
+            | tee -a "$out" | grep -v '^{' >&2
+    done
+done
+if [ "$short" = 0 ]; then
+    for t in "${targets[@]}"; do
+        IFS='|' read -r label mode cmd <<<"$t"
+        echo "== ramp: $label ($mode)" >&2
         found=$($load "$bin/ringcast-bench" fanout --label "$label" --mode "$mode" --spawn "$cmd" \
             --subscribers "${FIND_SUBS:-100}" --rate "${FIND_START:-100}" --max-rate "${FIND_MAX_RATE:-20000}" --duration-secs 3 --warmup-secs 1 --json --find-max \
             | grep '"find-max"')
@@ -111,8 +122,24 @@ for t in "${targets[@]}"; do
                 --subscribers "${FIND_SUBS:-100}" --rate "$half" --duration-secs "${HALF_DURATION:-10}" --warmup-secs 1 --json \
                 | tee -a "$out" | grep -v '^{' >&2
         fi
+    done
+    # How the cost grows: the same 100,000 deliveries/s spread over more subscribers (fewer
+    # messages) and over more rooms (one publisher each), ringcast beside the one-write ceiling.
+    if [ "${SCALING:-1}" = 1 ]; then
+        for shape in "100 1 1000" "1000 1 100" "10000 1 10" "1000 10 1000" "1000 100 10000"; do
+            read -r s_subs s_rooms s_rate <<<"$shape"
+            for t in "${targets[0]}" "ringcast-io_uring|raw|$server $ringcast io-uring" \
+                "ceiling-write|raw|$server $bin/ringcast-bench ceiling-server --variant write"; do
+                IFS='|' read -r label mode cmd <<<"$t"
+                echo "== scaling: $label ($mode), $s_subs subscribers in $s_rooms rooms, $s_rate msg/s" >&2
+                $load "$bin/ringcast-bench" fanout --label "$label" --mode "$mode" --spawn "$cmd" --tag scaling \
+                    --subscribers "$s_subs" --rooms "$s_rooms" --publishers "$s_rooms" --rate "$s_rate" \
+                    --duration-secs "$duration" --warmup-secs "$warmup" --json \
+                    | tee -a "$out" | grep -v '^{' >&2
+            done
+        done
     fi
-done
+fi
 # The harness's own floor: the ceiling server (no work but the write), one subscriber, 1,000
 # msg/s. Every latency above includes this much of the load generator itself.
 echo "== harness floor (ceiling-write, 1 subscriber)" >&2
@@ -124,6 +151,6 @@ if [ "$short" = 1 ]; then
     python3 scripts/compare-report.py --check "$out"
 else
     python3 scripts/compare-report.py --write docs/benchmarks.md \
-        --command "${BEFORE:+BEFORE=<ringcast at ${BEFORE_REV:-an older build}> }benches/compare.sh  (SUBS=$subs RATE=$rate DURATION=$duration FIND_SUBS=${FIND_SUBS:-100} FIND_START=${FIND_START:-100})" "$out"
+        --command "${BEFORE:+BEFORE=<ringcast at ${BEFORE_REV:-an older build}> }benches/compare.sh  (SUBS=$subs RATE=$rate DURATION=$duration ROUNDS=$rounds FIND_SUBS=${FIND_SUBS:-100} FIND_START=${FIND_START:-100})" "$out"
     echo "docs/benchmarks.md updated" >&2
 fi

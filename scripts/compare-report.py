@@ -5,14 +5,41 @@ docs/benchmarks.md, or checks them (--check: every target delivered everything e
 Usage: compare-report.py --check RESULTS
        compare-report.py --write docs/benchmarks.md --command CMD RESULTS
 """
+import statistics
 import sys
 
 from report_common import machine, parse, write_section
 
 mode, doc, command, rows = parse(sys.argv[1:])
 every = [r for r in rows if r["scenario"] == "fanout"]
-fan = [r for r in every if not r.get("tag")]
+runs = [r for r in every if not r.get("tag")]
 half = [r for r in every if r.get("tag") == "half-load"]
+scaling = [r for r in every if r.get("tag") == "scaling"]
+
+MEDIAN_KEYS = ("deliveries_per_sec", "p50_us", "p99_us", "p999_us", "max_us", "send_p99_us", "late_p99_us",
+               "server_cpu_percent", "server_rss_bytes")
+
+def median_rows(rows):
+    """One row per (label, mode): the median of each figure over its rounds (loss and
+    duplicates summed, so a single bad round shows)."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["label"], r["mode"]), []).append(r)
+    out = []
+    for group in groups.values():
+        m = dict(group[0])
+        for k in MEDIAN_KEYS:
+            vals = [g[k] for g in group if g.get(k) is not None]
+            m[k] = statistics.median(vals) if vals else None
+        m["lost"] = sum(g["lost"] for g in group)
+        m["duplicated"] = sum(g["duplicated"] for g in group)
+        m["rounds"] = len(group)
+        m["cpu_per_delivery"] = statistics.median(
+            g["server_cpu_percent"] / max(g["deliveries_per_sec"], 1) for g in group)
+        out.append(m)
+    return out
+
+fan = median_rows(runs)
 floor = [r for r in every if r.get("tag") == "floor"]
 fmax = {(r["label"], r["mode"]): r for r in rows if r["scenario"] == "find-max"}
 
@@ -31,8 +58,10 @@ def ms(us):
     return "n/a" if us is None else f"{us / 1000:.2f}"
 def ms3(us):
     return "n/a" if us is None else f"{us / 1000:.3f}"
-ceiling_cpu = min(r["server_cpu_percent"] for r in fan if r["label"].startswith("ceiling"))
-peer_cpu = min(r["server_cpu_percent"] for r in fan if r["label"] in PEERS)
+ceiling_cpu = min(r["cpu_per_delivery"] for r in fan if r["label"].startswith("ceiling"))
+peer_cpu = min(r["cpu_per_delivery"] for r in fan if r["label"] in PEERS)
+def row(label, mode_):
+    return next((r for r in fan if r["label"] == label and r["mode"] == mode_), None)
 ceil_max = max((fmax[k]["max_deliveries_per_sec"] for k in fmax if k[0].startswith("ceiling")), default=0)
 peer_max = max((fmax[k]["max_deliveries_per_sec"] for k in fmax if k[0] in PEERS), default=0)
 
@@ -61,16 +90,28 @@ for f in floor:
 lines.append("")
 lines.append(f"### Fixed offered rate ({r0['rate']:.0f} msg/s)")
 lines.append("")
-lines.append("Server CPU ratios: this target's CPU per delivered message divided by the best peer's and by "
-             "the ceiling's (lower is better; 1.00 = the same cost).")
+n_rounds = max(r["rounds"] for r in fan)
+lines.append(f"Every target ran once per round, {n_rounds} rounds alternating; each figure below is the median "
+             "over its rounds (lost and dup are summed). Server CPU ratios: this target's median CPU per delivered "
+             "message divided by the best peer's and by the cheapest ceiling's (lower is better; 1.00 = the same cost).")
+cw, ra = row("ceiling-write", "raw"), row("ringcast-io_uring", "app")
+if cw and ra:
+    rr = row("ringcast-io_uring", "raw")
+    lines.append("")
+    text = (f"**At the floor?** ringcast (io_uring, app protocol) against `ceiling-write`: CPU per delivery "
+            f"**{ra['cpu_per_delivery'] / cw['cpu_per_delivery']:.2f}x**, p99 **{ra['p99_us'] / cw['p99_us']:.2f}x**")
+    if rr:
+        text += (f"; raw broadcast: CPU per delivery {rr['cpu_per_delivery'] / cw['cpu_per_delivery']:.2f}x, "
+                 f"p99 {rr['p99_us'] / cw['p99_us']:.2f}x")
+    lines.append(text + " (goal: within 1.05x).")
 lines.append("")
-lines.append("| target | mode | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | p99 from send ms | late p99 ms | lost | dup | server CPU | RSS MiB | CPU vs best peer | CPU vs ceiling |")
-lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+lines.append("| target | mode | rounds | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | p99 from send ms | late p99 ms | lost | dup | server CPU | RSS MiB | CPU vs best peer | CPU vs ceiling |")
+lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for r in fan:
-    c = r["server_cpu_percent"]
-    lines.append(f"| {r['label']} | {r['mode']} | {r['deliveries_per_sec']:.0f} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | "
+    c = r["cpu_per_delivery"]
+    lines.append(f"| {r['label']} | {r['mode']} | {r['rounds']} | {r['deliveries_per_sec']:.0f} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | "
                  f"{ms(r['p999_us'])} | {ms(r['max_us'])} | {ms(r.get('send_p99_us'))} | {ms3(r.get('late_p99_us'))} | "
-                 f"{r['lost']} | {r['duplicated']} | {c:.0f}% | "
+                 f"{r['lost']} | {r['duplicated']} | {r['server_cpu_percent']:.0f}% | "
                  f"{r['server_rss_bytes'] / 2**20:.1f} | {c / peer_cpu:.2f} | {c / ceiling_cpu:.2f} |")
 if fmax:
     lines.append("")
@@ -106,13 +147,32 @@ if half:
         lines.append(f"| {r['label']} | {r['mode']} | {r['rate']:.0f} | {r['deliveries_per_sec']:.0f} | {ms3(r['p50_us'])} | "
                      f"{ms3(r['p99_us'])} | {ms3(r['p999_us'])} | {ms3(r['max_us'])} | {ms3(r.get('send_p99_us'))} | "
                      f"{ms3(r.get('late_p99_us'))} | {r['lost']} | {r['duplicated']} | {r['server_cpu_percent']:.0f}% |")
+if scaling:
+    lines.append("")
+    lines.append("### How the cost grows (same deliveries, more subscribers or more rooms)")
+    lines.append("")
+    lines.append("About 100,000 deliveries/s in every row: fewer, bigger bursts down the subscriber rows; the same "
+                 "1,000 subscribers spread over more rooms (one publisher per room) down the room rows. One run each. "
+                 "Ratios: ringcast's CPU per delivery and p99 divided by `ceiling-write`'s in the same row.")
+    lines.append("")
+    lines.append("| subscribers | rooms | msg/s | target | mode | deliveries/s | p50 ms | p99 ms | p99.9 ms | lost | dup | server CPU | CPU vs ceiling | p99 vs ceiling |")
+    lines.append("|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    per = lambda r: r["server_cpu_percent"] / max(r["deliveries_per_sec"], 1)
+    for r in scaling:
+        c = next((x for x in scaling if x["label"] == "ceiling-write" and x["subscribers"] == r["subscribers"]
+                  and x["rooms"] == r["rooms"]), None)
+        vc = f"{per(r) / per(c):.2f}" if c else "n/a"
+        vp = f"{r['p99_us'] / c['p99_us']:.2f}" if c and c["p99_us"] else "n/a"
+        lines.append(f"| {r['subscribers']} | {r['rooms']} | {r['rate']:.0f} | {r['label']} | {r['mode']} | "
+                     f"{r['deliveries_per_sec']:.0f} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | {ms(r['p999_us'])} | "
+                     f"{r['lost']} | {r['duplicated']} | {r['server_cpu_percent']:.0f}% | {vc} | {vp} |")
 befores = [r for r in fan if r["label"].startswith("ringcast-before-")]
 if befores:
     lines.append("")
     lines.append("### Before and after a change (`BEFORE=`), same run")
     lines.append("")
-    lines.append("Server CPU per delivered message of this build divided by the older build's, and the p99s "
-                 "(below 1.00: this build costs less).")
+    lines.append("Median server CPU per delivered message of this build divided by the older build's, and the "
+                 "median p99s (below 1.00: this build costs less).")
     lines.append("")
     lines.append("| target | mode | CPU per delivery, after / before | p99 ms before | p99 ms after |")
     lines.append("|---|---|---:|---:|---:|")
@@ -121,8 +181,8 @@ if befores:
         a = next((r for r in fan if r["label"] == label and r["mode"] == b["mode"]), None)
         if a is None:
             continue
-        per = lambda r: r["server_cpu_percent"] / max(r["deliveries_per_sec"], 1)
-        lines.append(f"| {label} | {b['mode']} | {per(a) / per(b):.2f} | {ms(b['p99_us'])} | {ms(a['p99_us'])} |")
+        lines.append(f"| {label} | {b['mode']} | {a['cpu_per_delivery'] / b['cpu_per_delivery']:.2f} | "
+                     f"{ms(b['p99_us'])} | {ms(a['p99_us'])} |")
 lines.append("<!-- compare:end -->")
 section = "\n".join(lines) + "\n"
 

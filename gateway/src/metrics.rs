@@ -101,6 +101,16 @@ pub fn describe() {
         "Size of one connection task's future (allocated per connection for its whole life)."
     );
     describe_histogram!(
+        "ringcast_write_pass_seconds",
+        Unit::Seconds,
+        "One shard write pass, from its first write to its last: how long the last subscriber \
+         of a burst waits behind the first."
+    );
+    describe_histogram!(
+        "ringcast_write_pass_connections",
+        "Connections written in one shard write pass."
+    );
+    describe_histogram!(
         "ringcast_publish_to_write_seconds",
         Unit::Seconds,
         "From publish (offset assigned) to the write of the frame to a subscriber's socket, by \
@@ -144,6 +154,10 @@ pub struct ShardMetrics {
     pub publish_to_write: Vec<Histogram>,
     /// Size of a connection task's future.
     pub connection_task_bytes: Gauge,
+    /// Duration of a write pass.
+    pub write_pass_seconds: Histogram,
+    /// Connections per write pass.
+    pub write_pass_connections: Histogram,
 }
 
 impl ShardMetrics {
@@ -172,6 +186,8 @@ impl ShardMetrics {
                 })
                 .collect(),
             connection_task_bytes: gauge!("ringcast_connection_task_bytes"),
+            write_pass_seconds: histogram!("ringcast_write_pass_seconds"),
+            write_pass_connections: histogram!("ringcast_write_pass_connections"),
         }
     }
 }

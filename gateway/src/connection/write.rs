@@ -126,6 +126,8 @@ const FEW: usize = 4;
 /// listed. A connection whose queue does not empty at once is handed to its task.
 pub fn write_pass(ctx: &ShardCtx, batch: &mut Vec<Rc<ConnShared>>) {
     let mut stats = WriteStats::default();
+    let started = Instant::now();
+    let listed = batch.len();
     for conn in batch.drain(..) {
         let Some(fd) = conn.direct_fd() else {
             // Its task ended (or it was never written here): nothing to do.
@@ -148,6 +150,10 @@ pub fn write_pass(ctx: &ShardCtx, batch: &mut Vec<Rc<ConnShared>>) {
         }
     }
     stats.publish(ctx);
+    ctx.metrics
+        .write_pass_seconds
+        .record(started.elapsed().as_secs_f64());
+    ctx.metrics.write_pass_connections.record(listed as f64);
 }
 
 /// One non-blocking `sendmsg` of `slices` on `fd`; `Pending` when the socket buffer is full.
